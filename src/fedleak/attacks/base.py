@@ -1,0 +1,115 @@
+"""The attacker's side of the boundary: what an attack may know and what it returns.
+
+An :class:`Attack` sees a :class:`~fedleak.fl.Payload` and an :class:`AttackerKnowledge`, nothing
+else — no client images and, unless the run declares them known, no labels. Restarts and checkpoints
+are chosen by the observable matching loss only.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from fedleak.config import describe_validation_error
+from fedleak.errors import ConfigError, FedleakError
+from fedleak.fl.payload import Payload
+from fedleak.registry import Registry
+
+
+@dataclass(frozen=True)
+class AttackerKnowledge:
+    """What the server-side attacker knows besides the payload.
+
+    ``architecture`` is a module of the target's architecture (its weights are replaced by the
+    payload's model state). ``labels`` is set only when the run declares the attacker knows them.
+    """
+
+    architecture: nn.Module
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: Tensor | None = None
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output: images in [0, 1] and recovered labels, plus how it got there."""
+
+    images: Tensor
+    labels: Tensor
+    matching_loss: float
+    restart_losses: list[float]
+    iterations: int
+    seconds: float
+    trace: list[dict[str, float]] = field(default_factory=list)
+
+
+class AttackConfig(BaseModel):
+    """Base of every attack's settings; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Attack(ABC):
+    """An attack is built from its validated ``Config`` and run on one payload."""
+
+    Config: ClassVar[type[AttackConfig]] = AttackConfig
+
+    def __init__(self, config: AttackConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def run(
+        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
+    ) -> Reconstruction:
+        """Reconstruct the client batch behind ``payload``."""
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def build_attack(name: str, settings: dict[str, Any] | None = None) -> Attack:
+    """Look up attack ``name`` and validate ``settings`` against its config."""
+    cls = ATTACKS.get(name)
+    try:
+        return cls(cls.Config.model_validate(settings or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, prefix="attack.")) from None
+
+
+def target_model(payload: Payload, knowledge: AttackerKnowledge) -> nn.Module:
+    """The attacker's copy of the global model: the known architecture with the payload's state."""
+    model = copy.deepcopy(knowledge.architecture)
+    try:
+        model.load_state_dict(payload.model_state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FedleakError(f"the payload's model state does not fit the architecture: {first}") from None
+    model.train(payload.hyper.model_mode == "train")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def observed_update(payload: Payload, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor]]:
+    """Pair the model's trainable parameters with the payload's update tensors, by name."""
+    params, targets = [], []
+    for name, p in model.named_parameters():
+        if name in payload.update:
+            target = payload.update[name]
+            if target.shape != p.shape:
+                raise FedleakError(f"update {name!r} has shape {tuple(target.shape)}, parameter {tuple(p.shape)}")
+            if not torch.isfinite(target).all():
+                raise FedleakError(f"update {name!r} contains NaN or infinite values")
+            params.append(p)
+            targets.append(target)
+    if not params:
+        raise FedleakError("the payload's update names none of the model's parameters")
+    return params, targets

@@ -1,0 +1,80 @@
+"""Shared pieces of the optimisation attacks: initialisation, box bounds, the lr schedule, the
+simulated gradient, and a loss trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedleak.registry import Registry
+
+INITS: Registry = Registry("initialisation")
+
+@INITS.register("randn")
+def _randn(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.randn(shape, generator=generator)
+
+
+@INITS.register("rand")
+def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.rand(shape, generator=generator)
+
+
+@INITS.register("zeros")
+def _zeros(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.zeros(shape)
+
+
+def box_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """The valid pixel range [0, 1] expressed in the model's normalised input space."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (0 - m) / s, (1 - m) / s
+
+
+def to_unit_range(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised model input → images clamped to [0, 1]."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (x.detach() * s + m).clamp(0, 1)
+
+
+def step_milestones(iterations: int) -> list[int]:
+    """Geiping et al.'s schedule: lr × 0.1 at 3/8, 5/8 and 7/8 of the iterations."""
+    return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+def simulated_gradient(
+    model: nn.Module, params: Sequence[Tensor], x: Tensor, labels: Tensor
+) -> tuple[Tensor, ...]:
+    """∇θ of the mean cross-entropy at candidate ``x``, kept differentiable w.r.t. ``x``."""
+    loss = F.cross_entropy(model(x), labels)
+    return torch.autograd.grad(loss, params, create_graph=True)
+
+
+class Trace:
+    """Matching loss against iteration and wall time, thinned to at most ``points`` entries."""
+
+    def __init__(self, iterations: int, points: int = 500) -> None:
+        self.every = max(1, iterations // points)
+        self.start = time.perf_counter()
+        self.rows: list[dict[str, float]] = []
+
+    def record(self, restart: int, iteration: int, loss: float, last: bool = False) -> None:
+        if iteration % self.every == 0 or last:
+            self.rows.append(
+                {
+                    "restart": restart,
+                    "iteration": iteration,
+                    "loss": loss,
+                    "seconds": round(time.perf_counter() - self.start, 4),
+                }
+            )
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

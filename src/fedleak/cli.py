@@ -1,0 +1,100 @@
+"""The ``fedleak`` command line (Typer). Bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedleak.errors import FedleakError
+
+try:  # Typer ≥ 0.22 vendors its own copy of Click
+    from typer._click import exceptions as _cli_errors
+except ImportError:  # pragma: no cover - older Typer on top of Click
+    from click import exceptions as _cli_errors
+
+app = typer.Typer(
+    help="Measure how much private data leaks from federated-learning updates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+@app.callback()
+def _main() -> None:
+    """fedleak: simulate FL clients, attack what the server sees, score and report."""
+
+
+@app.command()
+def attack(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")] = None,
+    root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
+    index: Annotated[Optional[str], typer.Option(help="image indices, e.g. 3 or 3,17")] = None,
+    classes: Annotated[Optional[str], typer.Option("--class", help="draw images of these classes")] = None,
+    model: Annotated[Optional[str], typer.Option(help="target architecture")] = None,
+    width: Annotated[Optional[float], typer.Option(help="model width multiplier")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="client batch size")] = None,
+    attack_name: Annotated[Optional[str], typer.Option("--attack", help="attack name")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="attack iterations")] = None,
+    restarts: Annotated[Optional[int], typer.Option(help="attack restarts")] = None,
+    known_labels: Annotated[
+        Optional[bool], typer.Option("--known-labels/--recover-labels", help="attacker knows the labels")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="run seed")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<timestamp>)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite a non-empty run folder")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Attack one client update and write config, metrics, images and an HTML report."""
+    from fedleak.config import build_config
+    from fedleak.pipeline import run
+    from fedleak.report.run import summary, write_run
+    from fedleak.store import check_out, default_out, write_atomically
+
+    flags = {
+        "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
+        "model.name": model, "model.width": width, "client.batch_size": batch_size,
+        "attack.name": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
+        "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
+    }
+    cfg = build_config(config, flags, overrides)
+    folder = check_out(Path(cfg.out) if cfg.out else default_out(), force)
+    result = run(cfg, progress=not quiet)
+    write_atomically(folder, lambda tmp: write_run(tmp, result))
+    table = Table(title=f"fedleak attack → {folder}")
+    row = summary(result)
+    for key in row:
+        table.add_column(key, justify="right")
+    table.add_row(*row.values())
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning user errors into one line and exit code 2."""
+    try:
+        typer.main.get_command(app).main(prog_name="fedleak", standalone_mode=False)
+    except FedleakError as exc:
+        print(f"fedleak: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except _cli_errors.UsageError as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already printed the help
+            print(f"fedleak: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("fedleak: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # output piped into a closed reader, e.g. `| head`
+        sys.exit(1)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""CIFAR-10 / CIFAR-100 python batches, read with an unpickler that admits only what they hold."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedleak.data.base import ImageDataset
+from fedleak.data.registry import DATASETS, require_root
+from fedleak.data.transforms import prepare, to_tensor
+from fedleak.errors import DataError
+
+# A CIFAR pickle holds dicts, lists, bytes/str, ints and one numpy array; nothing else may load.
+# (Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1").)
+_ALLOWED = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Refuses every global except numpy's array reconstruction."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def safe_load(path: Path) -> dict[str, Any]:
+    """Load one CIFAR batch file; keys are decoded to str."""
+    try:
+        with open(path, "rb") as f:
+            obj = SafeUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"CIFAR batch {path} does not hold a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _as_str(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _load(
+    folder: Path,
+    files: list[Path],
+    meta_file: str,
+    names_key: str,
+    labels_key: str,
+    name: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    image_size: int | None,
+    channels: int | None,
+) -> ImageDataset:
+    arrays, labels = [], []
+    for path in files:
+        batch = safe_load(path)
+        data = np.asarray(batch.get("data"))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{path}: 'data' should be uint8 N×3072, got {data.dtype} {data.shape}")
+        if len(batch.get(labels_key, [])) != len(data):
+            raise DataError(f"{path}: {labels_key!r} does not match the {len(data)} images")
+        arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(int(v) for v in batch[labels_key])
+    images = np.concatenate(arrays)
+    meta_path = folder / meta_file
+    if not meta_path.is_file():
+        raise DataError(f"{name} meta file {meta_path} not found")
+    classes = [_as_str(c) for c in safe_load(meta_path).get(names_key, [])]
+    if not classes or max(labels) >= len(classes):
+        raise DataError(f"{meta_path}: class names do not cover the labels")
+    out_channels = channels or 3
+    size = image_size or 32
+
+    def read(i: int) -> torch.Tensor:
+        return prepare(to_tensor(images[i]), image_size, channels)
+
+    if out_channels == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return ImageDataset(
+        name=name,
+        labels=torch.tensor(labels, dtype=torch.long),
+        classes=classes,
+        mean=mean,
+        std=std,
+        read=read,
+        image_shape=(out_channels, size, size),
+    )
+
+
+def _existing(folder: Path, names: list[str], dataset: str) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{dataset} folder {folder} not found")
+    files = [folder / n for n in names if (folder / n).is_file()]
+    if not files:
+        raise DataError(f"no {dataset} batch ({', '.join(names[:2])}, …) in {folder}")
+    return files
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(
+    root: Path | None, split: str, image_size: int | None, channels: int | None
+) -> ImageDataset:
+    folder = require_root("cifar10", root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return _load(
+        folder, _existing(folder, names, "CIFAR-10"), "batches.meta", "label_names", "labels",
+        "cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), image_size, channels,
+    )
+
+
+@DATASETS.register("cifar100")
+def load_cifar100(
+    root: Path | None, split: str, image_size: int | None, channels: int | None
+) -> ImageDataset:
+    folder = require_root("cifar100", root) / "cifar-100-python"
+    return _load(
+        folder, _existing(folder, [split], "CIFAR-100"), "meta", "fine_label_names", "fine_labels",
+        "cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), image_size, channels,
+    )

@@ -1,0 +1,94 @@
+"""Class-per-folder image sets (VGGFace2, ORL, any ImageFolder-style tree) read with Pillow."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fedleak.data.base import ImageDataset, channel_stats
+from fedleak.data.registry import DATASETS, require_root
+from fedleak.data.transforms import prepare, to_tensor
+from fedleak.errors import DataError
+
+_STATS_SAMPLE = 256
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decode one file with Pillow into a C×H×W tensor (grey stays one channel)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+            return to_tensor(np.asarray(im))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+@DATASETS.register("folder")
+def load_folder(
+    root: Path | None,
+    split: str,
+    image_size: int | None,
+    channels: int | None,
+    square: bool | None = None,
+) -> ImageDataset:
+    """One sub-folder per class. A tree with ``train/`` and ``test/`` uses the one asked for;
+    otherwise both splits are the whole folder (training splits it by fraction itself).
+
+    ``image_size`` resizes every image to a square side, after a centred square crop unless
+    ``square=False``; without it all images must share one size.
+    """
+    root = require_root("folder", root)
+    if (root / split).is_dir() and (root / ("test" if split == "train" else "train")).is_dir():
+        root = root / split
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                        key=lambda d: _natural_key(d.name))
+    files: list[Path] = []
+    labels: list[int] = []
+    for c, d in enumerate(class_dirs):
+        found = _image_files(d)
+        files += found
+        labels += [c] * len(found)
+    if not files:
+        raise DataError(f"no class sub-folders with images under {root}")
+    crop = image_size is not None if square is None else square
+
+    def read(i: int) -> torch.Tensor:
+        return prepare(read_image(files[i]), image_size, channels, square=crop)
+
+    first = read(0)
+    picks = np.linspace(0, len(files) - 1, num=min(_STATS_SAMPLE, len(files))).astype(int)
+    sample = []
+    for i in picks:
+        image = read(int(i))
+        if image.shape != first.shape:
+            raise DataError(
+                f"{files[i]} is {tuple(image.shape[1:])} but {files[0]} is {tuple(first.shape[1:])}; "
+                "pass an image size to resize them all"
+            )
+        sample.append(image)
+    mean, std = channel_stats(torch.stack(sample))
+    return ImageDataset(
+        name=f"folder:{root.name}",
+        labels=torch.tensor(labels, dtype=torch.long),
+        classes=[d.name for d in class_dirs],
+        mean=mean,
+        std=std,
+        read=read,
+        image_shape=tuple(first.shape),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,63 @@
+"""The dataset registry and :func:`load_dataset`, the one entry point to every loader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedleak.data.base import ImageDataset
+from fedleak.errors import DataError
+from fedleak.registry import Registry
+
+
+class Loader(Protocol):
+    def __call__(
+        self,
+        root: Path | None,
+        split: str,
+        image_size: int | None,
+        channels: int | None,
+        **options: Any,
+    ) -> ImageDataset: ...
+
+
+DATASETS: Registry[Loader] = Registry("dataset")
+
+SPLITS = ("train", "test")
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    image_size: int | None = None,
+    channels: int | None = None,
+    **options: Any,
+) -> ImageDataset:
+    """Load dataset ``name`` with images as C×H×W float tensors in [0, 1].
+
+    ``root`` is the data folder (``$FEDLEAK_DATA`` when omitted); ``image_size`` resizes to a square
+    side, ``channels`` converts grey ↔ RGB. Dataset-specific ``options`` (e.g. ``subset`` for
+    ``samples``) are passed on to the loader.
+    """
+    loader = DATASETS.get(name)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if root is None and os.environ.get("FEDLEAK_DATA"):
+        root = os.environ["FEDLEAK_DATA"]
+    path = Path(root).expanduser() if root is not None else None
+    if path is not None and not path.is_dir():
+        raise DataError(f"data root {str(path)!r} does not exist or is not a folder")
+    return loader(path, split, image_size, channels, **options)
+
+
+def require_root(name: str, root: Path | None) -> Path:
+    """File-based datasets need a root; say so clearly when it is missing."""
+    if root is None:
+        raise DataError(f"dataset {name!r} needs a data root (--root DIR or $FEDLEAK_DATA)")
+    return root

@@ -1,0 +1,65 @@
+"""Scoring a reconstruction against the client's private batch — the only place ground truth enters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from fedleak.attacks.base import Reconstruction
+from fedleak.errors import FedleakError
+from fedleak.fl.payload import ClientData
+from fedleak.metrics.image import psnr, ssim
+from fedleak.metrics.matching import label_accuracy, match_batch
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    position: int  # place of the original in the client batch
+    dataset_index: int | None
+    matched: int  # reconstruction paired with it
+    label: int
+    recovered_label: int
+    psnr: float
+    ssim: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    psnr: float
+    ssim: float
+    label_accuracy: float
+    images: list[ImageScore]
+    order: list[int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(reconstruction: Reconstruction, truth: ClientData) -> Evaluation:
+    """Match reconstructions to originals (Hungarian on MSE), then score each pair."""
+    rec, orig = reconstruction.images, truth.images
+    if rec.shape != orig.shape:
+        raise FedleakError(f"reconstruction shape {tuple(rec.shape)} differs from the batch {tuple(orig.shape)}")
+    order = match_batch(rec, orig)
+    paired = rec[order]
+    p, s = psnr(paired, orig), ssim(paired, orig)
+    indices = list(truth.indices) or [None] * len(orig)
+    rec_labels = reconstruction.labels[order] if reconstruction.labels.numel() == len(orig) else None
+    scores = [
+        ImageScore(
+            position=i,
+            dataset_index=indices[i],
+            matched=int(order[i]),
+            label=int(truth.labels[i]),
+            recovered_label=int(rec_labels[i]) if rec_labels is not None else -1,
+            psnr=float(p[i]),
+            ssim=float(s[i]),
+        )
+        for i in range(len(orig))
+    ]
+    return Evaluation(
+        psnr=float(p.mean()),
+        ssim=float(s.mean()),
+        label_accuracy=label_accuracy(reconstruction.labels, truth.labels),
+        images=scores,
+        order=order.tolist(),
+    )

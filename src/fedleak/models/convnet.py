@@ -1,0 +1,59 @@
+"""The ConvNet of Geiping et al. ("Inverting Gradients", 2020): eight 3×3 conv-BN-ReLU blocks
+(four at full resolution, 3×3 pool, two, pool, two) and a linear classifier. ``width`` = 1 is
+ConvNet-64; 0.25 is ConvNet-16.
+
+``pool="max"`` is the paper's architecture. The default is average pooling: with max-pooling an
+untrained ConvNet's gradient depends on which of nine positions wins each pool, and inversion from a
+random start stalls in that combinatorial landscape (on the samples photo, 600 IG iterations: 12 dB
+with max, 16 dB with average pooling). Convolutions use He initialisation so that, in eval mode, the
+gradients of early layers are not drowned by the classifier's.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedleak.models.registry import MODELS, scaled
+
+
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class ConvNet(nn.Module):
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, width: float, pool: str = "avg"
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        w = scaled(64, width)
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, cout in enumerate([w, 2 * w, 2 * w, 4 * w, 4 * w, 4 * w, 4 * w, 4 * w]):
+            layers += _block(cin, cout)
+            cin = cout
+            if i in (3, 5):  # 32 px → 10 → 3
+                layers.append(POOLS[pool](3))
+        self.features = nn.Sequential(*layers)
+        side = image_size // 3 // 3
+        if side < 1:
+            raise ValueError(f"images of {image_size} px are too small for convnet (at least 9)")
+        self.classifier = nn.Linear(4 * w * side * side, num_classes)
+        for module in self.modules():  # He initialisation keeps activations (and gradients) in scale
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+@MODELS.register("convnet")
+def convnet(
+    num_classes: int, in_channels: int, image_size: int, width: float, pool: str = "avg"
+) -> nn.Module:
+    return ConvNet(num_classes, in_channels, image_size, width, pool)

@@ -1,0 +1,36 @@
+"""LeNet as DLG used it: three 5×5 convolutions with sigmoid activations and one linear layer."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedleak.models.registry import MODELS, scaled
+
+
+def _conv_out(size: int, stride: int) -> int:
+    return (size + 2 * 2 - 5) // stride + 1
+
+
+class LeNet(nn.Module):
+    """Sigmoid LeNet of Zhu et al. (DLG), weights uniform in [-0.5, 0.5] as in their release."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: float) -> None:
+        super().__init__()
+        c = scaled(12, width)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c, 5, stride=2, padding=2), nn.Sigmoid(),
+            nn.Conv2d(c, c, 5, stride=2, padding=2), nn.Sigmoid(),
+            nn.Conv2d(c, c, 5, stride=1, padding=2), nn.Sigmoid(),
+        )
+        side = _conv_out(_conv_out(image_size, 2), 2)
+        self.classifier = nn.Linear(c * side * side, num_classes)
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.5, 0.5)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+@MODELS.register("lenet")
+def lenet(num_classes: int, in_channels: int, image_size: int, width: float) -> nn.Module:
+    return LeNet(num_classes, in_channels, image_size, width)

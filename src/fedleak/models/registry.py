@@ -1,0 +1,56 @@
+"""The model registry and :func:`create_model`.
+
+A model family is one decorated builder ``(num_classes, in_channels, image_size, width, **kw) →
+nn.Module``. ``width`` multiplies every layer's channel count, giving CPU-sized variants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from fedleak.errors import ConfigError
+from fedleak.registry import Registry
+
+
+class Builder(Protocol):
+    def __call__(
+        self, num_classes: int, in_channels: int, image_size: int, width: float, **kwargs: Any
+    ) -> nn.Module: ...
+
+
+MODELS: Registry[Builder] = Registry("model")
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: float = 1.0,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build registered model ``name``; with ``seed`` its initial weights are reproducible."""
+    builder = MODELS.get(name)
+    if num_classes < 1 or in_channels < 1 or image_size < 1:
+        raise ConfigError(
+            f"model {name!r} needs positive num_classes, in_channels and image_size "
+            f"(got {num_classes}, {in_channels}, {image_size})"
+        )
+    if width <= 0:
+        raise ConfigError(f"model width must be positive, got {width}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            return builder(num_classes, in_channels, image_size, width, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels`` × ``width``, at least 1."""
+    return max(1, int(round(channels * width)))

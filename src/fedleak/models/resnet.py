@@ -1,0 +1,111 @@
+"""ResNets (He et al. 2016) for small and large images.
+
+At ≤ 64 px the stem is one 3×3 convolution without max-pool (the CIFAR variant); above, the
+ImageNet 7×7 stride-2 convolution and max-pool. ``norm`` is ``batch``, ``group`` or ``none``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from fedleak.models.registry import MODELS, scaled
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def norm_layer(kind: str) -> NormFactory:
+    factories: dict[str, NormFactory] = {
+        "batch": nn.BatchNorm2d,
+        "group": lambda c: nn.GroupNorm(min(32, c), c),
+        "none": lambda c: nn.Identity(),
+    }
+    if kind not in factories:
+        raise ValueError(f"norm must be one of {', '.join(factories)}, got {kind!r}")
+    return factories[kind]
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, planes, 3, stride, 1, bias=False), norm(planes), nn.ReLU(),
+            nn.Conv2d(planes, cout, 3, 1, 1, bias=False), norm(cout),
+        )
+        self.shortcut = _shortcut(cin, cout, stride, norm)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, planes, 1, bias=False), norm(planes), nn.ReLU(),
+            nn.Conv2d(planes, planes, 3, stride, 1, bias=False), norm(planes), nn.ReLU(),
+            nn.Conv2d(planes, cout, 1, bias=False), norm(cout),
+        )
+        self.shortcut = _shortcut(cin, cout, stride, norm)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+def _shortcut(cin: int, cout: int, stride: int, norm: NormFactory) -> nn.Module:
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        depths: tuple[int, int, int, int],
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        width: float,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        make_norm = norm_layer(norm)
+        base = scaled(64, width)
+        if image_size <= 64:
+            stem: list[nn.Module] = [nn.Conv2d(in_channels, base, 3, 1, 1, bias=False)]
+        else:
+            stem = [nn.Conv2d(in_channels, base, 7, 2, 3, bias=False)]
+        stem += [make_norm(base), nn.ReLU()]
+        if image_size > 64:
+            stem.append(nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(*stem)
+        stages: list[nn.Module] = []
+        cin = base
+        for i, depth in enumerate(depths):
+            planes = base * 2**i
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, make_norm))
+                cin = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, image_size, width, norm)

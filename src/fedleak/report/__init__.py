@@ -1,0 +1,1 @@
+"""Run artifacts: image grids and HTML reports."""

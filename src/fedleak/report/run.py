@@ -1,0 +1,68 @@
+"""The artifacts of one attack run: config.yaml, metrics.json, trace.json, reconstruction.png,
+report.html."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fedleak import __version__
+from fedleak.pipeline import RunResult
+from fedleak.report.grid import image_grid, png_bytes
+from fedleak.report.html import data_uri, render
+from fedleak.store import dump_json
+
+IMAGE_COLUMNS = ["#", "dataset index", "class", "recovered label", "PSNR (dB)", "SSIM"]
+
+
+def summary(result: RunResult) -> dict[str, str]:
+    m = result.metrics()
+    return {
+        "PSNR (dB)": f"{m['psnr']:.2f}",
+        "SSIM": f"{m['ssim']:.3f}",
+        "label accuracy": f"{m['label_accuracy']:.2f}",
+        "matching loss": f"{m['matching_loss']:.4g}",
+        "iterations": str(m["iterations"]),
+        "attack s": f"{m['attack_seconds']:.1f}",
+        "seed": str(m["seed"]),
+    }
+
+
+def image_rows(result: RunResult) -> list[list[str]]:
+    classes = result.dataset.classes
+
+    def name(label: int) -> str:
+        return classes[label] if 0 <= label < len(classes) else "?"
+
+    return [
+        [str(s.position), str(s.dataset_index), name(s.label), name(s.recovered_label),
+         f"{s.psnr:.2f}", f"{s.ssim:.3f}"]
+        for s in result.evaluation.images
+    ]
+
+
+def write_run(folder: Path, result: RunResult) -> None:
+    """Write every artifact of ``result`` into ``folder`` (which the caller makes atomic)."""
+    config = result.resolved_config()
+    config_yaml = yaml.safe_dump(config, sort_keys=False)
+    (folder / "config.yaml").write_text(config_yaml)
+    dump_json(folder / "metrics.json", result.metrics())
+    dump_json(folder / "trace.json", result.reconstruction.trace)
+    matched = result.reconstruction.images[result.evaluation.order]
+    png = png_bytes(image_grid([result.truth.images, matched]))
+    (folder / "reconstruction.png").write_bytes(png)
+    hyper = result.payload.hyper
+    html = render(
+        "run.html.j2",
+        title=f"{config['attack']['name']} on {config['model']['name']} · {result.dataset.name}",
+        subtitle=f"protocol {hyper.protocol}, batch {hyper.batch_size}, model in {hyper.model_mode} mode, "
+        f"defense {hyper.defense or 'none'}",
+        summary=summary(result),
+        grid=data_uri(png),
+        image_columns=IMAGE_COLUMNS,
+        image_rows=image_rows(result),
+        config_yaml=config_yaml,
+        version=__version__,
+    )
+    (folder / "report.html").write_text(html)

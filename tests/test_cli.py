@@ -1,0 +1,114 @@
+"""End to end through the command line, on 8×8 images and a few iterations."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fedleak.cli import main
+
+TINY = ["--set", "data.image_size=8", "--model", "lenet", "--iterations", "4", "-q"]
+
+
+def fedleak(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_attack_writes_every_artifact(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--batch-size", "1")
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {
+        "config.yaml", "metrics.json", "trace.json", "reconstruction.png", "report.html"
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "label_accuracy", "seconds", "iterations", "seed", "images"):
+        assert key in metrics
+    assert metrics["iterations"] == 4 and len(metrics["images"]) == 1
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["attack"]["tv"] == pytest.approx(1e-3) and config["attack"]["iterations"] == 4
+    assert config["model"]["name"] == "lenet" and config["data"]["image_size"] == 8
+    html = (out / "report.html").read_text()
+    assert 'id="summary"' in html and "data:image/png;base64," in html
+    from PIL import Image
+
+    with Image.open(out / "reconstruction.png") as im:  # two rows of 32-px cells with 2-px padding
+        assert im.size == (2 + 34, 2 + 2 * 34)
+    assert "PSNR" in stdout
+
+
+def test_config_file_and_batches(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {name: samples, image_size: 8, index: [1, 2, 3]}\n"
+        "client: {batch_size: 3}\nknowledge: {labels: true}\nmodel: {name: lenet}\n"
+        "attack: {name: ig, iterations: 3, restarts: 2}\n"
+    )
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", "-c", str(cfg), "--out", str(out), "-q")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(i["dataset_index"] for i in metrics["images"]) == [1, 2, 3]
+    assert metrics["label_accuracy"] == 1.0 and len(metrics["restart_losses"]) == 2
+
+
+def test_same_seed_same_metrics(tmp_path, monkeypatch, capsys):
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert fedleak(monkeypatch, capsys, "attack", *TINY, "--seed", "7", "--out", str(out))[0] == 0
+        m = json.loads((out / "metrics.json").read_text())
+        results.append({k: m[k] for k in ("psnr", "ssim", "matching_loss", "images")})
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--model", "vgg99"], "unknown model 'vgg99'"),
+        (["--attack", "magic"], "unknown attack 'magic'"),
+        (["--dataset", "mnist", "--root", "/nonexistent/data"], "does not exist"),
+        (["--dataset", "mnist", "--root", "."], "MNIST file"),
+        (["--index", "99"], "index 99 is out of range"),
+        (["--set", "attack.iterations"], "malformed --set"),
+        (["--set", "model.widht=2"], "unknown config key 'model.widht'"),
+        (["--iterations", "0"], "attack.iterations"),
+        (["--bogus-flag"], "No such option"),
+        (["--config", "/nonexistent.yaml"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.delenv("FEDLEAK_DATA", raising=False)
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not any(tmp_path.iterdir())
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out))
+    assert code == 2 and "not empty" in err and (out / "keep.txt").exists()
+    assert fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--force")[0] == 0
+    assert not (out / "keep.txt").exists() and (out / "metrics.json").exists()
+
+
+def test_console_script_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedleak.cli", "attack", "--dataset", "nope", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("fedleak: error: unknown dataset")

@@ -1,0 +1,45 @@
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from fedleak.fl import Client, ClientData, Payload, normalize
+from fedleak.models import create_model
+
+
+def _batch(b=2, size=16):
+    g = torch.Generator().manual_seed(0)
+    return ClientData(torch.rand(b, 3, size, size, generator=g), torch.tensor([1, 3][:b]))
+
+
+def test_fedsgd_update_is_the_mean_cross_entropy_gradient():
+    model = create_model("lenet", 5, 3, 16, seed=0)
+    data = _batch()
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    payload = Client(model, mean, std).update(data)
+    loss = F.cross_entropy(model(normalize(data.images, mean, std)), data.labels)
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    assert list(payload.update) == [n for n, _ in model.named_parameters()]
+    for got, want in zip(payload.update.values(), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_payload_holds_no_client_data():
+    data = _batch()
+    payload = Client(create_model("lenet", 5, 3, 16, seed=0), (0.5,) * 3, (0.5,) * 3).update(data)
+    assert {f.name for f in dataclasses.fields(Payload)} == {"model_state", "update", "hyper"}
+    tensors = list(payload.model_state.values()) + list(payload.update.values())
+    tensors += [v for v in vars(payload.hyper).values() if isinstance(v, torch.Tensor)]
+    for t in tensors:
+        assert t.shape not in (data.images.shape, data.labels.shape)
+    assert payload.hyper.batch_size == 2 and payload.hyper.protocol == "fedsgd"
+
+
+def test_train_mode_client_leaves_global_model_untouched():
+    model = create_model("convnet", 5, 3, 16, width=0.125, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    payload = Client(model, (0.5,) * 3, (0.5,) * 3, model_mode="train").update(_batch())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+        assert torch.equal(payload.model_state[k], before[k])
+    assert payload.hyper.model_mode == "train"
