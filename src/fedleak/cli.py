@@ -42,6 +42,8 @@ def attack(
     model: Annotated[Optional[str], typer.Option(help="target architecture")] = None,
     width: Annotated[Optional[float], typer.Option(help="model width multiplier")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="client batch size")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="client protocol: fedsgd | fedavg")] = None,
+    local_steps: Annotated[Optional[int], typer.Option(help="FedAvg local steps τ")] = None,
     attack_name: Annotated[Optional[str], typer.Option("--attack", help="attack name")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="attack iterations")] = None,
     restarts: Annotated[Optional[int], typer.Option(help="attack restarts")] = None,
@@ -62,6 +64,7 @@ def attack(
     flags = {
         "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
         "model.name": model, "model.width": width, "client.batch_size": batch_size,
+        "client.protocol": protocol, "client.local_steps": local_steps,
         "attack.name": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
         "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
     }

@@ -70,8 +70,13 @@ class ModelSection(Section):
 
 
 class ClientSection(Section):
-    protocol: str = Field("fedsgd", description="client protocol")
+    protocol: str = Field("fedsgd", description="client protocol: fedsgd | fedavg")
     batch_size: int = Field(1, ge=1, description="images in the client batch")
+    lr: float = Field(0.01, gt=0, description="local learning rate (fedavg)")
+    local_steps: int = Field(1, ge=1, description="local SGD steps τ (fedavg)")
+    local_batch_size: int | None = Field(None, ge=1, description="minibatch size (fedavg; default the batch)")
+    shuffle_seed: int | None = Field(None, description="reshuffle each epoch with this public seed (fedavg)")
+    update_scale: Literal["delta", "delta/lr"] = Field("delta", description="send θ₀ − θ_τ or that over lr")
 
 
 class KnowledgeSection(Section):

@@ -74,7 +74,10 @@ def run(config: RunConfig, progress: bool = False) -> RunResult:
     truth = ClientData(dataset.images(indices), dataset.label_of(indices), tuple(indices))
 
     model = build_target(config, dataset)
-    client = Client(model, dataset.mean, dataset.std, config.client.protocol, config.model.mode)
+    c = config.client
+    client = Client(model, dataset.mean, dataset.std, c.protocol, config.model.mode, lr=c.lr,
+                    local_steps=c.local_steps, local_batch_size=c.local_batch_size,
+                    shuffle_seed=c.shuffle_seed, update_scale=c.update_scale)
     payload = client.update(truth)
 
     knowledge = AttackerKnowledge(

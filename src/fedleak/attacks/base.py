@@ -98,18 +98,16 @@ def target_model(payload: Payload, knowledge: AttackerKnowledge) -> nn.Module:
     return model
 
 
-def observed_update(payload: Payload, model: nn.Module) -> tuple[list[nn.Parameter], list[Tensor]]:
-    """Pair the model's trainable parameters with the payload's update tensors, by name."""
-    params, targets = [], []
-    for name, p in model.named_parameters():
-        if name in payload.update:
-            target = payload.update[name]
-            if target.shape != p.shape:
-                raise FedleakError(f"update {name!r} has shape {tuple(target.shape)}, parameter {tuple(p.shape)}")
-            if not torch.isfinite(target).all():
-                raise FedleakError(f"update {name!r} contains NaN or infinite values")
-            params.append(p)
-            targets.append(target)
-    if not params:
-        raise FedleakError("the payload's update names none of the model's parameters")
-    return params, targets
+def check_update(payload: Payload, params: dict[str, Tensor]) -> None:
+    """The payload's update must name the model's parameters, with their shapes, and be finite."""
+    if not payload.update:
+        raise FedleakError("the payload holds no update")
+    for name, target in payload.update.items():
+        if name not in params:
+            raise FedleakError(f"update {name!r} names no parameter of the model")
+        if target.shape != params[name].shape:
+            raise FedleakError(
+                f"update {name!r} has shape {tuple(target.shape)}, parameter {tuple(params[name].shape)}"
+            )
+        if not torch.isfinite(target).all():
+            raise FedleakError(f"update {name!r} contains NaN or infinite values")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -10,6 +11,9 @@ from torch import Tensor
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import Payload
 from fedleak.registry import Registry
+
+if TYPE_CHECKING:
+    from fedleak.attacks.base import AttackerKnowledge
 
 LabelRecovery = Callable[[Payload, int], Tensor]
 
@@ -36,3 +40,44 @@ def idlg(payload: Payload, num_classes: int) -> Tensor:
         )
     grad = last_layer_weight_grad(payload, num_classes)
     return torch.argmin(grad.sum(dim=1)).view(1)
+
+
+@LABEL_METHODS.register("yin")
+def yin(payload: Payload, num_classes: int) -> Tensor:
+    """Yin et al. (GradInversion, CVPR 2021): the B classes whose row of the last weight gradient has
+    the most negative minimum. Assumes no class repeats in the batch (B ≤ number of classes)."""
+    b = payload.hyper.batch_size
+    if b > num_classes:
+        raise FedleakError(f"Yin et al.'s label recovery needs batch ≤ classes ({b} > {num_classes})")
+    row_min = last_layer_weight_grad(payload, num_classes).min(dim=1).values
+    return torch.sort(torch.argsort(row_min)[:b]).values
+
+
+@LABEL_METHODS.register("wainakh")
+def wainakh(payload: Payload, num_classes: int) -> Tensor:
+    """Wainakh et al. (LLG, PETS 2022), the simple variant: every class whose row sum of the last
+    weight gradient is negative is present; then, until B labels are found, take the class with the
+    most negative remaining sum. Each pick removes one sample's estimated impact from that row, so
+    repeated labels are found too."""
+    b = payload.hyper.batch_size
+    sums = last_layer_weight_grad(payload, num_classes).sum(dim=1).double()
+    negative = sums < 0
+    if not negative.any():
+        raise FedleakError("no class has a negative last-layer gradient; cannot recover labels")
+    impact = sums[negative].sum() / b * (1 + 1 / num_classes)  # one sample's (negative) share
+    labels: list[int] = []
+    for c in torch.nonzero(negative).flatten().tolist()[:b]:
+        labels.append(c)
+        sums[c] -= impact
+    while len(labels) < b:
+        c = int(torch.argmin(sums))
+        labels.append(c)
+        sums[c] -= impact
+    return torch.tensor(sorted(labels), dtype=torch.long)
+
+
+def recover_labels(payload: Payload, knowledge: AttackerKnowledge, method: str) -> Tensor:
+    """The labels an attack uses: the true ones when the run declares them known, else ``method``."""
+    if knowledge.labels is not None:
+        return knowledge.labels
+    return LABEL_METHODS.get(method)(payload, knowledge.num_classes)

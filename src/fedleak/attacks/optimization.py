@@ -7,8 +7,7 @@ import time
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fedleak.registry import Registry
 
@@ -48,33 +47,37 @@ def step_milestones(iterations: int) -> list[int]:
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
 
-def simulated_gradient(
-    model: nn.Module, params: Sequence[Tensor], x: Tensor, labels: Tensor
-) -> tuple[Tensor, ...]:
-    """∇θ of the mean cross-entropy at candidate ``x``, kept differentiable w.r.t. ``x``."""
-    loss = F.cross_entropy(model(x), labels)
-    return torch.autograd.grad(loss, params, create_graph=True)
-
-
 class Trace:
-    """Matching loss against iteration and wall time, thinned to at most ``points`` entries."""
+    """Matching loss against iteration and wall time, thinned to about ``points`` rows."""
 
     def __init__(self, iterations: int, points: int = 500) -> None:
         self.every = max(1, iterations // points)
         self.start = time.perf_counter()
         self.rows: list[dict[str, float]] = []
 
-    def record(self, restart: int, iteration: int, loss: float, last: bool = False) -> None:
+    def record(self, iteration: int, last: bool = False, **values: float) -> None:
         if iteration % self.every == 0 or last:
-            self.rows.append(
-                {
-                    "restart": restart,
-                    "iteration": iteration,
-                    "loss": loss,
-                    "seconds": round(time.perf_counter() - self.start, 4),
-                }
-            )
+            row = {"iteration": iteration, **values, "seconds": round(time.perf_counter() - self.start, 4)}
+            self.rows.append(row)
 
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+class EarlyStop:
+    """Stop when the best matching loss has not improved by a relative ``min_delta`` for
+    ``patience`` iterations (``patience=None``: never)."""
+
+    def __init__(self, patience: int | None, min_delta: float) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.stale = float("inf"), 0
+
+    def __call__(self, loss: float) -> bool:
+        if self.patience is None:
+            return False
+        if loss < self.best * (1 - self.min_delta) or self.best == float("inf"):
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience

@@ -12,6 +12,7 @@ from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
 
 MODEL_MODES = ("eval", "train")
+UPDATE_SCALES = ("delta", "delta/lr")
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
@@ -35,14 +36,27 @@ class Client:
         std: tuple[float, ...],
         protocol: str = "fedsgd",
         model_mode: str = "eval",
+        lr: float | None = None,
+        local_steps: int = 1,
+        local_batch_size: int | None = None,
+        shuffle_seed: int | None = None,
+        update_scale: str = "delta",
     ) -> None:
         if model_mode not in MODEL_MODES:
             raise ConfigError(f"model mode must be one of {', '.join(MODEL_MODES)}, got {model_mode!r}")
+        if update_scale not in UPDATE_SCALES:
+            raise ConfigError(f"update scale must be one of {', '.join(UPDATE_SCALES)}, got {update_scale!r}")
+        if protocol == "fedavg" and (lr is None or lr <= 0):
+            raise ConfigError("fedavg needs a positive local learning rate (client.lr)")
+        if local_steps < 1 or (local_batch_size is not None and local_batch_size < 1):
+            raise ConfigError("local steps and local batch size must be at least 1")
         self.protocol = PROTOCOLS.get(protocol)
         self.protocol_name = protocol
         self.model = model
         self.mean, self.std = tuple(mean), tuple(std)
         self.model_mode = model_mode
+        self.training = dict(lr=lr, local_steps=local_steps, local_batch_size=local_batch_size,
+                             shuffle_seed=shuffle_seed, update_scale=update_scale)
 
     def update(self, data: ClientData) -> Payload:
         """Run one round on ``data`` and return what the server will see."""
@@ -53,7 +67,10 @@ class Client:
         if data.labels.shape != (data.images.shape[0],):
             raise DataError("client labels must hold one class index per image")
         hyper = PublicHyperparameters(
-            protocol=self.protocol_name, batch_size=int(data.images.shape[0]), model_mode=self.model_mode
+            protocol=self.protocol_name,
+            batch_size=int(data.images.shape[0]),
+            model_mode=self.model_mode,
+            **self.training,
         )
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.

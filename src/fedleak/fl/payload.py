@@ -15,7 +15,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class PublicHyperparameters:
-    """Training settings the server knows because it set them (its protocol)."""
+    """Training settings the server knows because it set them (its protocol).
+
+    FedAvg: ``local_steps`` SGD steps of ``lr`` on minibatches of ``local_batch_size``, walking
+    through the batch in order (reshuffled each epoch with ``shuffle_seed`` when set); the update is
+    θ₀ − θ_τ, or (θ₀ − θ_τ)/lr when ``update_scale`` is ``"delta/lr"``.
+    """
 
     protocol: str
     batch_size: int
@@ -23,9 +28,27 @@ class PublicHyperparameters:
     lr: float | None = None
     local_steps: int = 1
     local_batch_size: int | None = None
-    epochs: int = 1
+    shuffle_seed: int | None = None
+    update_scale: str = "delta"
     defense: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def minibatches(self) -> list[list[int]]:
+        """Indices of the client batch used at each local step (FedAvg), in order."""
+        size = self.local_batch_size or self.batch_size
+        steps, epoch = [], 0
+        while len(steps) < self.local_steps:
+            order = list(range(self.batch_size))
+            if self.shuffle_seed is not None:
+                import torch
+
+                g = torch.Generator().manual_seed(self.shuffle_seed + epoch)
+                order = torch.randperm(self.batch_size, generator=g).tolist()
+            for start in range(0, self.batch_size, size):
+                if len(steps) < self.local_steps:
+                    steps.append(order[start : start + size])
+            epoch += 1
+        return steps
 
 
 @dataclass(frozen=True)

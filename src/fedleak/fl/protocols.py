@@ -23,3 +23,19 @@ def fedsgd(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperp
     loss = F.cross_entropy(model(inputs), labels)
     grads = torch.autograd.grad(loss, params)
     return {n: g.detach().clone() for n, g in zip(names, grads)}
+
+
+@PROTOCOLS.register("fedavg")
+def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters) -> dict[str, Tensor]:
+    """FedAvg: τ local SGD steps on minibatches, returning θ₀ − θ_τ (or divided by the lr)."""
+    if hyper.lr is None or hyper.lr <= 0:
+        raise ValueError("fedavg needs a positive local learning rate")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    start = {n: p.detach().clone() for n, p in named}
+    optimizer = torch.optim.SGD([p for _, p in named], lr=hyper.lr)
+    for batch in hyper.minibatches():
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs[batch]), labels[batch]).backward()
+        optimizer.step()
+    scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
+    return {n: (start[n] - p.detach()) / scale for n, p in named}

@@ -1,0 +1,67 @@
+"""The gradient-matching objective shared by the optimisation attacks, defined per trial so that
+restarts can be ``vmap``-ed."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from fedleak.attacks.base import AttackerKnowledge, check_update
+from fedleak.attacks.layers import select_layers
+from fedleak.attacks.objectives import COSTS
+from fedleak.attacks.regularizers import REGULARIZERS
+from fedleak.attacks.simulation import Simulation
+from fedleak.fl.payload import Payload
+
+
+class GradientMatching:
+    """cost(simulated update of the selected layers, observed update) + Σ weight·prior(x)."""
+
+    def __init__(
+        self,
+        payload: Payload,
+        knowledge: AttackerKnowledge,
+        cost: str = "cosine",
+        layers: str = "all",
+        layer_count: int | None = None,
+        priors: dict[str, float] | None = None,
+    ) -> None:
+        self.simulation = Simulation(payload, knowledge)
+        check_update(payload, dict(self.simulation.model.named_parameters()))
+        self.names = select_layers(payload.update, layers, layer_count)
+        self.targets = [payload.update[n] for n in self.names]
+        self.cost = COSTS.get(cost)
+        self.priors = [(REGULARIZERS.get(name), w) for name, w in (priors or {}).items() if w]
+
+    def matching_loss(self, x: Tensor, labels: Tensor, batched: bool = False) -> Tensor:
+        update = self.simulation.update(x, labels, batched)
+        return self.cost([update[n] for n in self.names], self.targets)
+
+    def trial(self, x: Tensor, labels: Tensor, batched: bool = False) -> tuple[Tensor, Tensor]:
+        """(total loss, matching loss) of one trial's candidate batch ``x``."""
+        match = self.matching_loss(x, labels, batched)
+        total = match
+        for prior, weight in self.priors:
+            total = total + weight * prior(x)
+        return total, match.detach()
+
+    def matching_losses(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Matching loss of every trial in ``x`` (R×B×C×H×W)."""
+        return vmap(lambda xr: self.matching_loss(xr, labels, batched=True).detach())(x)
+
+    def image_gradients(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """∂(total loss)/∂x and the matching loss for every trial of ``x`` (R×B×C×H×W).
+
+        Several trials run as one ``vmap``-ed computation; a single trial takes plain autograd,
+        which is faster on CPU."""
+        if x.shape[0] == 1:
+            xr = x[0].detach().requires_grad_(True)
+            total, match = self.trial(xr, labels)
+            (gx,) = torch.autograd.grad(total, xr)
+            return gx.unsqueeze(0), match.unsqueeze(0)
+        return self._batched(x.detach(), labels)
+
+    def _batched(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        step = vmap(grad(lambda xr: self.trial(xr, labels, batched=True), has_aux=True))
+        return step(x)

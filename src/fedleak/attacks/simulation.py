@@ -1,0 +1,80 @@
+"""The attacker's functional re-run of the client computation (``torch.func``).
+
+Given candidate images and labels, :class:`Simulation` recomputes the update the client would have
+sent under the public hyperparameters — the FedSGD gradient, or the FedAvg local steps unrolled — as a
+pure function of the candidates, so it can be differentiated and ``vmap``-ed over restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad
+
+from fedleak.attacks.base import AttackerKnowledge, target_model
+from fedleak.fl.payload import Payload, PublicHyperparameters
+from fedleak.registry import Registry
+
+Params = dict[str, Tensor]
+Differentiate = Callable[[Callable[[Params], Tensor], Params], Params]
+Simulator = Callable[[nn.Module, Params, Params, Tensor, Tensor, PublicHyperparameters, Differentiate], Params]
+
+
+def functional_grad(loss: Callable[[Params], Tensor], params: Params) -> Params:
+    """∇ via ``torch.func.grad``: composes with ``vmap`` (batched restarts)."""
+    return grad(loss)(params)
+
+
+def autograd_grad(loss: Callable[[Params], Tensor], params: Params) -> Params:
+    """∇ via ``torch.autograd.grad(create_graph=True)``: about 1.5× faster for a single trial on CPU,
+    but cannot run under ``vmap``."""
+    leaves = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in params.items()}
+    grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
+    return dict(zip(leaves, grads))
+
+SIMULATORS: Registry[Simulator] = Registry("protocol simulation")
+
+
+def _loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
+    # Hard labels are class indices; soft labels (DLG's joint optimisation) are probabilities.
+    return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+
+
+@SIMULATORS.register("fedsgd")
+def simulate_fedsgd(model, params, buffers, x, y, hyper, differentiate):
+    return differentiate(lambda p: _loss(model, p, buffers, x, y), params)
+
+
+@SIMULATORS.register("fedavg")
+def simulate_fedavg(model, params, buffers, x, y, hyper, differentiate):
+    current = dict(params)
+    for batch in hyper.minibatches():
+        index = torch.tensor(batch)
+        g = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index]), current)
+        current = {n: current[n] - hyper.lr * g[n] for n in current}
+    scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
+    return {n: (params[n] - current[n]) / scale for n in params}
+
+
+class Simulation:
+    """The global model from the payload, ready for functional calls."""
+
+    def __init__(self, payload: Payload, knowledge: AttackerKnowledge) -> None:
+        model = target_model(payload, knowledge)
+        if payload.hyper.model_mode == "train":
+            # Batch statistics only: no in-place running-stat updates (they cannot be vmap-ed).
+            torch.func.replace_all_batch_norm_modules_(model)
+        self.model = model
+        self.hyper = payload.hyper
+        self.params = {n: p.detach() for n, p in model.named_parameters() if n in payload.update}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self._simulate = SIMULATORS.get(payload.hyper.protocol)
+
+    def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
+        """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
+        ``batched=True`` when called under ``vmap``."""
+        differentiate = functional_grad if batched else autograd_grad
+        return self._simulate(self.model, self.params, self.buffers, x, y, self.hyper, differentiate)

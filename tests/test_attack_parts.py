@@ -1,0 +1,94 @@
+"""Label recovery, layer selection, early stopping and batched restarts."""
+
+import copy
+
+import pytest
+import torch
+
+from fedleak.attacks import AttackerKnowledge, build_attack
+from fedleak.attacks.labels import LABEL_METHODS
+from fedleak.attacks.layers import group_layers, select_layers
+from fedleak.attacks.matching import GradientMatching
+from fedleak.attacks.optimization import EarlyStop
+from fedleak.errors import ConfigError
+from fedleak.fl import Client, ClientData
+from fedleak.metrics import label_accuracy
+from fedleak.models import create_model
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+
+
+def _payload(labels, model="resnet18", size=16, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = ClientData(torch.rand(len(labels), 3, size, size, generator=g), torch.tensor(labels))
+    net = create_model(model, classes, 3, size, width=0.25, seed=seed)
+    knowledge = AttackerKnowledge(copy.deepcopy(net), (3, size, size), classes, MEAN, STD)
+    return data, Client(net, MEAN, STD).update(data), knowledge
+
+
+@pytest.mark.parametrize("method", ["yin", "wainakh"])
+def test_distinct_labels_are_recovered(method):
+    data, payload, _ = _payload([7, 2, 5, 0])
+    got = LABEL_METHODS.get(method)(payload, 10)
+    assert sorted(got.tolist()) == [0, 2, 5, 7]
+
+
+def test_wainakh_counts_repeated_labels():
+    data, payload, _ = _payload([3, 3, 3, 1], seed=2)
+    got = LABEL_METHODS.get("wainakh")(payload, 10)
+    assert label_accuracy(got, data.labels) >= 0.75 and 3 in got.tolist() and 1 in got.tolist()
+
+
+def test_yin_refuses_batches_larger_than_classes():
+    _, payload, _ = _payload([0, 1, 2], classes=2 + 1)
+    assert sorted(LABEL_METHODS.get("yin")(payload, 3).tolist()) == [0, 1, 2]
+    _, payload, _ = _payload([0, 1, 0, 1], classes=2)
+    with pytest.raises(Exception, match="batch ≤ classes"):
+        LABEL_METHODS.get("yin")(payload, 2)
+
+
+def test_layer_selection():
+    names = ["a.weight", "a.bias", "b.weight", "c.weight", "c.bias"]
+    assert group_layers(names) == [["a.weight", "a.bias"], ["b.weight"], ["c.weight", "c.bias"]]
+    update = {"a.weight": torch.ones(3), "a.bias": torch.ones(1), "b.weight": torch.full((2,), 9.0),
+              "c.weight": torch.zeros(4), "c.bias": torch.zeros(1)}
+    assert select_layers(update, "all", None) == names
+    assert select_layers(update, "largest-norm", 2) == ["a.weight", "a.bias", "b.weight"]
+    assert select_layers(update, "first", 1) == ["a.weight", "a.bias"]
+    assert select_layers(update, "last", 1) == ["c.weight", "c.bias"]
+    with pytest.raises(ConfigError, match="layer count"):
+        select_layers(update, "first", 4)
+
+
+def test_early_stop():
+    stop = EarlyStop(patience=2, min_delta=0.1)
+    assert [stop(v) for v in (1.0, 0.5, 0.49, 0.48, 0.3)] == [False, False, False, True, False]
+    assert not any(EarlyStop(None, 0.1)(v) for v in (1, 1, 1))
+
+
+def test_batched_gradients_equal_one_trial_at_a_time():
+    data, payload, knowledge = _payload([1, 4], model="convnet")
+    objective = GradientMatching(payload, knowledge, priors={"tv": 0.01})
+    x = torch.randn(3, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    gx, match = objective.image_gradients(x, data.labels)
+    for r in range(3):
+        g1, m1 = objective.image_gradients(x[r : r + 1], data.labels)
+        torch.testing.assert_close(gx[r], g1[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(match[r], m1[0], rtol=1e-5, atol=1e-7)
+
+
+def test_early_stopping_ends_the_attack_and_the_trace_records_it():
+    data, payload, knowledge = _payload([2], model="lenet", size=8)
+    rec = build_attack("ig", {"iterations": 500, "patience": 5, "min_delta": 0.5, "schedule": "none"}).run(
+        payload, knowledge
+    )
+    assert rec.iterations < 500
+    assert rec.trace[-1]["iteration"] == rec.iterations and "seconds" in rec.trace[-1]
+
+
+def test_layer_selection_reaches_the_attack():
+    data, payload, knowledge = _payload([2], model="lenet", size=8)
+    attack = build_attack("ig", {"iterations": 3, "layers": "largest-norm", "layer_count": 1})
+    assert attack.run(payload, knowledge).iterations == 3
+    with pytest.raises(ConfigError, match="unknown layer selection"):
+        build_attack("ig", {"layers": "middle"})
