@@ -59,5 +59,5 @@ def test_ig_attacks_a_fedavg_update():
     model = create_model("lenet", 3, 3, 8, seed=0)
     payload = Client(model, MEAN, STD, "fedavg", lr=0.1, local_steps=3).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 3, MEAN, STD, labels=data.labels)
-    rec = build_attack("ig", {"iterations": 100}).run(payload, knowledge)
+    rec = build_attack("ig", {"iterations": 150}).run(payload, knowledge)
     assert evaluate(rec, data).psnr > 15
