@@ -76,7 +76,14 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def build_attack(name: str, settings: dict[str, Any] | None = None) -> Attack:
-    """Look up attack ``name`` and validate ``settings`` against its config."""
+    """Build attack or preset ``name`` with ``settings`` (which override a preset's) validated
+    against the attack's config."""
+    from fedleak.presets import load_preset
+
+    preset = load_preset(name)
+    if preset is not None:
+        name = preset.pop("name")
+        settings = {**preset, **(settings or {})}
     cls = ATTACKS.get(name)
     try:
         return cls(cls.Config.model_validate(settings or {}))
