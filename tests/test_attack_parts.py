@@ -92,3 +92,36 @@ def test_layer_selection_reaches_the_attack():
     assert attack.run(payload, knowledge).iterations == 3
     with pytest.raises(ConfigError, match="unknown layer selection"):
         build_attack("ig", {"layers": "middle"})
+
+
+def test_bn_prior_is_zero_at_the_truth_and_needs_declared_stats():
+    from fedleak.fl import normalize
+
+    g = torch.Generator().manual_seed(0)
+    data = ClientData(torch.rand(2, 3, 16, 16, generator=g), torch.tensor([1, 3]))
+    net = create_model("convnet", 10, 3, 16, width=0.125, seed=0)
+    client = Client(net, MEAN, STD)
+    payload = client.update(data)
+    stats = client.batch_norm_statistics(data)
+    assert len(stats) == 8 and stats[0][0].shape == (8,)
+    told = AttackerKnowledge(copy.deepcopy(net), (3, 16, 16), 10, MEAN, STD, bn_stats=stats)
+    objective = GradientMatching(payload, told, priors={"bn": 1.0})
+    truth = normalize(data.images, MEAN, STD)
+    total, match = objective.trial(truth, data.labels)
+    assert float((total - match).detach()) == pytest.approx(0.0, abs=1e-8)
+    other, _ = objective.trial(torch.randn(2, 3, 16, 16, generator=g), data.labels)
+    assert float(other.detach()) > float(total.detach()) + 1e-3
+    gx, _ = objective.image_gradients(torch.randn(2, 2, 3, 16, 16, generator=g), data.labels)  # batched
+    assert torch.isfinite(gx).all()
+    blind = AttackerKnowledge(copy.deepcopy(net), (3, 16, 16), 10, MEAN, STD)
+    with pytest.raises(Exception, match="bn_stats"):
+        GradientMatching(payload, blind, priors={"bn": 1.0}).trial(truth, data.labels)
+
+
+def test_cli_bn_prior_end_to_end(tmp_path):
+    from fedleak.config import build_config
+    from fedleak.pipeline import run
+
+    cfg = build_config(overrides=["data.image_size=12", "model.width=0.125", "attack.iterations=2",
+                                  "attack.regularizers={bn: 0.01}", "knowledge.bn_stats=true"])
+    assert run(cfg).reconstruction.iterations == 2

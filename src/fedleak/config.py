@@ -83,6 +83,7 @@ class KnowledgeSection(Section):
     """What the attacker is declared to know beyond the payload."""
 
     labels: bool = Field(False, description="the attacker knows the client's labels")
+    bn_stats: bool = Field(False, description="the attacker knows the client batch's BN statistics")
 
 
 class AttackSection(BaseModel):

@@ -87,6 +87,7 @@ def run(config: RunConfig, progress: bool = False) -> RunResult:
         mean=dataset.mean,
         std=dataset.std,
         labels=truth.labels.clone() if config.knowledge.labels else None,
+        bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )
     reconstruction = attack.run(payload, knowledge, seed=config.seed, progress=progress)
     evaluation = evaluate(reconstruction, truth)

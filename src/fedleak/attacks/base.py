@@ -27,7 +27,9 @@ class AttackerKnowledge:
     """What the server-side attacker knows besides the payload.
 
     ``architecture`` is a module of the target's architecture (its weights are replaced by the
-    payload's model state). ``labels`` is set only when the run declares the attacker knows them.
+    payload's model state). ``labels`` and ``bn_stats`` (the client batch's per-channel mean and
+    variance at each batch-norm layer, in module order) are set only when the run declares the
+    attacker knows them.
     """
 
     architecture: nn.Module
@@ -36,6 +38,7 @@ class AttackerKnowledge:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     labels: Tensor | None = None
+    bn_stats: list[tuple[Tensor, Tensor]] | None = None
 
 
 @dataclass

@@ -10,9 +10,11 @@ from torch.func import grad, vmap
 from fedleak.attacks.base import AttackerKnowledge, check_update
 from fedleak.attacks.layers import select_layers
 from fedleak.attacks.objectives import COSTS
-from fedleak.attacks.regularizers import REGULARIZERS
+from fedleak.attacks.regularizers import REGULARIZERS, PriorContext
+from fedleak.errors import FedleakError
 from fedleak.attacks.simulation import Simulation
 from fedleak.fl.payload import Payload
+from fedleak.models.batchnorm import batch_norm_layers
 
 
 class GradientMatching:
@@ -33,6 +35,13 @@ class GradientMatching:
         self.targets = [payload.update[n] for n in self.names]
         self.cost = COSTS.get(cost)
         self.priors = [(REGULARIZERS.get(name), w) for name, w in (priors or {}).items() if w]
+        sim = self.simulation
+        self.context = PriorContext(sim.model, sim.params, sim.buffers, knowledge.bn_stats,
+                                    batch_norm_layers(sim.model))
+        if knowledge.bn_stats is not None and len(knowledge.bn_stats) != len(self.context.bn_layers):
+            raise FedleakError(
+                f"{len(knowledge.bn_stats)} batch-norm statistics given for {len(self.context.bn_layers)} layers"
+            )
 
     def matching_loss(self, x: Tensor, labels: Tensor, batched: bool = False) -> Tensor:
         update = self.simulation.update(x, labels, batched)
@@ -43,7 +52,7 @@ class GradientMatching:
         match = self.matching_loss(x, labels, batched)
         total = match
         for prior, weight in self.priors:
-            total = total + weight * prior(x)
+            total = total + weight * prior(x, self.context)
         return total, match.detach()
 
     def matching_losses(self, x: Tensor, labels: Tensor) -> Tensor:

@@ -1,21 +1,66 @@
-"""Image priors added to the matching cost (a lookup table)."""
+"""Image priors added to the matching cost (a lookup table).
+
+A prior is ``f(x, context) → scalar`` for one trial's candidate batch ``x`` (normalised); the
+:class:`PriorContext` gives priors that need the model (batch-norm statistics) what they need.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
 
+from fedleak.errors import FedleakError
+from fedleak.models.batchnorm import batch_statistics
 from fedleak.registry import Registry
 
-Regularizer = Callable[[Tensor], Tensor]
+
+@dataclass
+class PriorContext:
+    model: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    bn_targets: list[tuple[Tensor, Tensor]] | None = None
+    bn_layers: list[nn.Module] = field(default_factory=list)
+
+
+Regularizer = Callable[[Tensor, PriorContext], Tensor]
 
 REGULARIZERS: Registry[Regularizer] = Registry("regularizer")
 
 
 @REGULARIZERS.register("tv")
-def total_variation(x: Tensor) -> Tensor:
+def total_variation(x: Tensor, context: PriorContext | None = None) -> Tensor:
     """Anisotropic total variation: mean absolute difference of neighbours along width and height."""
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
     return dx + dy
+
+
+@REGULARIZERS.register("l2")
+def l2_norm(x: Tensor, context: PriorContext | None = None) -> Tensor:
+    """Mean squared value of the (normalised) image: keeps candidates near the data mean."""
+    return x.pow(2).mean()
+
+
+@REGULARIZERS.register("bn")
+def batch_norm_statistics(x: Tensor, context: PriorContext) -> Tensor:
+    """GradInversion / DeepInversion: Σ over BN layers of ‖μ(x) − μ_client‖² + ‖σ²(x) − σ²_client‖²,
+    the client's batch statistics being declared attacker knowledge."""
+    if context.bn_targets is None:
+        raise FedleakError("the bn prior needs the client's batch-norm statistics (knowledge.bn_stats=true)")
+    seen: list[tuple[Tensor, Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(batch_statistics(args[0])))
+             for m in context.bn_layers]
+    try:
+        functional_call(context.model, (context.params, context.buffers), (x,))
+    finally:
+        for h in hooks:
+            h.remove()
+    total = torch.zeros(())
+    for (mean, var), (target_mean, target_var) in zip(seen, context.bn_targets):
+        total = total + (mean - target_mean).pow(2).sum() + (var - target_var).pow(2).sum()
+    return total

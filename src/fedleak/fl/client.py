@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
+from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
 
 MODEL_MODES = ("eval", "train")
 UPDATE_SCALES = ("delta", "delta/lr")
@@ -78,3 +79,17 @@ class Client:
         local.train(self.model_mode == "train")
         update = self.protocol(local, normalize(data.images, self.mean, self.std), data.labels, hyper)
         return Payload(model_state=state, update=update, hyper=hyper)
+
+    def batch_norm_statistics(self, data: ClientData) -> list[tuple[Tensor, Tensor]]:
+        """Per-channel mean and variance of the client batch at each batch-norm layer's input.
+
+        Private: a run hands these to the attacker only when it declares that knowledge."""
+        local = copy.deepcopy(self.model).train(self.model_mode == "train")
+        stats: list[tuple[Tensor, Tensor]] = []
+        hooks = [m.register_forward_hook(lambda mod, args, out: stats.append(batch_statistics(args[0].detach())))
+                 for m in batch_norm_layers(local)]
+        with torch.no_grad():
+            local(normalize(data.images, self.mean, self.std))
+        for h in hooks:
+            h.remove()
+        return stats
