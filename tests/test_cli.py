@@ -112,3 +112,56 @@ def test_console_script_runs(tmp_path):
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("fedleak: error: unknown dataset")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--attack", "dlg", "--iterations", "2", "--set", "attack.inner_steps=2"],
+        ["--attack", "idlg", "--iterations", "2", "--set", "attack.inner_steps=2"],
+        ["--attack", "ig-limchan", "--iterations", "3"],
+        ["--protocol", "fedavg", "--local-steps", "2", "--set", "client.lr=0.1"],
+        ["--batch-size", "2", "--set", "attack.labels=wainakh", "--set", "attack.restarts=2"],
+    ],
+)
+def test_attacks_and_protocols_from_the_command_line(tmp_path, monkeypatch, capsys, args):
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), *args)
+    assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace and "loss" in trace[0] and "seconds" in trace[0]
+    if "--protocol" in args:
+        assert config["client"]["protocol"] == "fedavg" and config["client"]["local_steps"] == 2
+
+
+def test_analytic_from_the_command_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", "--attack", "analytic", "--model", "mlp",
+                           "--out", str(out), "-q")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["psnr"] > 60
+    code, _, err = fedleak(monkeypatch, capsys, "attack", "--attack", "analytic", "--model", "lenet",
+                           "--out", str(tmp_path / "r2"), "-q")
+    assert code == 2 and "fully connected first layer" in err
+
+
+def test_train_then_attack_the_checkpoint(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "lenet5.safetensors"
+    code, stdout, err = fedleak(monkeypatch, capsys, "train", "--model", "lenet5", "--dataset", "samples",
+                                "--epochs", "1", "--batch-size", "4", "--out", str(ckpt), "-q")
+    assert code == 0, err
+    assert ckpt.exists() and "test accuracy" in stdout
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", "--checkpoint", str(ckpt), "--iterations", "2",
+                           "--out", str(out), "-q")
+    assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["name"] == "lenet5" and config["model"]["checkpoint"] == str(ckpt)
+    # the samples faces have 2 classes, the checkpoint 10
+    code, _, err = fedleak(monkeypatch, capsys, "attack", "--checkpoint", str(ckpt), "--set",
+                           "data.options={subset: faces}", "--out", str(tmp_path / "r2"), "-q")
+    assert code == 2 and "10 classes" in err and len(err.strip().splitlines()) == 1
+    code, _, err = fedleak(monkeypatch, capsys, "train", "--model", "lenet5", "--dataset", "samples",
+                           "--out", str(ckpt), "-q")
+    assert code == 2 and "exists" in err

@@ -39,7 +39,8 @@ def attack(
     root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
     index: Annotated[Optional[str], typer.Option(help="image indices, e.g. 3 or 3,17")] = None,
     classes: Annotated[Optional[str], typer.Option("--class", help="draw images of these classes")] = None,
-    model: Annotated[Optional[str], typer.Option(help="target architecture")] = None,
+    model: Annotated[Optional[str], typer.Option(help="architecture, or package.module:factory")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="trained weights to attack")] = None,
     width: Annotated[Optional[float], typer.Option(help="model width multiplier")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="client batch size")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="client protocol: fedsgd | fedavg")] = None,
@@ -63,7 +64,8 @@ def attack(
 
     flags = {
         "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
-        "model.name": model, "model.width": width, "client.batch_size": batch_size,
+        "model.name": model, "model.width": width,
+        "model.checkpoint": str(checkpoint) if checkpoint else None, "client.batch_size": batch_size,
         "client.protocol": protocol, "client.local_steps": local_steps,
         "attack.name": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
         "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
@@ -77,6 +79,53 @@ def attack(
     for key in row:
         table.add_column(key, justify="right")
     table.add_row(*row.values())
+    console.print(table)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="architecture, or package.module:factory")],
+    dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")],
+    root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)")] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    width: Annotated[float, typer.Option(help="model width multiplier")] = 1.0,
+    option: Annotated[Optional[list[str]], typer.Option(help="model option key=value, e.g. norm=group")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="resize images to this side")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="convert images to 1 or 3 channels")] = None,
+    test_fraction: Annotated[
+        Optional[float], typer.Option(help="split a test set off the training data (default: the dataset's test split, or 0.2)")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(help="train on at most N images")] = None,
+    augment: Annotated[bool, typer.Option(help="random flips and crops")] = False,
+    seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="checkpoint file (.safetensors)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."""
+    from fedleak.config import parse_override
+    from fedleak.errors import ConfigError
+    from fedleak.models.checkpoint import save_checkpoint
+    from fedleak.training import TrainSettings, train_target
+
+    path = out or Path("checkpoints") / f"{model.replace(':', '_')}-{dataset}.safetensors"
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"checkpoint path {str(path)!r} must end in .safetensors")
+    if path.exists() and not force:
+        raise ConfigError(f"checkpoint {str(path)!r} exists; choose another --out or pass --force")
+    options = {".".join(parts): value for parts, value in (parse_override(o) for o in option or [])}
+    result = train_target(model, dataset, root, width, options, image_size, channels, test_fraction, limit,
+                          TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed),
+                          progress=not quiet)
+    save_checkpoint(path, result.model, result.info)
+    table = Table(title=f"fedleak train → {path}")
+    for key in ("model", "dataset", "train images", "test accuracy", "seconds"):
+        table.add_column(key, justify="right")
+    t = result.info.training
+    table.add_row(model, result.info.dataset, str(t["train_images"]), f"{result.info.test_accuracy:.3f}",
+                  f"{result.history.seconds:.0f}")
     console.print(table)
 
 

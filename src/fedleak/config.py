@@ -62,7 +62,8 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    name: str = Field("convnet", description="registered architecture")
+    name: str = Field("convnet", description="registered architecture or package.module:factory")
+    checkpoint: str | None = Field(None, description="trained weights (.safetensors from fedleak train, or .pt)")
     width: float = Field(0.25, gt=0, description="channel multiplier")
     seed: int | None = Field(None, description="initialisation seed (the run seed when unset)")
     mode: Literal["eval", "train"] = Field("eval", description="batch-norm mode on the client")

@@ -19,7 +19,10 @@ from fedleak.config import RunConfig
 from fedleak.data import ImageDataset, load_dataset, pick_indices
 from fedleak.fl import Client, ClientData, Payload
 from fedleak.metrics import Evaluation, evaluate
+from fedleak.errors import ConfigError
 from fedleak.models import create_model
+from fedleak.models.checkpoint import CheckpointInfo, load_weights, read_info
+from fedleak.models.external import check_attackable, is_external
 
 
 @dataclass
@@ -55,37 +58,81 @@ class RunResult:
         }
 
 
-def build_target(config: RunConfig, dataset: ImageDataset) -> nn.Module:
+@dataclass
+class Target:
+    """The model a run attacks and the normalisation its clients apply."""
+
+    model: nn.Module
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | None]:
+    """With a fedleak checkpoint, its architecture replaces the configured one, and its image size
+    and channels become the data defaults (a conflicting explicit value is an error)."""
+    if not config.model.checkpoint:
+        return config, None
+    info = read_info(config.model.checkpoint)
+    if info is None:
+        return config, None
+    d = config.data
+    for key, value in (("image_size", info.image_size), ("channels", info.in_channels)):
+        if getattr(d, key) not in (None, value):
+            raise ConfigError(f"data.{key}={getattr(d, key)} conflicts with the checkpoint's {key} {value}")
+    model = config.model.model_copy(update={"name": info.architecture, "width": info.width,
+                                            "options": dict(info.options)})
+    data = d.model_copy(update={"image_size": info.image_size, "channels": info.in_channels})
+    return config.model_copy(update={"model": model, "data": data}), info
+
+
+def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo | None = None,
+                 model: nn.Module | None = None) -> Target:
+    """The global model: a given module, or the configured architecture, with checkpoint weights."""
     c, h, _ = dataset.image_shape
-    seed = config.model.seed if config.model.seed is not None else config.seed
-    return create_model(config.model.name, dataset.num_classes, c, h, width=config.model.width,
-                        seed=seed, **config.model.options)
+    if info is not None and info.num_classes != dataset.num_classes:
+        raise ConfigError(
+            f"the checkpoint's model has {info.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
+        )
+    if model is not None:
+        target = copy.deepcopy(model)
+    else:
+        seed = config.model.seed if config.model.seed is not None else config.seed
+        target = create_model(config.model.name, dataset.num_classes, c, h, width=config.model.width,
+                              seed=seed, **config.model.options)
+    if config.model.checkpoint:
+        load_weights(target, config.model.checkpoint, config.model.name)
+    if model is not None or is_external(config.model.name) or (config.model.checkpoint and info is None):
+        check_attackable(target, dataset.image_shape, dataset.num_classes)
+    if info is not None and info.mean:
+        return Target(target, tuple(info.mean), tuple(info.std))
+    return Target(target, dataset.mean, dataset.std)
 
 
-def run(config: RunConfig, progress: bool = False) -> RunResult:
-    """Execute one attack run described by ``config``."""
+def run(config: RunConfig, progress: bool = False, model: nn.Module | None = None) -> RunResult:
+    """Execute one attack run described by ``config``; ``model`` (optional) is the user's own module."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     attack = build_attack(config.attack.name, config.attack.settings())
+    config, info = resolve_checkpoint(config)
     d = config.data
     dataset = load_dataset(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                            **d.options)
     indices = pick_indices(dataset, config.client.batch_size, d.index, d.classes, seed=config.seed)
     truth = ClientData(dataset.images(indices), dataset.label_of(indices), tuple(indices))
 
-    model = build_target(config, dataset)
+    target = build_target(config, dataset, info, model)
     c = config.client
-    client = Client(model, dataset.mean, dataset.std, c.protocol, config.model.mode, lr=c.lr,
+    client = Client(target.model, target.mean, target.std, c.protocol, config.model.mode, lr=c.lr,
                     local_steps=c.local_steps, local_batch_size=c.local_batch_size,
                     shuffle_seed=c.shuffle_seed, update_scale=c.update_scale)
     payload = client.update(truth)
 
     knowledge = AttackerKnowledge(
-        architecture=copy.deepcopy(model),
+        architecture=copy.deepcopy(target.model),
         input_shape=dataset.image_shape,
         num_classes=dataset.num_classes,
-        mean=dataset.mean,
-        std=dataset.std,
+        mean=target.mean,
+        std=target.std,
         labels=truth.labels.clone() if config.knowledge.labels else None,
         bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )

@@ -33,8 +33,11 @@ def create_model(
     seed: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build registered model ``name``; with ``seed`` its initial weights are reproducible."""
-    builder = MODELS.get(name)
+    """Build registered model ``name`` (or a ``package.module:factory``); with ``seed`` its initial
+    weights are reproducible."""
+    from fedleak.models.external import build_external, is_external
+
+    builder = None if is_external(name) else MODELS.get(name)
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ConfigError(
             f"model {name!r} needs positive num_classes, in_channels and image_size "
@@ -45,6 +48,9 @@ def create_model(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
+        if builder is None:
+            return build_external(name, num_classes=num_classes, in_channels=in_channels,
+                                  image_size=image_size, width=width, **kwargs)
         try:
             return builder(num_classes, in_channels, image_size, width, **kwargs)
         except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""ResNets (He et al. 2016) for small and large images.
+"""ResNets (He et al. 2016) and SE-ResNets (Hu et al. 2018) for small and large images.
 
 At ≤ 64 px the stem is one 3×3 convolution without max-pool (the CIFAR variant); above, the
 ImageNet 7×7 stride-2 convolution and max-pool. ``norm`` is ``batch``, ``group`` or ``none``.
@@ -43,17 +43,36 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+class SqueezeExcitation(nn.Module):
+    """Hu et al. (2018): channel gates from globally pooled features (two 1×1 convs, reduction r)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
 class Bottleneck(nn.Module):
     expansion = 4
+    squeeze_excitation = False
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
         cout = planes * self.expansion
-        self.body = nn.Sequential(
+        layers = [
             nn.Conv2d(cin, planes, 1, bias=False), norm(planes), nn.ReLU(),
             nn.Conv2d(planes, planes, 3, stride, 1, bias=False), norm(planes), nn.ReLU(),
             nn.Conv2d(planes, cout, 1, bias=False), norm(cout),
-        )
+        ]
+        if self.squeeze_excitation:
+            layers.append(SqueezeExcitation(cout))
+        self.body = nn.Sequential(*layers)
         self.shortcut = _shortcut(cin, cout, stride, norm)
         self.act = nn.ReLU()
 
@@ -67,10 +86,14 @@ def _shortcut(cin: int, cout: int, stride: int, norm: NormFactory) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
 
 
+class SEBottleneck(Bottleneck):
+    squeeze_excitation = True
+
+
 class ResNet(nn.Module):
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[BasicBlock | Bottleneck],
         depths: tuple[int, int, int, int],
         num_classes: int,
         in_channels: int,
@@ -109,3 +132,18 @@ class ResNet(nn.Module):
 @MODELS.register("resnet18")
 def resnet18(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, image_size, width, norm)
+
+
+@MODELS.register("resnet34")
+def resnet34(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
+
+
+@MODELS.register("resnet50")
+def resnet50(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
+
+
+@MODELS.register("se_resnet50")
+def se_resnet50(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+    return ResNet(SEBottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)

@@ -1,0 +1,64 @@
+"""DenseNet-121 (Huang et al. 2017): dense blocks of 6, 12, 24, 16 layers, growth 32, bottleneck 4,
+compression 0.5. At ≤ 64 px the stem is one 3×3 convolution without pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedleak.models.registry import MODELS, scaled
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int, bottleneck: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, bottleneck * growth, 1, bias=False),
+            nn.BatchNorm2d(bottleneck * growth), nn.ReLU(),
+            nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], 1)
+
+
+def _transition(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
+
+
+class DenseNet(nn.Module):
+    def __init__(
+        self,
+        blocks: tuple[int, ...],
+        growth: int,
+        stem: int,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        bottleneck: int = 4,
+    ) -> None:
+        super().__init__()
+        if image_size <= 64:
+            layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)]
+        else:
+            layers = [nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+        channels = stem
+        for i, depth in enumerate(blocks):
+            for _ in range(depth):
+                layers.append(DenseLayer(channels, growth, bottleneck))
+                channels += growth
+            if i < len(blocks) - 1:
+                layers.append(_transition(channels, channels // 2))
+                channels //= 2
+        layers += [nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("densenet121")
+def densenet121(num_classes: int, in_channels: int, image_size: int, width: float) -> nn.Module:
+    return DenseNet((6, 12, 24, 16), scaled(32, width), scaled(64, width), num_classes, in_channels, image_size)

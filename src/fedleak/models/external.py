@@ -1,0 +1,96 @@
+"""Bring your own model: ``package.module:factory`` specs, and the checks an attack needs.
+
+The factory is called with whichever of ``num_classes``, ``in_channels``, ``image_size``, ``width``
+and the model options it accepts, and must return an ``nn.Module`` (a user's own, or a timm /
+torchvision model where those import). :func:`check_attackable` then makes sure gradient inversion can
+work on it and says what is wrong when it cannot.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedleak.errors import ConfigError, FedleakError
+
+
+def is_external(name: str) -> bool:
+    return ":" in name
+
+
+def resolve_factory(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model {spec!r}: expected package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import error of the user's module, whatever its kind
+        raise ConfigError(f"model {spec!r}: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"model {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def build_external(spec: str, **arguments: Any) -> nn.Module:
+    """Call the factory with the arguments its signature accepts."""
+    factory = resolve_factory(spec)
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = arguments if takes_all else {k: v for k, v in arguments.items() if k in params}
+    except (TypeError, ValueError):  # builtins without a signature
+        kwargs = {}
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"model {spec!r}: the factory failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def check_attackable(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Fail with one clear line unless ``model`` maps a batch to ``num_classes`` logits and supports
+    the double backward that gradient matching needs."""
+    probe = model.train(False)
+    params = [p for p in probe.parameters() if p.requires_grad]
+    if not params:
+        raise FedleakError("the model has no trainable parameters: its clients would send no update")
+    x = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    try:
+        out = probe(x)
+    except Exception as exc:
+        raise FedleakError(f"the model cannot take inputs of shape {tuple(x.shape)}: {_first(exc)}") from None
+    if not isinstance(out, torch.Tensor) or out.shape != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FedleakError(f"the model must return logits of shape (batch, {num_classes}), got {shape}")
+    try:
+        grads = torch.autograd.grad(F.cross_entropy(out, torch.tensor([0, num_classes - 1])), params,
+                                    create_graph=True, allow_unused=True)
+        used = [g for g in grads if g is not None]
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in used), x, allow_unused=True)[0]
+    except RuntimeError as exc:
+        raise FedleakError(
+            f"the model does not support the double backward attacks need (an in-place operation?): {_first(exc)}"
+        ) from None
+    if second is None or not torch.isfinite(second).all() or second.abs().max() == 0:
+        raise FedleakError(
+            "the gradient of the model's update does not depend on its input; "
+            "gradient matching gets no signal (non-differentiable layers or detached activations?)"
+        )
+
+
+def _first(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

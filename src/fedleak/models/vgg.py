@@ -1,0 +1,30 @@
+"""VGG-7 as used in ROG's experiments: six 3×3 convolutions in three pairs, each pair followed by a
+2×2 max-pool, and one linear classifier (7 weight layers). ``norm`` = none (default) | batch."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedleak.models.registry import MODELS, scaled
+
+
+@MODELS.register("vgg7")
+def vgg7(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "none") -> nn.Module:
+    if norm not in ("none", "batch"):
+        raise ValueError(f"norm must be one of none, batch, got {norm!r}")
+    if image_size < 8:
+        raise ValueError(f"images of {image_size} px are too small for vgg7 (at least 8)")
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for planes in (64, 128, 256):
+        cout = scaled(planes, width)
+        for _ in range(2):
+            layers.append(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU())
+            cin = cout
+        layers.append(nn.MaxPool2d(2))
+    side = image_size // 8
+    layers += [nn.Flatten(), nn.Linear(cin * side * side, num_classes)]
+    return nn.Sequential(*layers)
