@@ -1,7 +1,8 @@
 """Inverting Gradients on CIFAR-10 images: PSNR / SSIM per model and protocol.
 
-Each image is attacked on its own (B = 1, iDLG labels) with the default IG settings, untrained
-models, FedSGD and FedAvg (τ local steps). Needs ../shared/data. Prints a table and writes JSON.
+Each CIFAR-10 training image is attacked on its own (B = 1, iDLG labels) with the default IG settings,
+untrained models (FedSGD and FedAvg with τ local steps) or, with --checkpoints, the trained targets.
+Needs ../shared/data. Prints a table and writes JSON.
 
     python benchmarks/attack_quality.py [--images 4] [--iterations 1200] [--out benchmarks/attack_quality.json]
 """
@@ -30,14 +31,25 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1200)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--checkpoints", default=None,
+                        help="folder of benchmarks/train_targets.py checkpoints: adds the trained CIFAR-10 targets")
     parser.add_argument("--out", default="benchmarks/attack_quality.json")
     args = parser.parse_args()
+    cases = dict(CASES)
+    if args.checkpoints:
+        from pathlib import Path
+
+        for name in ("resnet18-cifar10", "densenet121-cifar10"):
+            path = Path(args.checkpoints) / f"{name}.safetensors"
+            if path.is_file():
+                cases[f"{name.split('-')[0]}-trained"] = {"model.checkpoint": str(path), "client.protocol": "fedsgd"}
+        args.cases = ",".join(k for k in cases if k.endswith("-trained"))
     rows = []
     for case in args.cases.split(","):
         for image in range(args.images):
             flags = {"data.name": "cifar10", "data.root": args.root, "data.split": "train",
                      "data.index": [image], "model.width": args.width,
-                     "attack.iterations": args.iterations, **CASES[case]}
+                     "attack.iterations": args.iterations, **cases[case]}
             result = run(build_config(flags=flags))
             m = result.metrics()
             rows.append({"case": case, "index": image, "psnr": m["psnr"], "ssim": m["ssim"],
