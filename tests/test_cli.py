@@ -165,3 +165,24 @@ def test_train_then_attack_the_checkpoint(tmp_path, monkeypatch, capsys):
     code, _, err = fedleak(monkeypatch, capsys, "train", "--model", "lenet5", "--dataset", "samples",
                            "--out", str(ckpt), "-q")
     assert code == 2 and "exists" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "resnet18", "--dataset", "nope"], "unknown dataset"),
+        (["train", "--model", "nope", "--dataset", "samples"], "unknown model"),
+        (["train", "--model", "lenet5", "--dataset", "samples", "--epochs", "0"], "epochs"),
+        (["train", "--model", "lenet5", "--dataset", "samples", "--out", "x.pt"], "must end in .safetensors"),
+        (["attack", "--checkpoint", "CORRUPT"], "corrupt"),
+        (["attack", "--checkpoint", "MISSING"], "not found"),
+    ],
+)
+def test_train_and_checkpoint_bad_input(tmp_path, monkeypatch, capsys, args, message):
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    args = [str(corrupt) if a == "CORRUPT" else str(tmp_path / "m.safetensors") if a == "MISSING" else a
+            for a in args]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = fedleak(monkeypatch, capsys, *args, "-q")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -64,6 +64,7 @@ class Attack(ABC):
     """An attack is built from its validated ``Config`` and run on one payload."""
 
     Config: ClassVar[type[AttackConfig]] = AttackConfig
+    name: ClassVar[str] = "attack"  # shown on progress bars
 
     def __init__(self, config: AttackConfig) -> None:
         self.config = config

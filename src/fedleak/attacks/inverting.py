@@ -58,6 +58,7 @@ class InvertingGradientsConfig(AttackConfig):
 class InvertingGradients(Attack):
     Config = InvertingGradientsConfig
     config: InvertingGradientsConfig
+    name = "ig"
 
     def run(
         self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
@@ -103,5 +104,3 @@ class InvertingGradients(Attack):
             seconds=trace.seconds,
             trace=trace.rows,
         )
-
-    name = "ig"
