@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=1200)
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=None, help="comma-separated; default: every case available")
     parser.add_argument("--checkpoints", default=None,
                         help="folder of benchmarks/train_targets.py checkpoints: adds the trained CIFAR-10 targets")
     parser.add_argument("--out", default="benchmarks/attack_quality.json")
@@ -43,7 +43,8 @@ def main() -> None:
             path = Path(args.checkpoints) / f"{name}.safetensors"
             if path.is_file():
                 cases[f"{name.split('-')[0]}-trained"] = {"model.checkpoint": str(path), "client.protocol": "fedsgd"}
-        args.cases = ",".join(k for k in cases if k.endswith("-trained"))
+    if args.cases is None:
+        args.cases = ",".join(k for k in cases if k.endswith("-trained") or not args.checkpoints)
     rows = []
     for case in args.cases.split(","):
         for image in range(args.images):
