@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
+from fedleak.attacks.objectives import COSTS
+from fedleak.attacks.optimization import INITS
 from fedleak.config import describe_validation_error
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.payload import Payload
@@ -58,6 +60,21 @@ class AttackConfig(BaseModel):
     """Base of every attack's settings; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class OptimizationConfig(AttackConfig):
+    """Settings shared by the optimisation attacks (IG, DLG); each sets its own defaults on top."""
+
+    iterations: int = Field(1200, ge=1, description="optimisation steps")
+    lr: float = Field(0.1, gt=0, description="learning rate")
+    cost: str = Field("cosine", description="matching cost: cosine | l2")
+    init: str = Field("randn", description="initialisation: randn | rand | zeros")
+    restarts: int = Field(1, ge=1, description="random restarts; the lowest matching loss wins")
+    patience: int | None = Field(None, ge=1, description="early stop after this many stale steps")
+    min_delta: float = Field(1e-4, ge=0, description="relative improvement that resets patience")
+
+    _cost = field_validator("cost")(lambda v: COSTS.check(v))
+    _init = field_validator("init")(lambda v: INITS.check(v))
 
 
 class Attack(ABC):

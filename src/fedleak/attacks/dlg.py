@@ -14,30 +14,24 @@ import torch
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
+from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.objectives import COSTS
 from fedleak.attacks.optimization import INITS, EarlyStop, Trace, to_unit_range
 from fedleak.fl.payload import Payload
 
 JOINT = "joint"
 
 
-class DLGConfig(AttackConfig):
+class DLGConfig(OptimizationConfig):
     iterations: int = Field(300, ge=1, description="L-BFGS steps")
     inner_steps: int = Field(20, ge=1, description="L-BFGS max_iter per step")
     lr: float = Field(1.0, gt=0, description="L-BFGS learning rate")
     history_size: int = Field(100, ge=1, description="L-BFGS memory")
     cost: str = Field("l2", description="matching cost: l2 | cosine")
     init: str = Field("rand", description="initialisation: rand | randn | zeros")
-    restarts: int = Field(1, ge=1, description="sequential restarts; the lowest matching loss wins")
     labels: str = Field(JOINT, description="joint (optimise soft labels) or a recovery method")
-    patience: int | None = Field(None, ge=1, description="early stop after this many stale steps")
-    min_delta: float = Field(1e-4, ge=0, description="relative improvement that resets patience")
 
-    _cost = field_validator("cost")(lambda v: COSTS.check(v))
-    _init = field_validator("init")(lambda v: INITS.check(v))
     _labels = field_validator("labels")(lambda v: v if v == JOINT else LABEL_METHODS.check(v))
 
 

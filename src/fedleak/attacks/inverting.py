@@ -14,17 +14,16 @@ import torch
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
+from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.layers import LAYER_SELECTIONS
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.objectives import COSTS
 from fedleak.attacks.optimization import INITS, EarlyStop, Trace, box_bounds, step_milestones, to_unit_range
 from fedleak.attacks.regularizers import REGULARIZERS
 from fedleak.fl.payload import Payload
 
 
-class InvertingGradientsConfig(AttackConfig):
+class InvertingGradientsConfig(OptimizationConfig):
     iterations: int = Field(1200, ge=1, description="optimisation steps")
     lr: float = Field(0.1, gt=0, description="Adam learning rate")
     schedule: Literal["step", "none"] = Field("step", description="lr × 0.1 at 3/8, 5/8, 7/8")
@@ -32,17 +31,10 @@ class InvertingGradientsConfig(AttackConfig):
     boxed: bool = Field(True, description="clamp to the valid pixel range after each step")
     tv: float = Field(1e-3, ge=0, description="total-variation weight α")
     regularizers: dict[str, float] = Field(default_factory=dict, description="extra priors: name → weight")
-    cost: str = Field("cosine", description="matching cost: cosine | l2")
     layers: str = Field("all", description="all | largest-norm | first | last")
     layer_count: int | None = Field(None, ge=1, description="k for largest-norm / first / last")
-    init: str = Field("randn", description="initialisation: randn | rand | zeros")
-    restarts: int = Field(1, ge=1, description="random restarts, optimised together")
     labels: str = Field("idlg", description="label recovery when labels are not known")
-    patience: int | None = Field(None, ge=1, description="early stop after this many stale iterations")
-    min_delta: float = Field(1e-4, ge=0, description="relative improvement that resets patience")
 
-    _cost = field_validator("cost")(lambda v: COSTS.check(v))
-    _init = field_validator("init")(lambda v: INITS.check(v))
     _labels = field_validator("labels")(lambda v: LABEL_METHODS.check(v))
     _layers = field_validator("layers")(lambda v: LAYER_SELECTIONS.check(v))
 
