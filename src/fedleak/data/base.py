@@ -40,18 +40,18 @@ class ImageDataset:
         return len(self.classes)
 
     def image(self, index: int) -> Tensor:
-        self._check(index)
+        self.check_index(index)
         return self.read(index)
 
     def images(self, indices: Sequence[int]) -> Tensor:
         """Stack the images at ``indices`` into a B×C×H×W tensor."""
         for i in indices:
-            self._check(i)
+            self.check_index(i)
         return torch.stack([self.read(int(i)) for i in indices])
 
     def label_of(self, indices: Sequence[int]) -> Tensor:
         for i in indices:
-            self._check(i)
+            self.check_index(i)
         return self.labels[torch.as_tensor(list(indices), dtype=torch.long)]
 
     def class_index(self, name_or_index: str | int) -> int:
@@ -70,7 +70,8 @@ class ImageDataset:
             )
         return self.classes.index(str(name_or_index))
 
-    def _check(self, index: int) -> None:
+    def check_index(self, index: int) -> None:
+        """Raise a one-line :class:`DataError` unless ``index`` addresses an image."""
         if not -len(self) <= int(index) < len(self):
             raise DataError(f"index {index} is out of range for {self.name} ({len(self)} images)")
 

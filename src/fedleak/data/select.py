@@ -31,7 +31,7 @@ def pick_indices(
         if len(chosen) != count:
             raise DataError(f"{len(chosen)} image indices given for a batch of {count}")
         for i in chosen:
-            dataset._check(i)
+            dataset.check_index(i)
         return [i % len(dataset) for i in chosen]
     generator = torch.Generator().manual_seed(seed)
     if classes:

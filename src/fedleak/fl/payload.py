@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -40,8 +41,6 @@ class PublicHyperparameters:
         while len(steps) < self.local_steps:
             order = list(range(self.batch_size))
             if self.shuffle_seed is not None:
-                import torch
-
                 g = torch.Generator().manual_seed(self.shuffle_seed + epoch)
                 order = torch.randperm(self.batch_size, generator=g).tolist()
             for start in range(0, self.batch_size, size):
