@@ -186,3 +186,61 @@ def test_train_and_checkpoint_bad_input(tmp_path, monkeypatch, capsys, args, mes
     monkeypatch.chdir(tmp_path)
     code, _, err = fedleak(monkeypatch, capsys, *args, "-q")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_defense_and_rog_end_to_end(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--attack", "rog",
+                           "--defense", "clip:c=1+topk:sparsity=0.9", "--set", "attack.matching=auto")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["defense"] == "clip:c=1.0,scope=global+topk:sparsity=0.9,scope=tensor"
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["client"]["defense"] == "clip:c=1+topk:sparsity=0.9" and config["attack"]["scale"] == 2
+    html = (out / "report.html").read_text()
+    assert 'id="defense"' in html and "topk" in html and "sparsity=0.9" in html
+
+
+def test_dp_run_reports_epsilon(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out),
+                           "--defense", "dpsgd:clip=1,noise_multiplier=1.1")
+    assert code == 0, err
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]["dpsgd"]
+    assert 0 < privacy["epsilon"] < 100 and privacy["delta"] == 1e-5
+    assert "ε = " in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("quantize:bits=0", "defense 'quantize': bits"),
+        ("topk:sparsity=1", "defense 'topk': sparsity"),
+        ("topk:keep=3", "has no setting 'keep'"),
+        ("zip:level=9", "unknown defense 'zip'"),
+    ],
+)
+def test_impossible_defense_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, spec, message):
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--defense", spec)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_prior_then_attack_with_it(tmp_path, monkeypatch, capsys, cifar_root):
+    prior = tmp_path / "prior.safetensors"
+    code, stdout, err = fedleak(monkeypatch, capsys, "train-prior", "--dataset", "cifar10", "--root",
+                                str(cifar_root), "--image-size", "8", "--epochs", "2", "--width", "4",
+                                "--depth", "3", "--batch-size", "8", "--out", str(prior), "-q")
+    assert code == 0, err
+    assert prior.is_file() and "prior PSNR" in stdout
+    code, _, err = fedleak(monkeypatch, capsys, "train-prior", "--dataset", "cifar10", "--root",
+                           str(cifar_root), "--out", str(prior), "-q")
+    assert code == 2 and "exists" in err
+    out = tmp_path / "run"
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--attack", "rog",
+                           "--prior", str(prior))
+    assert code == 0, err
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(tmp_path / "r2"), "--attack",
+                           "rog", "--prior", str(tmp_path / "missing.safetensors"))
+    assert code == 2 and "not found" in err and not (tmp_path / "r2").exists()

@@ -45,7 +45,11 @@ def attack(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="client batch size")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="client protocol: fedsgd | fedavg")] = None,
     local_steps: Annotated[Optional[int], typer.Option(help="FedAvg local steps τ")] = None,
+    defense: Annotated[
+        Optional[str], typer.Option(help="client defense spec, e.g. topk:sparsity=0.9 or clip:c=1+noise:snr_db=0")
+    ] = None,
     attack_name: Annotated[Optional[str], typer.Option("--attack", help="attack name")] = None,
+    prior: Annotated[Optional[Path], typer.Option(help="ROG restoration prior from `fedleak train-prior`")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="attack iterations")] = None,
     restarts: Annotated[Optional[int], typer.Option(help="attack restarts")] = None,
     known_labels: Annotated[
@@ -66,8 +70,8 @@ def attack(
         "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
         "model.name": model, "model.width": width,
         "model.checkpoint": str(checkpoint) if checkpoint else None, "client.batch_size": batch_size,
-        "client.protocol": protocol, "client.local_steps": local_steps,
-        "attack.name": attack_name, "attack.iterations": iterations, "attack.restarts": restarts,
+        "client.protocol": protocol, "client.local_steps": local_steps, "client.defense": defense,
+        "attack.name": attack_name, "attack.prior": str(prior) if prior else None, "attack.iterations": iterations, "attack.restarts": restarts,
         "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
     }
     cfg = build_config(config, flags, overrides)
@@ -126,6 +130,50 @@ def train(
     t = result.info.training
     table.add_row(model, result.info.dataset, str(t["train_images"]), f"{result.info.test_accuracy:.3f}",
                   f"{result.history.seconds:.0f}")
+    console.print(table)
+
+
+@app.command("train-prior")
+def train_prior(
+    dataset: Annotated[str, typer.Option(help="public images: samples | mnist | cifar10 | cifar100 | folder")],
+    root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
+    split: Annotated[str, typer.Option(help="split to train on (keep the attacked split out)")] = "train",
+    scale: Annotated[int, typer.Option(help="ROG downsampling factor the prior undoes")] = 2,
+    image_size: Annotated[Optional[int], typer.Option(help="resize images to this side")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="convert images to 1 or 3 channels")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)")] = 1e-3,
+    noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation")] = 0.1,
+    width: Annotated[int, typer.Option(help="channels of the network")] = 32,
+    depth: Annotated[int, typer.Option(help="convolutions of the network")] = 6,
+    limit: Annotated[Optional[int], typer.Option(help="train on at most N images")] = None,
+    seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="prior file (.safetensors)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""
+    from fedleak.attacks.priors import PriorSettings, save_prior, train_prior_on
+    from fedleak.errors import ConfigError
+
+    path = out or Path("checkpoints") / f"prior-{dataset}-x{scale}.safetensors"
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"prior path {str(path)!r} must end in .safetensors")
+    if path.exists() and not force:
+        raise ConfigError(f"prior {str(path)!r} exists; choose another --out or pass --force")
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be train or test, got {split!r}")
+    settings = PriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
+                             batch_size=batch_size, lr=lr, seed=seed)
+    net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
+    save_prior(path, net, info)
+    table = Table(title=f"fedleak train-prior → {path}")
+    for key in ("dataset", "images", "scale", "bicubic PSNR", "prior PSNR", "seconds"):
+        table.add_column(key, justify="right")
+    v = info.validation
+    table.add_row(info.dataset, str(info.images), str(info.scale), f"{v['bicubic_psnr']:.2f}",
+                  f"{v['prior_psnr']:.2f}", f"{info.seconds:.0f}")
     console.print(table)
 
 

@@ -78,6 +78,14 @@ class ClientSection(Section):
     local_batch_size: int | None = Field(None, ge=1, description="minibatch size (fedavg; default the batch)")
     shuffle_seed: int | None = Field(None, description="reshuffle each epoch with this public seed (fedavg)")
     update_scale: Literal["delta", "delta/lr"] = Field("delta", description="send θ₀ − θ_τ or that over lr")
+    defense: str | None = Field(None, description="obfuscation spec, e.g. topk:sparsity=0.9+noise:snr_db=10")
+
+    @field_validator("defense")
+    @classmethod
+    def _defense(cls, v: str | None) -> str | None:
+        from fedleak.defenses import check_spec
+
+        return check_spec(v)
 
 
 class KnowledgeSection(Section):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from fedleak.attacks import AttackerKnowledge, Reconstruction, build_attack
 from fedleak.config import RunConfig
+from fedleak.defenses import parse_defense
 from fedleak.data import ImageDataset, load_dataset, pick_indices
 from fedleak.fl import Client, ClientData, Payload
 from fedleak.metrics import Evaluation, evaluate
@@ -35,6 +36,7 @@ class RunResult:
     reconstruction: Reconstruction
     evaluation: Evaluation
     seconds: float
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -54,6 +56,8 @@ class RunResult:
             "attack_seconds": round(rec.seconds, 3),
             "seconds": round(self.seconds, 3),
             "seed": self.config.seed,
+            "defense": self.payload.hyper.defense,
+            "privacy": self.privacy,
             "images": [vars(s) for s in ev.images],
         }
 
@@ -117,14 +121,17 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
     d = config.data
     dataset = load_dataset(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                            **d.options)
-    indices = pick_indices(dataset, config.client.batch_size, d.index, d.classes, seed=config.seed)
+    # With aggregation the server averages K clients; all K batches are private data at risk.
+    clients = parse_defense(config.client.defense).clients
+    indices = pick_indices(dataset, config.client.batch_size * clients, d.index, d.classes, seed=config.seed)
     truth = ClientData(dataset.images(indices), dataset.label_of(indices), tuple(indices))
 
     target = build_target(config, dataset, info, model)
     c = config.client
     client = Client(target.model, target.mean, target.std, c.protocol, config.model.mode, lr=c.lr,
                     local_steps=c.local_steps, local_batch_size=c.local_batch_size,
-                    shuffle_seed=c.shuffle_seed, update_scale=c.update_scale)
+                    shuffle_seed=c.shuffle_seed, update_scale=c.update_scale, defense=c.defense,
+                    defense_seed=config.seed)
     payload = client.update(truth)
 
     knowledge = AttackerKnowledge(
@@ -147,4 +154,5 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
         reconstruction=reconstruction,
         evaluation=evaluation,
         seconds=time.perf_counter() - start,
+        privacy=client.privacy(payload.hyper),
     )

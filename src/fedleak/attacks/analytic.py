@@ -45,8 +45,8 @@ class Analytic(Attack):
         self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
     ) -> Reconstruction:
         start = time.perf_counter()
-        if payload.hyper.batch_size != 1:
-            raise FedleakError(f"analytic recovery needs a batch of one image, got {payload.hyper.batch_size}")
+        if payload.hyper.observed_images != 1:
+            raise FedleakError(f"analytic recovery needs a batch of one image, got {payload.hyper.observed_images}")
         name, layer = first_layer(target_model(payload, knowledge))
         if not isinstance(layer, nn.Linear) or layer.bias is None:
             raise FedleakError(

@@ -55,6 +55,15 @@ class Reconstruction:
     seconds: float
     trace: list[dict[str, float]] = field(default_factory=list)
 
+    @classmethod
+    def from_restarts(cls, images: Tensor, labels: Tensor, final: Tensor, trace: Any, done: int) -> Reconstruction:
+        """The winning restart's ``images`` with every restart's final matching loss ``final``; the
+        winner's loss closes the ``trace`` (a :class:`~fedleak.attacks.optimization.Trace`)."""
+        winner = int(torch.argmin(final))
+        trace.record(done, last=True, loss=float(final[winner]), mean_loss=float(final.mean()))
+        return cls(images=images, labels=labels.detach().clone(), matching_loss=float(final[winner]),
+                   restart_losses=final.tolist(), iterations=done, seconds=trace.seconds, trace=trace.rows)
+
 
 class AttackConfig(BaseModel):
     """Base of every attack's settings; unknown keys are errors."""

@@ -48,7 +48,7 @@ class DLG(Attack):
         joint = cfg.labels == JOINT and knowledge.labels is None
         fixed = None if joint else recover_labels(payload, knowledge, cfg.labels)
         objective = GradientMatching(payload, knowledge, cfg.cost)
-        b, k = payload.hyper.batch_size, knowledge.num_classes
+        b, k = payload.hyper.observed_images, knowledge.num_classes
         generator = torch.Generator().manual_seed(seed)
         trace = Trace(cfg.iterations * cfg.restarts)
         bar = tqdm(total=cfg.iterations * cfg.restarts, disable=not progress, desc=self.name, leave=False)

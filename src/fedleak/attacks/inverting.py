@@ -12,18 +12,16 @@ from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
-from tqdm.auto import tqdm
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
-from fedleak.attacks.labels import LABEL_METHODS, recover_labels
-from fedleak.attacks.layers import LAYER_SELECTIONS
-from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.optimization import INITS, EarlyStop, Trace, box_bounds, step_milestones, to_unit_range
+from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, Reconstruction
+from fedleak.attacks.labels import recover_labels
+from fedleak.attacks.matching import GradientMatching, MatchingConfig
+from fedleak.attacks.optimization import INITS, box_bounds, optimize, step_milestones, to_unit_range
 from fedleak.attacks.regularizers import REGULARIZERS
 from fedleak.fl.payload import Payload
 
 
-class InvertingGradientsConfig(OptimizationConfig):
+class InvertingGradientsConfig(MatchingConfig):
     iterations: int = Field(1200, ge=1, description="optimisation steps")
     lr: float = Field(0.1, gt=0, description="Adam learning rate")
     schedule: Literal["step", "none"] = Field("step", description="lr × 0.1 at 3/8, 5/8, 7/8")
@@ -31,12 +29,6 @@ class InvertingGradientsConfig(OptimizationConfig):
     boxed: bool = Field(True, description="clamp to the valid pixel range after each step")
     tv: float = Field(1e-3, ge=0, description="total-variation weight α")
     regularizers: dict[str, float] = Field(default_factory=dict, description="extra priors: name → weight")
-    layers: str = Field("all", description="all | largest-norm | first | last")
-    layer_count: int | None = Field(None, ge=1, description="k for largest-norm / first / last")
-    labels: str = Field("idlg", description="label recovery when labels are not known")
-
-    _labels = field_validator("labels")(lambda v: LABEL_METHODS.check(v))
-    _layers = field_validator("layers")(lambda v: LAYER_SELECTIONS.check(v))
 
     @field_validator("regularizers")
     @classmethod
@@ -58,17 +50,16 @@ class InvertingGradients(Attack):
         cfg = self.config
         labels = recover_labels(payload, knowledge, cfg.labels)
         priors = {"tv": cfg.tv, **cfg.regularizers} if cfg.tv else dict(cfg.regularizers)
-        objective = GradientMatching(payload, knowledge, cfg.cost, cfg.layers, cfg.layer_count, priors)
+        objective = GradientMatching(payload, knowledge, cfg.cost, cfg.layers, cfg.layer_count, priors,
+                                     cfg.matching)
         lower, upper = box_bounds(knowledge.mean, knowledge.std)
-        shape = (cfg.restarts, payload.hyper.batch_size, *knowledge.input_shape)
+        shape = (cfg.restarts, payload.hyper.observed_images, *knowledge.input_shape)
         x = INITS.get(cfg.init)(shape, torch.Generator().manual_seed(seed)).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr)
         milestones = step_milestones(cfg.iterations) if cfg.schedule == "step" else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        trace, stop = Trace(cfg.iterations), EarlyStop(cfg.patience, cfg.min_delta)
-        bar = tqdm(total=cfg.iterations, disable=not progress, desc=self.name, unit="it", leave=False)
-        done = cfg.iterations
-        for it in range(cfg.iterations):
+
+        def step() -> torch.Tensor:
             gx, match = objective.image_gradients(x, labels)
             x.grad = gx.sign() if cfg.signed else gx
             optimizer.step()
@@ -76,23 +67,9 @@ class InvertingGradients(Attack):
             if cfg.boxed:
                 with torch.no_grad():
                     x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-            best = float(match.min())
-            trace.record(it, loss=best, mean_loss=float(match.mean()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{best:.4f}", refresh=False)
-            if stop(best):
-                done = it + 1
-                break
-        bar.close()
+            return match
+
+        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name)
         final = objective.matching_losses(x.detach(), labels)
-        winner = int(torch.argmin(final))
-        trace.record(done, last=True, loss=float(final[winner]), mean_loss=float(final.mean()))
-        return Reconstruction(
-            images=to_unit_range(x[winner], knowledge.mean, knowledge.std),
-            labels=labels.detach().clone(),
-            matching_loss=float(final[winner]),
-            restart_losses=final.tolist(),
-            iterations=done,
-            seconds=trace.seconds,
-            trace=trace.rows,
-        )
+        images = to_unit_range(x[int(torch.argmin(final))], knowledge.mean, knowledge.std)
+        return Reconstruction.from_restarts(images, labels, final, trace, done)

@@ -33,9 +33,9 @@ def last_layer_weight_grad(payload: Payload, num_classes: int) -> Tensor:
 def idlg(payload: Payload, num_classes: int) -> Tensor:
     """iDLG (Zhao et al. 2020), one image: with cross-entropy, only the true class's row of the last
     weight gradient is (p_c − 1)·h ≤ 0 for non-negative features h, so its sum is the smallest."""
-    if payload.hyper.batch_size != 1:
+    if payload.hyper.observed_images != 1:
         raise FedleakError(
-            f"iDLG label recovery works for one image, the batch has {payload.hyper.batch_size}; "
+            f"iDLG label recovery works for one image, the batch has {payload.hyper.observed_images}; "
             "declare the labels known (knowledge.labels=true)"
         )
     grad = last_layer_weight_grad(payload, num_classes)
@@ -46,7 +46,7 @@ def idlg(payload: Payload, num_classes: int) -> Tensor:
 def yin(payload: Payload, num_classes: int) -> Tensor:
     """Yin et al. (GradInversion, CVPR 2021): the B classes whose row of the last weight gradient has
     the most negative minimum. Assumes no class repeats in the batch (B ≤ number of classes)."""
-    b = payload.hyper.batch_size
+    b = payload.hyper.observed_images
     if b > num_classes:
         raise FedleakError(f"Yin et al.'s label recovery needs batch ≤ classes ({b} > {num_classes})")
     row_min = last_layer_weight_grad(payload, num_classes).min(dim=1).values
@@ -59,7 +59,7 @@ def wainakh(payload: Payload, num_classes: int) -> Tensor:
     weight gradient is negative is present; then, until B labels are found, take the class with the
     most negative remaining sum. Each pick removes one sample's estimated impact from that row, so
     repeated labels are found too."""
-    b = payload.hyper.batch_size
+    b = payload.hyper.observed_images
     sums = last_layer_weight_grad(payload, num_classes).sum(dim=1).double()
     negative = sums < 0
     if not negative.any():

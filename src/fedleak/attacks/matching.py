@@ -7,9 +7,12 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from fedleak.attacks.base import AttackerKnowledge, check_update
-from fedleak.attacks.layers import select_layers
-from fedleak.attacks.objectives import COSTS
+from pydantic import Field, field_validator
+
+from fedleak.attacks.base import AttackerKnowledge, OptimizationConfig, check_update
+from fedleak.attacks.labels import LABEL_METHODS
+from fedleak.attacks.layers import LAYER_SELECTIONS, select_layers
+from fedleak.attacks.objectives import COSTS, MATCHINGS, auto_matching, check_matching
 from fedleak.attacks.regularizers import REGULARIZERS, PriorContext
 from fedleak.errors import FedleakError
 from fedleak.attacks.simulation import Simulation
@@ -17,8 +20,24 @@ from fedleak.fl.payload import Payload
 from fedleak.models.batchnorm import batch_norm_layers
 
 
+class MatchingConfig(OptimizationConfig):
+    """Settings of the gradient-matching attacks (IG, ROG) beyond the optimiser's."""
+
+    layers: str = Field("all", description="all | largest-norm | first | last")
+    layer_count: int | None = Field(None, ge=1, description="k for largest-norm / first / last")
+    labels: str = Field("idlg", description="label recovery when labels are not known")
+    matching: str = Field("plain", description="plain | masked | sign | auto (from the defense spec)")
+
+    _labels = field_validator("labels")(lambda v: LABEL_METHODS.check(v))
+    _layers = field_validator("layers")(lambda v: LAYER_SELECTIONS.check(v))
+    _matching = field_validator("matching")(check_matching)
+
+
 class GradientMatching:
-    """cost(simulated update of the selected layers, observed update) + Σ weight·prior(x)."""
+    """cost(view(simulated update of the selected layers), observed update) + Σ weight·prior(x).
+
+    ``matching`` picks the view (plain, masked, sign, or auto: chosen from the payload's public
+    defense spec)."""
 
     def __init__(
         self,
@@ -28,11 +47,14 @@ class GradientMatching:
         layers: str = "all",
         layer_count: int | None = None,
         priors: dict[str, float] | None = None,
+        matching: str = "plain",
     ) -> None:
         self.simulation = Simulation(payload, knowledge)
         check_update(payload, dict(self.simulation.model.named_parameters()))
         self.names = select_layers(payload.update, layers, layer_count)
-        self.targets = [payload.update[n] for n in self.names]
+        if matching == "auto":
+            matching = auto_matching(payload.hyper.defense)
+        self.view, self.targets = MATCHINGS.get(matching)([payload.update[n] for n in self.names])
         self.cost = COSTS.get(cost)
         self.priors = [(REGULARIZERS.get(name), w) for name, w in (priors or {}).items() if w]
         sim = self.simulation
@@ -45,7 +67,7 @@ class GradientMatching:
 
     def matching_loss(self, x: Tensor, labels: Tensor, batched: bool = False) -> Tensor:
         update = self.simulation.update(x, labels, batched)
-        return self.cost([update[n] for n in self.names], self.targets)
+        return self.cost(self.view([update[n] for n in self.names]), self.targets)
 
     def trial(self, x: Tensor, labels: Tensor, batched: bool = False) -> tuple[Tensor, Tensor]:
         """(total loss, matching loss) of one trial's candidate batch ``x``."""

@@ -27,3 +27,54 @@ def cosine(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
 def l2(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
     """Squared Euclidean distance summed over all given layers (DLG)."""
     return sum((g - t).pow(2).sum() for g, t in zip(grads, targets))
+
+
+View = Callable[[Sequence[Tensor]], list[Tensor]]
+Matching = Callable[[Sequence[Tensor]], tuple[View, list[Tensor]]]
+
+MATCHINGS: Registry[Matching] = Registry("matching")
+"""How simulated and observed updates are put side by side before the cost: given the observed
+tensors, a matching returns a view applied to each simulated update and the targets it is compared
+with. The attacker may build views from what it observes and from the public defense spec only."""
+
+
+@MATCHINGS.register("plain")
+def plain(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
+    """Compare the updates as they are."""
+    return list, list(targets)
+
+
+@MATCHINGS.register("masked")
+def masked(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
+    """Compare only the coordinates a sparsifier kept (the non-zero entries of the observed update):
+    the zeros top-k or pruning wrote carry no information about the gradient there."""
+    masks = [(t != 0).to(t.dtype) for t in targets]
+    return (lambda grads: [g * m for g, m in zip(grads, masks)]), list(targets)
+
+
+@MATCHINGS.register("sign")
+def sign_aware(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
+    """For signSGD: compare a smooth sign of the simulated update, tanh(g / mean|g|), with the
+    observed signs (any per-tensor scale removed), so the magnitudes the client discarded do not
+    enter the cost and the gradient still flows."""
+
+    def soft_sign(grads: Sequence[Tensor]) -> list[Tensor]:
+        return [torch.tanh(g / g.abs().mean().detach().clamp_min(1e-12)) for g in grads]
+
+    return soft_sign, [torch.sign(t) for t in targets]
+
+
+def check_matching(name: str) -> str:
+    """Validator for ``matching`` settings: a registered matching or ``auto``."""
+    return name if name == "auto" else MATCHINGS.check(name)
+
+
+def auto_matching(defense: str | None) -> str:
+    """The matching that suits a public defense spec: sign-aware after ``sign``, masked after a
+    sparsifier, plain otherwise."""
+    names = [part.split(":", 1)[0].strip() for part in (defense or "").split("+")]
+    if "sign" in names:
+        return "sign"
+    if "topk" in names or "prune" in names:
+        return "masked"
+    return "plain"

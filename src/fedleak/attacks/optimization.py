@@ -4,10 +4,11 @@ simulated gradient, and a loss trace."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from fedleak.registry import Registry
 
@@ -81,3 +82,24 @@ class EarlyStop:
         else:
             self.stale += 1
         return self.stale >= self.patience
+
+
+def optimize(step: Callable[[], Tensor], iterations: int, patience: int | None, min_delta: float,
+             progress: bool = False, desc: str = "attack") -> tuple[Trace, int]:
+    """Call ``step`` (one optimiser step; it returns every trial's matching loss) up to
+    ``iterations`` times, tracing the best and mean loss and stopping early on a plateau.
+    Returns the trace and the number of steps taken."""
+    trace, stop = Trace(iterations), EarlyStop(patience, min_delta)
+    bar = tqdm(total=iterations, disable=not progress, desc=desc, unit="it", leave=False)
+    done = iterations
+    for it in range(iterations):
+        match = step()
+        best = float(match.min())
+        trace.record(it, loss=best, mean_loss=float(match.mean()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{best:.4g}", refresh=False)
+        if stop(best):
+            done = it + 1
+            break
+    bar.close()
+    return trace, done

@@ -75,6 +75,12 @@ class Simulation:
 
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
         """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
-        ``batched=True`` when called under ``vmap``."""
+        ``batched=True`` when called under ``vmap``. With aggregation (``hyper.clients`` = K), ``x``
+        holds K client batches one after another and the update is the mean of theirs."""
         differentiate = functional_grad if batched else autograd_grad
-        return self._simulate(self.model, self.params, self.buffers, x, y, self.hyper, differentiate)
+        k, b = self.hyper.clients, self.hyper.batch_size
+        if k == 1:
+            return self._simulate(self.model, self.params, self.buffers, x, y, self.hyper, differentiate)
+        updates = [self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b],
+                                  y[i * b:(i + 1) * b], self.hyper, differentiate) for i in range(k)]
+        return {n: sum(u[n] for u in updates) / k for n in self.params}

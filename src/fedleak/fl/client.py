@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fedleak.defenses import batch_gradient, parse_defense
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
@@ -42,6 +44,8 @@ class Client:
         local_batch_size: int | None = None,
         shuffle_seed: int | None = None,
         update_scale: str = "delta",
+        defense: str | None = None,
+        defense_seed: int = 0,
     ) -> None:
         if model_mode not in MODEL_MODES:
             raise ConfigError(f"model mode must be one of {', '.join(MODEL_MODES)}, got {model_mode!r}")
@@ -58,27 +62,50 @@ class Client:
         self.model_mode = model_mode
         self.training = dict(lr=lr, local_steps=local_steps, local_batch_size=local_batch_size,
                              shuffle_seed=shuffle_seed, update_scale=update_scale)
+        self.defense = parse_defense(defense)
+        self.defense_seed = defense_seed
 
     def update(self, data: ClientData) -> Payload:
-        """Run one round on ``data`` and return what the server will see."""
+        """Run one round on ``data`` and return what the server will see.
+
+        With an ``aggregate:clients=K`` defense, ``data`` holds K equal client batches one after
+        another; each client trains on its own and the server sees the mean of their updates."""
         if data.images.ndim != 4 or data.images.shape[1] != len(self.mean):
             raise DataError(
                 f"client images must be B×{len(self.mean)}×H×W, got {tuple(data.images.shape)}"
             )
         if data.labels.shape != (data.images.shape[0],):
             raise DataError("client labels must hold one class index per image")
+        clients = self.defense.clients
+        if data.images.shape[0] % clients:
+            raise DataError(f"{data.images.shape[0]} images cannot be split among {clients} clients")
         hyper = PublicHyperparameters(
             protocol=self.protocol_name,
-            batch_size=int(data.images.shape[0]),
+            batch_size=int(data.images.shape[0]) // clients,
             model_mode=self.model_mode,
+            defense=self.defense.spec,
+            clients=clients,
             **self.training,
         )
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
-        local = copy.deepcopy(self.model)
-        local.train(self.model_mode == "train")
-        update = self.protocol(local, normalize(data.images, self.mean, self.std), data.labels, hyper)
-        return Payload(model_state=state, update=update, hyper=hyper)
+        generator = torch.Generator().manual_seed(self.defense_seed)
+        make_gradient = self.defense.gradient
+        gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
+        inputs = normalize(data.images, self.mean, self.std)
+        updates = []
+        for k in range(clients):
+            part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)
+            # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
+            local = copy.deepcopy(self.model).train(self.model_mode == "train")
+            update = self.protocol(local, inputs[part], data.labels[part], hyper, gradient)
+            updates.append(self.defense.on_client(update, generator))
+        mean = {n: torch.stack([u[n] for u in updates]).mean(0) for n in updates[0]}
+        return Payload(model_state=state, update=self.defense.on_server(mean, generator), hyper=hyper)
+
+    def privacy(self, hyper: PublicHyperparameters) -> dict[str, Any]:
+        """What the defense guarantees for this round (DP-SGD's ε), keyed by stage."""
+        size = hyper.local_batch_size or hyper.batch_size
+        return self.defense.summary(sample_rate=min(1.0, size / hyper.batch_size), steps=hyper.local_steps)
 
     def batch_norm_statistics(self, data: ClientData) -> list[tuple[Tensor, Tensor]]:
         """Per-channel mean and variance of the client batch at each batch-norm layer's input.

@@ -20,7 +20,9 @@ class PublicHyperparameters:
 
     FedAvg: ``local_steps`` SGD steps of ``lr`` on minibatches of ``local_batch_size``, walking
     through the batch in order (reshuffled each epoch with ``shuffle_seed`` when set); the update is
-    θ₀ − θ_τ, or (θ₀ − θ_τ)/lr when ``update_scale`` is ``"delta/lr"``.
+    θ₀ − θ_τ, or (θ₀ − θ_τ)/lr when ``update_scale`` is ``"delta/lr"``. ``defense`` is the
+    canonical defense spec; with aggregation the update is the mean over ``clients`` clients of
+    ``batch_size`` images each.
     """
 
     protocol: str
@@ -32,7 +34,13 @@ class PublicHyperparameters:
     shuffle_seed: int | None = None
     update_scale: str = "delta"
     defense: str | None = None
+    clients: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def observed_images(self) -> int:
+        """How many images stand behind the update the server sees (all aggregated clients)."""
+        return self.batch_size * self.clients
 
     def minibatches(self) -> list[list[int]]:
         """Indices of the client batch used at each local step (FedAvg), in order."""

@@ -49,13 +49,18 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, info: Checkp
     from fedleak import __version__
 
     info.fedleak_version = info.fedleak_version or __version__
+    return save_tensors(path, model.state_dict(), {METADATA_KEY: json.dumps(asdict(info))})
+
+
+def save_tensors(path: str | os.PathLike[str], state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: a temporary sibling renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(asdict(info))})
+        save_file(state, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -63,16 +68,22 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, info: Checkp
     return path
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata in a safetensors file's header; a broken file is one clear error."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FedleakError(f"checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
+
+
 def read_info(path: str | os.PathLike[str]) -> CheckpointInfo | None:
     """The fedleak metadata of a safetensors checkpoint (``None`` for other files)."""
     path = _existing(path)
     if path.suffix != ".safetensors":
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FedleakError(f"checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
+    meta = read_metadata(path)
     if METADATA_KEY not in meta:
         return None
     try:

@@ -6,25 +6,10 @@ ImageNet 7×7 stride-2 convolution and max-pool. ``norm`` is ``batch``, ``group`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
+from fedleak.models.batchnorm import NormFactory, norm_layer
 from fedleak.models.registry import MODELS, scaled
-
-NormFactory = Callable[[int], nn.Module]
-
-
-def norm_layer(kind: str) -> NormFactory:
-    factories: dict[str, NormFactory] = {
-        "batch": nn.BatchNorm2d,
-        "group": lambda c: nn.GroupNorm(min(32, c), c),
-        "none": lambda c: nn.Identity(),
-    }
-    if kind not in factories:
-        raise ValueError(f"norm must be one of {', '.join(factories)}, got {kind!r}")
-    return factories[kind]
-
 
 class BasicBlock(nn.Module):
     expansion = 1

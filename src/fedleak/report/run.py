@@ -42,6 +42,19 @@ def image_rows(result: RunResult) -> list[list[str]]:
     ]
 
 
+def defense_rows(result: RunResult) -> list[list[str]]:
+    """One row per defense stage: its name, settings and what it guarantees (DP-SGD's ε)."""
+    spec = result.payload.hyper.defense
+    rows = []
+    for stage in (spec or "").split("+") if spec else []:
+        name, _, settings = stage.partition(":")
+        facts = result.privacy.get(name, {})
+        guarantee = (f"ε = {facts['epsilon']:.3g} at δ = {facts['delta']:g} (q = {facts['sample_rate']:g}, "
+                     f"{facts['steps']} steps)") if facts else ""
+        rows.append([name, settings.replace(",", ", "), guarantee])
+    return rows
+
+
 def write_run(folder: Path, result: RunResult) -> None:
     """Write every artifact of ``result`` into ``folder`` (which the caller makes atomic)."""
     config = result.resolved_config()
@@ -56,8 +69,10 @@ def write_run(folder: Path, result: RunResult) -> None:
     html = render(
         "run.html.j2",
         title=f"{config['attack']['name']} on {config['model']['name']} · {result.dataset.name}",
-        subtitle=f"protocol {hyper.protocol}, batch {hyper.batch_size}, model in {hyper.model_mode} mode, "
-        f"defense {hyper.defense or 'none'}",
+        subtitle=f"protocol {hyper.protocol}, batch {hyper.batch_size}"
+        + (f" × {hyper.clients} aggregated clients" if hyper.clients > 1 else "")
+        + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}",
+        defense_rows=defense_rows(result),
         summary=summary(result),
         grid=data_uri(png),
         image_columns=IMAGE_COLUMNS,

@@ -1,0 +1,200 @@
+"""ROG's learned post-processing prior: a small denoising + super-resolution network.
+
+Trained by fedleak on public images (data the attacker may hold — never the attacked client's): a
+clean image is downsampled by the ROG scale, degraded with Gaussian noise of random strength, and
+the network learns to restore it. ROG then applies it to its low-resolution reconstruction. Weights
+and settings live in one safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fedleak.errors import ConfigError, FedleakError
+from fedleak.metrics.image import psnr
+from fedleak.models.checkpoint import load_state, read_metadata, save_tensors
+
+PRIOR_KEY = "fedleak_prior"
+
+
+def upsample(low: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic upsampling (the ROG parametrisation and the prior's first step)."""
+    return F.interpolate(low, size=size, mode="bicubic", align_corners=False)
+
+
+def downsample(x: Tensor, scale: int) -> Tensor:
+    """Area downsampling by ``scale`` (the degradation the prior learns to undo)."""
+    h, w = x.shape[-2:]
+    return F.interpolate(x, size=(max(1, h // scale), max(1, w // scale)), mode="area")
+
+
+class RestorationNet(nn.Module):
+    """Bicubic upsampling, then a residual stack of 3×3 convolutions (VDSR-like, small).
+
+    Fully convolutional: it works at any image size with the scale it was trained for."""
+
+    def __init__(self, channels: int, width: int = 32, depth: int = 6) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        nn.init.zeros_(layers[-1].weight)  # start as plain bicubic upsampling
+        nn.init.zeros_(layers[-1].bias)
+
+    def forward(self, low: Tensor, size: tuple[int, int]) -> Tensor:
+        up = upsample(low, size)
+        return up + self.body(up)
+
+
+@dataclass
+class PriorInfo:
+    channels: int
+    scale: int
+    width: int = 32
+    depth: int = 6
+    noise: float = 0.1
+    dataset: str = ""
+    split: str = ""
+    image_size: int = 0
+    images: int = 0
+    epochs: int = 0
+    seed: int = 0
+    validation: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    fedleak_version: str = ""
+
+
+@dataclass
+class Prior:
+    """A trained restoration network and its settings; call it on [0, 1] low-resolution images."""
+
+    net: RestorationNet
+    info: PriorInfo
+
+    def __call__(self, low: Tensor, size: tuple[int, int]) -> Tensor:
+        with torch.no_grad():
+            return self.net(low, size).clamp(0, 1)
+
+
+def degrade(x: Tensor, scale: int, noise: float, generator: torch.Generator) -> Tensor:
+    """Downsample by ``scale`` and add Gaussian noise with σ drawn uniformly in [0, noise] per image."""
+    low = downsample(x, scale)
+    sigma = torch.rand(low.shape[0], 1, 1, 1, generator=generator) * noise
+    return (low + sigma * torch.randn(low.shape, generator=generator)).clamp(0, 1)
+
+
+@dataclass
+class PriorSettings:
+    scale: int = 2
+    width: int = 32
+    depth: int = 6
+    noise: float = 0.1
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.scale < 1 or self.width < 1 or self.depth < 2:
+            raise ConfigError("the prior needs scale ≥ 1, width ≥ 1 and depth ≥ 2")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.noise < 0:
+            raise ConfigError("prior training needs epochs ≥ 1, batch size ≥ 1, lr > 0 and noise ≥ 0")
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError("the validation fraction must lie strictly between 0 and 1")
+
+
+def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings) -> dict[str, float]:
+    """Mean PSNR on held-out images degraded with a fixed seed: bicubic alone vs. the network."""
+    g = torch.Generator().manual_seed(settings.seed + 1)
+    low = degrade(images, settings.scale, settings.noise, g)
+    size = tuple(images.shape[-2:])
+    with torch.no_grad():
+        restored = net(low, size).clamp(0, 1)
+    bicubic = upsample(low, size).clamp(0, 1)
+    return {"bicubic_psnr": float(psnr(bicubic, images).mean()), "prior_psnr": float(psnr(restored, images).mean())}
+
+
+def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
+    """Train a restoration network on public ``images`` (N×C×H×W in [0, 1])."""
+    if images.shape[0] < 2:
+        raise ConfigError("training a prior needs at least 2 public images")
+    from fedleak.training import holdout_split
+
+    torch.manual_seed(settings.seed)
+    g = torch.Generator().manual_seed(settings.seed)
+    train_idx, val_idx = holdout_split(images.shape[0], settings.validation_fraction, settings.seed)
+    train, val = images[train_idx], images[val_idx]
+    net = RestorationNet(images.shape[1], settings.width, settings.depth)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    steps = settings.epochs * math.ceil(train.shape[0] / settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    size = tuple(images.shape[-2:])
+    bar = tqdm(total=steps, disable=not progress, desc="prior", unit="step", leave=False)
+    for _ in range(settings.epochs):
+        for batch in torch.randperm(train.shape[0], generator=g).split(settings.batch_size):
+            x = train[batch]
+            if torch.rand((), generator=g) < 0.5:  # horizontal flips double the public data
+                x = x.flip(-1)
+            loss = F.mse_loss(net(degrade(x, settings.scale, settings.noise, g), size), x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    bar.close()
+    return net.eval(), evaluate_prior(net.eval(), val, settings)
+
+
+def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: PriorInfo) -> Path:
+    from fedleak import __version__
+
+    info.fedleak_version = info.fedleak_version or __version__
+    return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
+
+
+def load_prior(path: str | os.PathLike[str]) -> Prior:
+    """Load a prior written by ``fedleak train-prior``; anything else is one clear error."""
+    meta = read_metadata(path)
+    if PRIOR_KEY not in meta:
+        raise FedleakError(f"{path} is not a fedleak prior (train one with `fedleak train-prior`)")
+    try:
+        info = PriorInfo(**json.loads(meta[PRIOR_KEY]))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise FedleakError(f"prior {path} has unreadable metadata: {exc}") from None
+    net = RestorationNet(info.channels, info.width, info.depth)
+    try:
+        net.load_state_dict(load_state(path))
+    except RuntimeError as exc:
+        raise FedleakError(f"prior {path} does not fit its own settings: {str(exc).splitlines()[0]}") from None
+    return Prior(net.eval(), info)
+
+
+def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: int | None, channels: int | None,
+                   limit: int | None, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, PriorInfo]:
+    """Load public images of a dataset and train a prior on them; returns the net and its info."""
+    from fedleak.data import load_dataset
+
+    start = time.perf_counter()
+    dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    images = dataset.images(list(range(n)))
+    net, validation = train_prior(images, settings, progress)
+    info = PriorInfo(channels=images.shape[1], scale=settings.scale, width=settings.width, depth=settings.depth,
+                     noise=settings.noise, dataset=dataset.name, split=split, image_size=int(images.shape[-1]),
+                     images=n, epochs=settings.epochs, seed=settings.seed, validation=validation,
+                     seconds=round(time.perf_counter() - start, 1))
+    return net, info

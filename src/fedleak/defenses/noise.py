@@ -1,0 +1,55 @@
+"""Additive-noise and clipping defenses applied to the update a client sends."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fedleak.defenses.base import Defense, DefenseConfig, Update, register
+
+
+class NoiseConfig(DefenseConfig):
+    snr_db: float = Field(0.0, description="signal-to-noise ratio of each tensor in dB (inf: no noise)")
+
+
+@register("noise")
+class Noise(Defense):
+    """Gaussian noise at a target SNR per tensor: σ² = var(g) / 10^(SNR/10) (Yue et al.'s setting)."""
+
+    Config = NoiseConfig
+    config: NoiseConfig
+
+    def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
+        if math.isinf(self.config.snr_db) and self.config.snr_db > 0 or t.numel() < 2:
+            return t.clone()
+        sigma = (t.var(unbiased=False) / 10 ** (self.config.snr_db / 10)).sqrt()
+        return t + sigma * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+
+
+class ClipConfig(DefenseConfig):
+    c: float = Field(1.0, gt=0, description="largest L2 norm the update may have")
+    scope: Literal["global", "tensor"] = Field("global", description="clip the whole update or each tensor")
+
+
+@register("clip")
+class Clip(Defense):
+    """Norm clipping: g·min(1, c/‖g‖₂). By default the norm of the whole update (DP-FedAvg's client
+    clipping, the usual partner of ``noise``); ``scope=tensor`` clips each tensor on its own."""
+
+    Config = ClipConfig
+    config: ClipConfig
+
+    def apply(self, update: Update, generator: torch.Generator) -> Update:
+        if self.config.scope == "tensor":
+            return super().apply(update, generator)
+        norm = torch.sqrt(sum(t.pow(2).sum() for t in update.values()))
+        factor = min(1.0, self.config.c / float(norm)) if norm > 0 else 1.0
+        return {n: t * factor for n, t in update.items()}
+
+    def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
+        norm = float(t.norm())
+        return t * min(1.0, self.config.c / norm) if norm > 0 else t.clone()
