@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -112,14 +113,16 @@ def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo 
     return Target(target, dataset.mean, dataset.std)
 
 
-def run(config: RunConfig, progress: bool = False, model: nn.Module | None = None) -> RunResult:
-    """Execute one attack run described by ``config``; ``model`` (optional) is the user's own module."""
+def run(config: RunConfig, progress: bool = False, model: nn.Module | None = None,
+        loader: Callable[..., ImageDataset] = load_dataset) -> RunResult:
+    """Execute one attack run described by ``config``; ``model`` (optional) is the user's own module.
+    Many runs on one dataset can pass a caching ``loader`` (same signature as ``load_dataset``)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     attack = build_attack(config.attack.name, config.attack.settings())
     config, info = resolve_checkpoint(config)
     d = config.data
-    dataset = load_dataset(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels,
+    dataset = loader(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                            **d.options)
     # With aggregation the server averages K clients; all K batches are private data at risk.
     clients = parse_defense(config.client.defense).clients
