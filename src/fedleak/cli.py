@@ -177,6 +177,91 @@ def train_prior(
     console.print(table)
 
 
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | efficiency")],
+    preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML study settings")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
+    detail: Annotated[bool, typer.Option(help="a progress bar per run as well")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a named study (a grid of runs), resuming what its folder holds, then write its report."""
+    from fedleak.studies import build_study, run_study
+
+    s = build_study(name, preset, config, overrides)
+    folder = out or Path("studies") / f"{name}-{preset}"
+    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail)
+    console.print(f"{name}: {outcome.ran} runs done, {outcome.skipped} already there, "
+                  f"{outcome.seconds:.0f} s → {folder / 'report.html'}")
+
+
+@app.command()
+def report(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None:
+    """Rebuild a study's report (table, figures, grid, HTML) from its results database."""
+    from fedleak.report.study import write_report
+
+    console.print(f"report → {write_report(folder)}")
+
+
+runs_app = typer.Typer(help="Inspect a study's results database.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+def _db(folder: Path):
+    from fedleak.errors import ConfigError
+    from fedleak.store import ResultsDB
+    from fedleak.studies.runner import DB_NAME
+
+    if not (folder / DB_NAME).is_file():
+        raise ConfigError(f"{str(folder)!r} holds no results database ({DB_NAME})")
+    return ResultsDB(folder / DB_NAME)
+
+
+@runs_app.command("list")
+def runs_list(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None:
+    """One line per finished run: key, name, PSNR, SSIM, seconds."""
+    with _db(folder) as db:
+        records = db.records()
+    table = Table(title=f"{len(records)} runs in {folder}")
+    for col in ("key", "study", "name", "PSNR", "SSIM", "seconds"):
+        table.add_column(col, justify="right" if col in ("PSNR", "SSIM", "seconds") else "left")
+    for r in records:
+        table.add_row(r.key, r.study, r.name, f"{r.metrics.get('psnr', float('nan')):.2f}",
+                      f"{r.metrics.get('ssim', float('nan')):.3f}", f"{r.seconds:.1f}")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(folder: Annotated[Path, typer.Argument(help="study folder")],
+              key: Annotated[str, typer.Argument(help="run key (a unique prefix is enough)")]) -> None:
+    """Everything stored about one run, as JSON."""
+    import dataclasses
+    import json
+
+    with _db(folder) as db:
+        record = db.get(key)
+    print(json.dumps(dataclasses.asdict(record), indent=2, default=str))
+
+
+@runs_app.command("export")
+def runs_export(
+    folder: Annotated[Path, typer.Argument(help="study folder")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per run")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="file to write (default: standard output)")] = None,
+) -> None:
+    """Export every run's parameters and scalar metrics."""
+    from fedleak.store import write_text_atomically
+
+    with _db(folder) as db:
+        text = db.to_csv()
+    if out:
+        write_text_atomically(out, text)
+    else:
+        sys.stdout.write(text)
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -38,6 +38,7 @@ class RunResult:
     evaluation: Evaluation
     seconds: float
     privacy: dict[str, Any] = field(default_factory=dict)
+    target: Target | None = None  # the global model and its normalisation (for the auditor's side)
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -158,4 +159,5 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
         evaluation=evaluation,
         seconds=time.perf_counter() - start,
         privacy=client.privacy(payload.hyper),
+        target=target,
     )

@@ -111,12 +111,13 @@ class ResultsDB:
     def to_csv(self, study: str | None = None) -> str:
         """One line per run: key, study, name, seed, its parameters and scalar metrics as columns."""
         records = self.records(study)
-        params = list(dict.fromkeys(k for r in records for k in r.params))
+        params = list(dict.fromkeys(k for r in records for k in r.params if k != "seed"))
         metrics = list(dict.fromkeys(k for r in records for k, v in r.metrics.items()
-                                     if isinstance(v, (int, float, str, bool)) or v is None))
+                                     if (isinstance(v, (int, float, str, bool)) or v is None)
+                                     and k not in params and k != "seed"))
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["key", "study", "name", "seed", *params, *metrics, "seconds"])
+        writer.writerow(["key", "study", "name", "seed", *params, *metrics, "run_seconds"])
         for r in records:
             writer.writerow([r.key, r.study, r.name, r.seed, *(r.params.get(k, "") for k in params),
                              *(r.metrics.get(k, "") for k in metrics), f"{r.seconds:.3f}"])

@@ -50,3 +50,17 @@ def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
 
 def dump_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a temporary sibling renamed into place)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,115 @@
+"""A study is a declared grid of runs plus an aggregation (the seeds' experiments, one command each).
+
+``Study.plan(settings)`` lists :class:`PlannedRun` s — each the dotted config flags of one attack run
+(or another run kind, e.g. FL training for utility) and the grid coordinates it stands for.
+``measure`` adds study-specific numbers to a finished run (e.g. how the target model classifies the
+reconstructions); ``table`` aggregates the stored records into rows; ``figures`` draws them. Settings
+come from a named preset (``cpu`` finishes within 15 minutes on 2 cores, ``full`` is for bigger
+machines), then a YAML file, then ``--set`` overrides, validated like run configs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedleak.registry import Registry
+from fedleak.store import RunRecord
+
+
+class StudySettings(BaseModel):
+    """Settings every study shares: whose images, which target, which attack, how many repeats."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field("cifar10", description="dataset of the attacked clients")
+    root: str | None = Field(None, description="data folder ($FEDLEAK_DATA when unset)")
+    split: str = Field("test", description="split the client images come from")
+    image_size: int | None = None
+    model: str = Field("convnet", description="target architecture (ignored with a checkpoint)")
+    width: float = 0.25
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(None, description="trained target (fedleak train)")
+    images: list[int] = Field(default_factory=lambda: [0, 1], description="dataset indices attacked")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="repeats with these run seeds")
+    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "ig", "iterations": 300})
+    client: dict[str, Any] = Field(default_factory=dict, description="client section overrides")
+    knowledge: dict[str, Any] = Field(default_factory=dict, description="knowledge section overrides")
+
+    def flags(self, **extra: Any) -> dict[str, Any]:
+        """The dotted config flags of one run of this study, ``extra`` on top."""
+        flags: dict[str, Any] = {
+            "data.name": self.dataset, "data.root": self.root, "data.split": self.split,
+            "data.image_size": self.image_size, "model.name": self.model, "model.width": self.width,
+            "model.checkpoint": self.checkpoint,
+        }
+        if self.model_options:
+            flags["model.options"] = dict(self.model_options)
+        for section, values in (("attack", self.attack), ("client", self.client), ("knowledge", self.knowledge)):
+            flags.update({f"{section}.{k}": v for k, v in values.items()})
+        flags.update(extra)
+        return flags
+
+
+@dataclass
+class PlannedRun:
+    """One cell of a study's grid: ``params`` are its coordinates, ``flags`` its config."""
+
+    name: str
+    params: dict[str, Any]
+    flags: dict[str, Any]
+    kind: str = "attack"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Figure:
+    """One plot of a study: ``draw(ax, rows)`` on a matplotlib axis."""
+
+    name: str
+    title: str
+    draw: Any
+
+
+class Study(ABC):
+    name: ClassVar[str] = "study"
+    title: ClassVar[str] = ""
+    Settings: ClassVar[type[StudySettings]] = StudySettings
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "full": {}}
+    grid_columns: ClassVar[bool] = True  # show reconstructions of every run in the image grid
+
+    def __init__(self, settings: StudySettings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def plan(self) -> list[PlannedRun]:
+        """Every run of the study, in the order they execute."""
+
+    def measure(self, result: Any, run: PlannedRun) -> dict[str, Any]:
+        """Study-specific numbers of a finished run (stored with its metrics)."""
+        return {}
+
+    @abstractmethod
+    def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
+        """Aggregate the stored runs into the study's table (one dict a row)."""
+
+    def figures(self) -> list[Figure]:
+        return []
+
+    def notes(self) -> list[str]:
+        """Lines the report shows under the table (what the numbers mean)."""
+        return []
+
+
+STUDIES: Registry[type[Study]] = Registry("study")
+
+
+def register(name: str):
+    def add(cls: type[Study]) -> type[Study]:
+        cls.name = name
+        return STUDIES.register(name)(cls)
+
+    return add

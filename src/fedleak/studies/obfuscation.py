@@ -1,0 +1,113 @@
+"""Yue et al.'s tables as studies: every obfuscation × attack (``obfuscation``), and reconstruction
+quality against wall time per attack (``efficiency``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from fedleak.store import RunRecord
+from fedleak.studies.aggregate import summarize
+from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.sweeps import QUALITY, image_runs
+
+DEFENSES = ["none", "quantize:bits=3", "qsgd:levels=4", "topk:sparsity=0.95", "sign", "noise:snr_db=0",
+            "clip:c=1", "prune:ratio=0.9"]
+
+
+class ObfuscationSettings(StudySettings):
+    defenses: list[str] = Field(default_factory=lambda: list(DEFENSES), description="defense specs ('none': no defense)")
+    attacks: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ig": {"name": "ig", "iterations": 200},
+                                 "rog": {"name": "rog"},
+                                 "rog-aware": {"name": "rog", "matching": "auto"}},
+        description="label → attack settings")
+
+
+@register("obfuscation")
+class ObfuscationStudy(Study):
+    """PSNR / SSIM / time of each attack against each obfuscation (Yue et al., Tables 2–4)."""
+
+    title = "Obfuscated updates: defense × attack"
+    Settings = ObfuscationSettings
+    settings: ObfuscationSettings
+    presets = {
+        "cpu": {"images": [0, 1]},
+        "full": {"images": list(range(8)), "model": "resnet18",
+                 "defenses": [*DEFENSES, "dpsgd:clip=1,noise_multiplier=1.1", "aggregate:clients=8"],
+                 "attacks": {"ig": {"name": "ig", "iterations": 1200}, "rog": {"name": "rog"},
+                             "rog-aware": {"name": "rog", "matching": "auto"}}},
+    }
+
+    def plan(self) -> list[PlannedRun]:
+        runs = []
+        for defense in self.settings.defenses:
+            for label, attack in self.settings.attacks.items():
+                flags = {f"attack.{k}": v for k, v in attack.items()}
+                flags["client.defense"] = None if defense == "none" else defense
+                runs += image_runs(self.settings, f"{defense}/{label}", {"defense": defense, "attack": label}, **flags)
+        return runs
+
+    def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
+        return summarize(records, ["defense", "attack"], QUALITY)
+
+    def figures(self) -> list[Figure]:
+        def draw(ax, rows):
+            defenses = list(dict.fromkeys(r["defense"] for r in rows))
+            attacks = list(dict.fromkeys(r["attack"] for r in rows))
+            width = 0.8 / max(1, len(attacks))
+            for j, attack in enumerate(attacks):
+                vals = {r["defense"]: r["psnr"] for r in rows if r["attack"] == attack}
+                ax.bar([i + j * width for i in range(len(defenses))], [vals.get(d, 0) for d in defenses], width,
+                       label=attack)
+            ax.set_xticks([i + width * (len(attacks) - 1) / 2 for i in range(len(defenses))])
+            ax.set_xticklabels([d.split(",")[0] for d in defenses], rotation=35, ha="right", fontsize=7)
+            ax.set_ylabel("PSNR (dB)")
+            ax.legend()
+
+        return [Figure("psnr-by-defense", "PSNR per defense and attack", draw)]
+
+
+class EfficiencySettings(StudySettings):
+    attacks: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ig": {"name": "ig"}, "rog": {"name": "rog"}}, description="label → attack settings")
+    iterations: list[int] = Field(default_factory=lambda: [25, 50, 100, 200, 400], description="iteration budgets")
+
+
+@register("efficiency")
+class EfficiencyStudy(Study):
+    """Reconstruction quality against wall time for each attack over iteration budgets."""
+
+    title = "Efficiency: quality against time"
+    Settings = EfficiencySettings
+    settings: EfficiencySettings
+    presets = {
+        "cpu": {"images": [0, 1], "iterations": [25, 50, 100, 200, 400]},
+        "full": {"images": list(range(8)), "iterations": [50, 100, 200, 400, 800, 1600, 3200]},
+    }
+
+    def plan(self) -> list[PlannedRun]:
+        runs = []
+        for label, attack in self.settings.attacks.items():
+            for n in self.settings.iterations:
+                flags = {f"attack.{k}": v for k, v in attack.items()}
+                flags["attack.iterations"] = n
+                runs += image_runs(self.settings, f"{label}/it={n}", {"attack": label, "iterations": n}, **flags)
+        return runs
+
+    def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
+        return summarize(records, ["attack", "iterations"], QUALITY)
+
+    def figures(self) -> list[Figure]:
+        def draw(ax, rows):
+            for attack in dict.fromkeys(r["attack"] for r in rows):
+                sel = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["attack_seconds"])
+                ax.plot([r["attack_seconds"] for r in sel], [r["psnr"] for r in sel], marker="o", label=attack)
+            ax.set_xscale("log")
+            ax.set_xlabel("attack seconds per image (log)")
+            ax.set_ylabel("PSNR (dB)")
+            ax.legend()
+            ax.grid(alpha=0.3)
+
+        return [Figure("psnr-vs-time", "PSNR against attack time", draw)]

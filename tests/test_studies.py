@@ -1,0 +1,159 @@
+"""Studies: grids, the results database, resume after a crash, rates, reports and the runs commands."""
+
+import csv
+import io
+import json
+import math
+import sqlite3
+
+import pytest
+
+from fedleak.errors import ConfigError
+from fedleak.metrics.classify import recognition_rates
+from fedleak.store import ResultsDB, RunRecord, run_key
+from fedleak.studies import STUDIES, build_study, run_study
+from fedleak.studies import runner
+from tests.test_cli import fedleak
+
+TINY = ["--set", "image_size=8", "--set", "model=lenet", "--set", "width=1.0"]
+
+
+def tiny(name, cifar_root, **settings):
+    overrides = [f"root={cifar_root}", "image_size=8", "model=lenet", "width=1.0", "images=[0, 1]",
+                 "attack.iterations=3", *[f"{k}={v}" for k, v in settings.items()]]
+    return build_study(name, "cpu", overrides=overrides)
+
+
+def test_recognition_rates():
+    groups = [([True, False], True), ([False, False], True), ([True, True], False)]
+    r = recognition_rates(groups)
+    assert r["rate_a"] == pytest.approx(3 / 6) and r["rate_b"] == pytest.approx(2 / 3)
+    assert r["rate_a_orig_correct"] == pytest.approx(1 / 4) and r["rate_b_orig_correct"] == pytest.approx(1 / 2)
+    assert r["rate_a_orig_wrong"] == 1.0 and r["rate_b_orig_wrong"] == 1.0
+    assert r["originals"] == 3 and r["originals_correct"] == 2
+    assert math.isnan(recognition_rates([([True], True)])["rate_a_orig_wrong"])
+
+
+def test_results_database_round_trip(tmp_path):
+    key = run_key("tv", {"config": {"a": 1}})
+    assert key == run_key("tv", {"config": {"a": 1}}) and key != run_key("tv", {"config": {"a": 2}})
+    with ResultsDB(tmp_path / "r.sqlite") as db:
+        db.add(RunRecord(key, "tv", "alpha=0", {"alpha": 0.0}, {"seed": 0}, 0, {"psnr": 12.5, "images": []}))
+        assert db.has(key) and not db.has("0" * 16)
+        assert db.get(key[:6]).metrics["psnr"] == 12.5
+        rows = list(csv.DictReader(io.StringIO(db.to_csv())))
+    assert rows[0]["alpha"] == "0.0" and rows[0]["psnr"] == "12.5" and "images" not in rows[0]
+    (tmp_path / "bad.sqlite").write_text("not a database at all" * 100)
+    with pytest.raises(Exception, match="cannot be opened"):
+        ResultsDB(tmp_path / "bad.sqlite")
+
+
+def test_every_study_plans_both_presets():
+    for name in STUDIES.names():
+        for preset in ("cpu", "full"):
+            study = build_study(name, preset)
+            planned = runner.plan(study)
+            assert planned and len({p.key for p in planned}) == len(planned), (name, preset)
+
+
+def test_tv_study_runs_resumes_and_reports(tmp_path, cifar_root):
+    study = tiny("tv", cifar_root, alphas="[0.0, 0.01]")
+    out = tmp_path / "tv"
+    first = run_study(study, "cpu", out, progress=False)
+    assert (first.total, first.ran, first.skipped) == (4, 4, 0)
+    again = run_study(study, "cpu", out, progress=False)
+    assert (again.ran, again.skipped) == (0, 4)
+    table = json.loads((out / "table.json").read_text())
+    assert [r["alpha"] for r in table] == [0.0, 0.01] and all(r["runs"] == 2 for r in table)
+    for name in ("report.html", "table.csv", "figures/quality-vs-alpha.png", "figures/quality-vs-alpha.svg"):
+        assert (out / name).is_file()
+    html = (out / "report.html").read_text()
+    assert 'id="results"' in html and 'class="reconstruction"' in html and "4 of 4 runs" in html
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 4
+
+
+def test_a_crash_loses_no_finished_run(tmp_path, cifar_root, monkeypatch):
+    study = tiny("tv", cifar_root, alphas="[0.0, 0.01]")
+    out = tmp_path / "tv"
+    real = runner.RUN_KINDS.get("attack")
+    calls = []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setitem(runner.RUN_KINDS._entries, "attack", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, "cpu", out, progress=False)
+    with ResultsDB(out / "results.sqlite") as db:
+        assert len(db.records()) == 2
+    monkeypatch.setitem(runner.RUN_KINDS._entries, "attack", real)
+    resumed = run_study(study, "cpu", out, progress=False)
+    assert (resumed.ran, resumed.skipped) == (2, 2)
+
+
+def test_stacking_reports_rates_per_batch_size(tmp_path, cifar_root):
+    study = tiny("stacking", cifar_root, batch_sizes="[1, 2]")
+    out = tmp_path / "stack"
+    run_study(study, "cpu", out, progress=False)
+    table = json.loads((out / "table.json").read_text())
+    assert [r["batch_size"] for r in table] == [1, 2]
+    for row in table:
+        assert 0 <= row["rate_a"] <= 1 and 0 <= row["rate_b"] <= 1 and row["originals"] == 2
+        assert row["rate_b"] >= row["rate_a"] or row["rate_a"] == 0  # (b) counts any correct copy
+    html = (out / "report.html").read_text()
+    assert ("✓" in html or "✗" in html) and "rates-vs-batch.png" in html
+
+
+def test_transfer_classifies_with_other_checkpoints(tmp_path, cifar_root, monkeypatch, capsys):
+    ckpt = tmp_path / "other.safetensors"
+    code, _, err = fedleak(monkeypatch, capsys, "train", "--model", "mlp", "--dataset", "cifar10", "--root",
+                           str(cifar_root), "--image-size", "8", "--epochs", "1", "--out", str(ckpt), "-q")
+    assert code == 0, err
+    study = tiny("transfer", cifar_root, batch_sizes="[1]", transfer=f"[{ckpt}]")
+    out = tmp_path / "transfer"
+    run_study(study, "cpu", out, progress=False)
+    table = json.loads((out / "table.json").read_text())
+    assert {r["classifier"] for r in table} == {"target", "other.safetensors"}
+
+
+def test_study_and_runs_commands(tmp_path, cifar_root, monkeypatch, capsys):
+    out = tmp_path / "tv"
+    code, stdout, err = fedleak(monkeypatch, capsys, "study", "tv", "--out", str(out), "-q",
+                                "--set", f"root={cifar_root}", *TINY, "--set", "images=[0]",
+                                "--set", "alphas=[0.0]", "--set", "attack.iterations=2")
+    assert code == 0, err
+    code, stdout, _ = fedleak(monkeypatch, capsys, "runs", "list", str(out))
+    assert code == 0 and "alpha=0/image=0/seed=0" in stdout
+    with ResultsDB(out / "results.sqlite") as db:
+        key = db.records()[0].key
+    code, stdout, _ = fedleak(monkeypatch, capsys, "runs", "show", str(out), key[:5])
+    assert code == 0 and json.loads(stdout)["params"]["alpha"] == 0.0
+    code, stdout, _ = fedleak(monkeypatch, capsys, "runs", "export", str(out), "--csv")
+    assert code == 0 and list(csv.DictReader(io.StringIO(stdout)))[0]["key"] == key
+    (out / "report.html").unlink()
+    code, _, _ = fedleak(monkeypatch, capsys, "report", str(out))
+    assert code == 0 and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["study", "nope"], "unknown study 'nope'"),
+        (["study", "tv", "--preset", "huge"], "has no preset 'huge'"),
+        (["study", "tv", "--set", "alphaz=1"], "unknown config key 'study.alphaz'"),
+        (["study", "tv", "--set", "model=nonet", "--set", "dataset=samples"], "unknown model"),
+        (["study", "tv", "--set", "dataset=mnist", "--set", "root=/nonexistent"], "does not exist"),
+        (["runs", "list", "/nonexistent"], "holds no results database"),
+        (["report", "/nonexistent"], "is not a study folder"),
+    ],
+)
+def test_study_bad_input(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDLEAK_DATA", raising=False)
+    code, _, err = fedleak(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no half-made study folder
