@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fedleak.attacks.objectives import auto_matching
 from fedleak.config import build_config
 from fedleak.data import load_dataset
 from fedleak.defenses import parse_defense
@@ -43,14 +44,13 @@ PROTOCOLS = {
     "fedsgd": {"client.protocol": "fedsgd"},
     "fedavg": {"client.protocol": "fedavg", "client.local_steps": 5, "client.lr": 0.01},
 }
-AWARE = ("topk", "prune", "sign")
 
 
 def attacks(defense: str, args: argparse.Namespace) -> dict[str, dict]:
     rog = {"attack.name": "rog", "attack.iterations": args.rog_iterations}
     out = {"ig": {"attack.name": "ig", "attack.iterations": args.ig_iterations},
            "rog": rog}
-    if defense.split(":")[0] in AWARE:
+    if auto_matching(None if defense == "none" else defense) != "plain":
         out["rog-aware"] = {**rog, "attack.matching": "auto"}
     if args.prior:
         out["rog+prior"] = {**rog, "attack.matching": "auto", "attack.prior": args.prior}

@@ -241,3 +241,9 @@ def test_stages_after_aggregation_act_on_the_mean():
     before = Client(model, MEAN, STD, defense="sign+aggregate:clients=4").update(data)
     values = torch.cat([t.flatten() for t in before.update.values()]).unique().tolist()
     assert set(values) <= {-1.0, -0.5, 0.0, 0.5, 1.0} and {-0.5, 0.5} & set(values)  # means of 4 signs
+
+
+def test_canonical_spec_with_unset_options_parses_back():
+    # regression: "sample_rate=None" was written into the canonical DP-SGD spec and could not be re-read
+    canonical = parse_defense("dpsgd:clip=1").spec
+    assert "None" not in canonical and parse_defense(canonical).spec == canonical

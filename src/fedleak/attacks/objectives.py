@@ -72,7 +72,9 @@ def check_matching(name: str) -> str:
 def auto_matching(defense: str | None) -> str:
     """The matching that suits a public defense spec: sign-aware after ``sign``, masked after a
     sparsifier, plain otherwise."""
-    names = [part.split(":", 1)[0].strip() for part in (defense or "").split("+")]
+    from fedleak.defenses import parse_defense
+
+    names = parse_defense(defense).names()
     if "sign" in names:
         return "sign"
     if "topk" in names or "prune" in names:

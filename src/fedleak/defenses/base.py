@@ -50,8 +50,9 @@ class Defense(ABC):
         raise NotImplementedError(f"defense {self.name!r} does not act on single tensors")
 
     def spec(self) -> str:
-        """The canonical spec string, every setting spelled out."""
-        settings = self.config.model_dump()
+        """The canonical spec string, every set setting spelled out (unset optional ones left out,
+        so the string parses back)."""
+        settings = {k: v for k, v in self.config.model_dump().items() if v is not None}
         if not settings:
             return self.name
         return f"{self.name}:" + ",".join(f"{k}={_format(v)}" for k, v in settings.items())

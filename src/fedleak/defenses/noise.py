@@ -24,7 +24,7 @@ class Noise(Defense):
     config: NoiseConfig
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
-        if math.isinf(self.config.snr_db) and self.config.snr_db > 0 or t.numel() < 2:
+        if self.config.snr_db == math.inf or t.numel() < 2:  # no noise, or no variance to scale it by
             return t.clone()
         sigma = (t.var(unbiased=False) / 10 ** (self.config.snr_db / 10)).sqrt()
         return t + sigma * torch.randn(t.shape, generator=generator, dtype=t.dtype)

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from fedleak import __version__
+from fedleak.defenses import parse_defense
 from fedleak.pipeline import RunResult
 from fedleak.report.grid import image_grid, png_bytes
 from fedleak.report.html import data_uri, render
@@ -44,14 +45,13 @@ def image_rows(result: RunResult) -> list[list[str]]:
 
 def defense_rows(result: RunResult) -> list[list[str]]:
     """One row per defense stage: its name, settings and what it guarantees (DP-SGD's ε)."""
-    spec = result.payload.hyper.defense
     rows = []
-    for stage in (spec or "").split("+") if spec else []:
-        name, _, settings = stage.partition(":")
-        facts = result.privacy.get(name, {})
+    for stage in parse_defense(result.payload.hyper.defense).stages:
+        facts = result.privacy.get(stage.name, {})
         guarantee = (f"ε = {facts['epsilon']:.3g} at δ = {facts['delta']:g} (q = {facts['sample_rate']:g}, "
                      f"{facts['steps']} steps)") if facts else ""
-        rows.append([name, settings.replace(",", ", "), guarantee])
+        settings = ", ".join(f"{k}={v}" for k, v in stage.config.model_dump().items())
+        rows.append([stage.name, settings, guarantee])
     return rows
 
 
