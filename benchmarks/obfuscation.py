@@ -11,7 +11,7 @@ model under FedSGD and FedAvg (τ = 5 local steps, lr 0.01, local batch = B). At
 - ``rog+prior``: ``rog-aware``'s matching plus the restoration prior (``fedleak train-prior`` on the
   CIFAR-10 training batch — public data, disjoint from the attacked test images).
 
-Labels are recovered (iDLG for B = 1, Wainakh for B = 4). DP-SGD needs per-sample gradients, so its
+Labels are recovered (iDLG for one image, Wainakh for more, aggregation included). DP-SGD needs per-sample gradients, so its
 rows use the GroupNorm variant of a model with batch norm ("+gn"). ``aggregate:clients=K`` attacks
 the mean of K clients' batches (the first K·B test images) in a single run. Runs are appended to the JSON as
 they finish; re-running skips them. Needs ../shared/data.
@@ -94,8 +94,8 @@ def main() -> None:
                     if defense.startswith("dpsgd") and model not in ("lenet", "mlp"):
                         variant, options = f"{model}+gn", {"model.options": {"norm": "group"}}
                     groups = batches(n, b)
-                    if defense.startswith("aggregate"):  # K clients' batches behind one update: one run
-                        k = parse_defense(defense).clients
+                    k = parse_defense(None if defense == "none" else defense).clients
+                    if k > 1:  # K clients' batches behind one update: one run
                         groups = [list(range(k * b))]
                     for attack, settings in attacks(defense, args).items():
                         for indices in groups:
@@ -105,7 +105,7 @@ def main() -> None:
                             flags = {"data.name": "cifar10", "data.root": args.root, "data.index": indices,
                                      "model.name": model, "model.width": args.width, "client.batch_size": b,
                                      "client.defense": None if defense == "none" else defense,
-                                     "attack.labels": "idlg" if b == 1 else "wainakh",
+                                     "attack.labels": "idlg" if b * k == 1 else "wainakh",
                                      **PROTOCOLS[protocol], **options, **settings}
                             result = run(build_config(flags=flags), loader=loader)
                             m = result.metrics()

@@ -247,3 +247,25 @@ def test_canonical_spec_with_unset_options_parses_back():
     # regression: "sample_rate=None" was written into the canonical DP-SGD spec and could not be re-read
     canonical = parse_defense("dpsgd:clip=1").spec
     assert "None" not in canonical and parse_defense(canonical).spec == canonical
+
+
+@pytest.mark.parametrize("spec", ["clip:c=0.05", "clip:c=0.01,scope=tensor", "clip:c=0.05+aggregate:clients=2"])
+@pytest.mark.parametrize("protocol, extra", [("fedsgd", {}), ("fedavg", {"lr": 0.1, "local_steps": 2})])
+def test_the_attacker_re_runs_clipping(spec, protocol, extra):
+    """Clipping is deterministic and public: the simulated update equals the clipped one (regression:
+    ROG's L2 matching compared an unclipped simulation with the clipped update)."""
+    model = create_model("lenet", 5, 3, 8, seed=0)
+    data = _data(4)
+    payload = Client(model, MEAN, STD, protocol, defense=spec, **extra).update(data)
+    plain = Client(model, MEAN, STD, protocol, **extra).update(data)
+    knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 5, MEAN, STD)
+    simulated = Simulation(payload, knowledge).update((data.images - 0.5) / 0.25, data.labels)
+    assert any(not torch.allclose(plain.update[n], t) for n, t in payload.update.items())  # clipping acted
+    for n, t in payload.update.items():
+        assert torch.allclose(simulated[n], t, atol=1e-6, rtol=1e-4)
+
+
+def test_simulation_stops_at_the_first_random_stage():
+    pipeline = parse_defense("clip:c=0.1+noise:snr_db=0+clip:c=0.01")
+    update = {"w": torch.full((4,), 1.0)}
+    assert torch.allclose(pipeline.simulate_client(update)["w"], torch.full((4,), 0.05))  # only the first clip

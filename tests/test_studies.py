@@ -157,3 +157,31 @@ def test_study_bad_input(tmp_path, monkeypatch, capsys, args, message):
     code, _, err = fedleak(monkeypatch, capsys, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # no half-made study folder
+
+
+def test_dp_tradeoff_trains_and_attacks_per_snr(tmp_path, cifar_root):
+    study = tiny("dp-tradeoff", cifar_root, images="[0]", snrs="[null, 0, -10]", train_images=20, test_images=10,
+                 fl_clients=2, rounds=2, fl_batch_size=5, model_options="{}")
+    kinds = [p.kind for p in study.plan()]
+    assert kinds.count("fl-train") == 3 and kinds.count("attack") == 3
+    outcome = run_study(study, "cpu", tmp_path / "dpt", progress=False)
+    assert outcome.ran == 6
+    rows = json.loads((tmp_path / "dpt" / "table.json").read_text())
+    assert [r["snr_db"] for r in rows] == ["inf", 0.0, -10.0]
+    for r in rows:
+        assert 0 <= r["test_accuracy"] <= 1 and r["runs"] == 1 and math.isfinite(r["psnr"])
+    with ResultsDB(tmp_path / "dpt" / "results.sqlite") as db:
+        train = [r for r in db.records("dp-tradeoff") if r.params["part"] == "utility"]
+    assert len(train) == 3 and all(len(r.metrics["accuracy_per_round"]) == 2 for r in train)
+    assert {r.metrics["defense"] for r in train} == {None, "noise:snr_db=0", "noise:snr_db=-10"}
+    html = (tmp_path / "dpt" / "report.html").read_text()
+    assert "psnr-and-accuracy.png" in html and "test_accuracy" in html
+    assert (tmp_path / "dpt" / "figures" / "lpips-and-accuracy.svg").is_file()
+
+
+def test_dp_tradeoff_checks_the_training_split_first(tmp_path, cifar_root):
+    (cifar_root / "cifar-10-batches-py" / "data_batch_1").unlink()
+    study = tiny("dp-tradeoff", cifar_root, images="[0]", snrs="[0]")
+    with pytest.raises(Exception, match="data_batch"):
+        run_study(study, "cpu", tmp_path / "dpt", progress=False)
+    assert not (tmp_path / "dpt").exists()

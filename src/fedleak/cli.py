@@ -84,6 +84,8 @@ def attack(
         table.add_column(key, justify="right")
     table.add_row(*row.values())
     console.print(table)
+    for hint in result.hints:
+        print(f"fedleak: note: {hint}", file=sys.stderr)
 
 
 @app.command()

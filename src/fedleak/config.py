@@ -95,6 +95,19 @@ class KnowledgeSection(Section):
     bn_stats: bool = Field(False, description="the attacker knows the client batch's BN statistics")
 
 
+class MetricsSection(Section):
+    """Optional metrics beyond PSNR and SSIM."""
+
+    lpips: list[Literal["alex", "vgg"]] = Field(default_factory=lambda: ["alex"],
+                                                description="LPIPS backbones (n/a without local weights)")
+    lpips_weights: str | None = Field(None, description="folder with LPIPS weight files (searched first)")
+
+    @field_validator("lpips", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+
 class AttackSection(BaseModel):
     """``name`` plus the attack's own settings (validated by that attack)."""
 
@@ -112,6 +125,7 @@ class RunConfig(Section):
     client: ClientSection = Field(default_factory=ClientSection)
     knowledge: KnowledgeSection = Field(default_factory=KnowledgeSection)
     attack: AttackSection = Field(default_factory=AttackSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     out: str | None = None
 
 

@@ -20,7 +20,7 @@ from fedleak.config import RunConfig
 from fedleak.defenses import parse_defense
 from fedleak.data import ImageDataset, load_dataset, pick_indices
 from fedleak.fl import Client, ClientData, Payload
-from fedleak.metrics import Evaluation, evaluate
+from fedleak.metrics import Evaluation, evaluate, lpips_scorers
 from fedleak.errors import ConfigError
 from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_weights, read_info
@@ -38,6 +38,7 @@ class RunResult:
     evaluation: Evaluation
     seconds: float
     privacy: dict[str, Any] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)  # e.g. what LPIPS weights to place where
     target: Target | None = None  # the global model and its normalisation (for the auditor's side)
 
     def resolved_config(self) -> dict[str, Any]:
@@ -51,6 +52,8 @@ class RunResult:
         return {
             "psnr": ev.psnr,
             "ssim": ev.ssim,
+            "lpips": ev.lpips,
+            **{f"lpips_{net}": v for net, v in ev.lpips.items()},
             "label_accuracy": ev.label_accuracy,
             "matching_loss": rec.matching_loss,
             "restart_losses": rec.restart_losses,
@@ -61,6 +64,7 @@ class RunResult:
             "defense": self.payload.hyper.defense,
             "privacy": self.privacy,
             "images": [vars(s) for s in ev.images],
+            "hints": self.hints,
         }
 
 
@@ -148,7 +152,8 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
         bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )
     reconstruction = attack.run(payload, knowledge, seed=config.seed, progress=progress)
-    evaluation = evaluate(reconstruction, truth)
+    scorers, hints = lpips_scorers(config.metrics.lpips, config.metrics.lpips_weights)
+    evaluation = evaluate(reconstruction, truth, scorers)
     return RunResult(
         config=config,
         attack_settings=attack.config.model_dump(mode="json"),
@@ -159,5 +164,6 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
         evaluation=evaluation,
         seconds=time.perf_counter() - start,
         privacy=client.privacy(payload.hyper),
+        hints=hints,
         target=target,
     )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from fedleak.attacks.base import AttackerKnowledge, target_model
+from fedleak.defenses import parse_defense
 from fedleak.fl.payload import Payload, PublicHyperparameters
 from fedleak.registry import Registry
 
@@ -72,15 +73,18 @@ class Simulation:
         self.params = {n: p.detach() for n, p in model.named_parameters() if n in payload.update}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self._simulate = SIMULATORS.get(payload.hyper.protocol)
+        self.defense = parse_defense(payload.hyper.defense)  # public: clipping is re-run on each update
 
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
         """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
         ``batched=True`` when called under ``vmap``. With aggregation (``hyper.clients`` = K), ``x``
-        holds K client batches one after another and the update is the mean of theirs."""
+        holds K client batches one after another and the update is the mean of theirs. Leading
+        simulable defense stages (clipping) are applied to each client's update."""
         differentiate = functional_grad if batched else autograd_grad
         k, b = self.hyper.clients, self.hyper.batch_size
+        updates = [self.defense.simulate_client(
+            self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b], y[i * b:(i + 1) * b],
+                           self.hyper, differentiate)) for i in range(k)]
         if k == 1:
-            return self._simulate(self.model, self.params, self.buffers, x, y, self.hyper, differentiate)
-        updates = [self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b],
-                                  y[i * b:(i + 1) * b], self.hyper, differentiate) for i in range(k)]
+            return updates[0]
         return {n: sum(u[n] for u in updates) / k for n in self.params}

@@ -38,6 +38,7 @@ class Defense(ABC):
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
     stage: ClassVar[Stage] = "update"
     name: ClassVar[str] = "defense"
+    simulable: ClassVar[bool] = False  # deterministic and differentiable: the attacker can re-run it
 
     def __init__(self, config: DefenseConfig) -> None:
         self.config = config
@@ -48,6 +49,11 @@ class Defense(ABC):
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
         raise NotImplementedError(f"defense {self.name!r} does not act on single tensors")
+
+    def simulate(self, update: Update) -> Update:
+        """The attacker's differentiable re-run of this stage (``simulable`` defenses only): pure
+        tensor ops, no randomness, usable under ``vmap``."""
+        raise NotImplementedError(f"defense {self.name!r} cannot be simulated by the attacker")
 
     def spec(self) -> str:
         """The canonical spec string, every set setting spelled out (unset optional ones left out,

@@ -42,6 +42,7 @@ class Clip(Defense):
 
     Config = ClipConfig
     config: ClipConfig
+    simulable = True
 
     def apply(self, update: Update, generator: torch.Generator) -> Update:
         if self.config.scope == "tensor":
@@ -53,3 +54,11 @@ class Clip(Defense):
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
         norm = float(t.norm())
         return t * min(1.0, self.config.c / norm) if norm > 0 else t.clone()
+
+    def simulate(self, update: Update) -> Update:
+        c = self.config.c
+        if self.config.scope == "tensor":
+            return {n: t * (c / t.norm().clamp_min(1e-12)).clamp(max=1.0) for n, t in update.items()}
+        norm = torch.sqrt(sum(t.pow(2).sum() for t in update.values())).clamp_min(1e-12)
+        factor = (c / norm).clamp(max=1.0)
+        return {n: t * factor for n, t in update.items()}

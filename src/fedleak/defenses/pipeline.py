@@ -93,6 +93,15 @@ class DefensePipeline:
             update = stage.apply(update, generator)
         return update
 
+    def simulate_client(self, update: Update) -> Update:
+        """What the attacker can re-run of the client-side stages: the leading simulable ones (e.g.
+        clipping); the first random or non-differentiable stage ends the re-run."""
+        for stage in self._split()[0]:
+            if not stage.simulable:
+                break
+            update = stage.simulate(update)
+        return update
+
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
 

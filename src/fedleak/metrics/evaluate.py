@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+import torch
 
 from fedleak.attacks.base import Reconstruction
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import ClientData
 from fedleak.metrics.image import psnr, ssim
+from fedleak.metrics.lpips import LPIPS
 from fedleak.metrics.matching import label_accuracy, match_batch
 
 
@@ -20,6 +23,7 @@ class ImageScore:
     recovered_label: int
     psnr: float
     ssim: float
+    lpips: dict[str, float | None] = field(default_factory=dict)  # per backbone; None = n/a
 
 
 @dataclass(frozen=True)
@@ -29,19 +33,24 @@ class Evaluation:
     label_accuracy: float
     images: list[ImageScore]
     order: list[int]
+    lpips: dict[str, float | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def evaluate(reconstruction: Reconstruction, truth: ClientData) -> Evaluation:
-    """Match reconstructions to originals (Hungarian on MSE), then score each pair."""
+def evaluate(reconstruction: Reconstruction, truth: ClientData,
+             lpips: dict[str, LPIPS | None] | None = None) -> Evaluation:
+    """Match reconstructions to originals (Hungarian on MSE), then score each pair. ``lpips`` maps
+    backbone names to loaded scorers; a ``None`` scorer scores n/a (its weights are missing)."""
     rec, orig = reconstruction.images, truth.images
     if rec.shape != orig.shape:
         raise FedleakError(f"reconstruction shape {tuple(rec.shape)} differs from the batch {tuple(orig.shape)}")
     order = match_batch(rec, orig)
     paired = rec[order]
     p, s = psnr(paired, orig), ssim(paired, orig)
+    with torch.no_grad():
+        perceptual = {net: (m(paired, orig).tolist() if m is not None else None) for net, m in (lpips or {}).items()}
     indices = list(truth.indices) or [None] * len(orig)
     rec_labels = reconstruction.labels[order] if reconstruction.labels.numel() == len(orig) else None
     scores = [
@@ -53,6 +62,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData) -> Evaluation:
             recovered_label=int(rec_labels[i]) if rec_labels is not None else -1,
             psnr=float(p[i]),
             ssim=float(s[i]),
+            lpips={net: (v[i] if v is not None else None) for net, v in perceptual.items()},
         )
         for i in range(len(orig))
     ]
@@ -62,4 +72,5 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData) -> Evaluation:
         label_accuracy=label_accuracy(reconstruction.labels, truth.labels),
         images=scores,
         order=order.tolist(),
+        lpips={net: (sum(v) / len(v) if v is not None else None) for net, v in perceptual.items()},
     )

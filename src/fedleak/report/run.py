@@ -17,11 +17,16 @@ from fedleak.store import dump_json
 IMAGE_COLUMNS = ["#", "dataset index", "class", "recovered label", "PSNR (dB)", "SSIM"]
 
 
+def fmt_lpips(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def summary(result: RunResult) -> dict[str, str]:
     m = result.metrics()
     return {
         "PSNR (dB)": f"{m['psnr']:.2f}",
         "SSIM": f"{m['ssim']:.3f}",
+        **{f"LPIPS-{net}": fmt_lpips(v) for net, v in m["lpips"].items()},
         "label accuracy": f"{m['label_accuracy']:.2f}",
         "matching loss": f"{m['matching_loss']:.4g}",
         "iterations": str(m["iterations"]),
@@ -38,7 +43,7 @@ def image_rows(result: RunResult) -> list[list[str]]:
 
     return [
         [str(s.position), str(s.dataset_index), name(s.label), name(s.recovered_label),
-         f"{s.psnr:.2f}", f"{s.ssim:.3f}"]
+         f"{s.psnr:.2f}", f"{s.ssim:.3f}", *(fmt_lpips(v) for v in s.lpips.values())]
         for s in result.evaluation.images
     ]
 
@@ -75,7 +80,8 @@ def write_run(folder: Path, result: RunResult) -> None:
         defense_rows=defense_rows(result),
         summary=summary(result),
         grid=data_uri(png),
-        image_columns=IMAGE_COLUMNS,
+        image_columns=IMAGE_COLUMNS + [f"LPIPS-{net}" for net in result.evaluation.lpips],
+        hints=result.hints,
         image_rows=image_rows(result),
         config_yaml=config_yaml,
         version=__version__,

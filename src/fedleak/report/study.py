@@ -94,7 +94,7 @@ def write_report(folder: Path) -> Path:
             description=(type(study).__doc__ or "").strip(),
             columns=columns,
             rows=[[_cell(r.get(c, "")) for c in columns] for r in rows],
-            notes=study.notes(),
+            notes=study.notes() + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
             figures=figures,
             grid=grid_rows(records),
             settings=json.dumps(study.settings.model_dump(mode="json"), indent=2),

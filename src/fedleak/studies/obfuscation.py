@@ -10,7 +10,7 @@ from pydantic import Field
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
-from fedleak.studies.sweeps import QUALITY, image_runs
+from fedleak.studies.sweeps import image_runs, quality
 
 DEFENSES = ["none", "quantize:bits=3", "qsgd:levels=4", "topk:sparsity=0.95", "sign", "noise:snr_db=0",
             "clip:c=1", "prune:ratio=0.9"]
@@ -50,7 +50,7 @@ class ObfuscationStudy(Study):
         return runs
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        return summarize(records, ["defense", "attack"], QUALITY)
+        return summarize(records, ["defense", "attack"], quality(records))
 
     def figures(self) -> list[Figure]:
         def draw(ax, rows):
@@ -97,7 +97,7 @@ class EfficiencyStudy(Study):
         return runs
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        return summarize(records, ["attack", "iterations"], QUALITY)
+        return summarize(records, ["attack", "iterations"], quality(records))
 
     def figures(self) -> list[Figure]:
         def draw(ax, rows):

@@ -75,9 +75,12 @@ def preflight(planned: list[Planned], loader: Callable) -> None:
     for p in planned:
         c = p.config
         checks = {
-            f"data:{c.data.model_dump_json()}": lambda: loader(c.data.name, c.data.root, split=c.data.split,
-                                                               image_size=c.data.image_size,
-                                                               channels=c.data.channels, **c.data.options),
+            f"data:{c.data.model_dump_json()}:{split}": functools.partial(
+                loader, c.data.name, c.data.root, split=split, image_size=c.data.image_size,
+                channels=c.data.channels, **c.data.options)
+            for split in (c.data.split, *p.run.extra.get("splits", ()))
+        }
+        checks |= {
             f"model:{c.model.name}:{c.model.checkpoint}": lambda: read_info(c.model.checkpoint)
             if c.model.checkpoint else (None if is_external(c.model.name) else MODELS.get(c.model.name)),
             f"attack:{c.attack.model_dump_json()}": lambda: build_attack(c.attack.name, c.attack.settings()),

@@ -10,7 +10,11 @@ from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
 
-QUALITY = ["psnr", "ssim", "label_accuracy", "attack_seconds"]
+def quality(records: list[RunRecord]) -> list[str]:
+    """The quality columns: PSNR, SSIM, each LPIPS backbone the runs scored (n/a without weights),
+    label accuracy and attack time."""
+    lpips = sorted({k for r in records for k in r.metrics if k.startswith("lpips_")})
+    return ["psnr", "ssim", *lpips, "label_accuracy", "attack_seconds"]
 
 
 def image_runs(settings: StudySettings, name: str, params: dict[str, Any], **flags: Any) -> list[PlannedRun]:
@@ -57,7 +61,7 @@ class TVStudy(Study):
                                                                      **{"attack.tv": a})]
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        return sorted(summarize(records, ["alpha"], QUALITY), key=lambda r: r["alpha"])
+        return sorted(summarize(records, ["alpha"], quality(records)), key=lambda r: r["alpha"])
 
     def figures(self) -> list[Figure]:
         return [Figure("quality-vs-alpha", "PSNR and SSIM against α", line_plot("alpha", ["psnr"], True, "TV weight α")),
@@ -92,7 +96,7 @@ class LayersStudy(Study):
         return runs
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        return summarize(records, ["layers"], QUALITY)
+        return summarize(records, ["layers"], quality(records))
 
     def figures(self) -> list[Figure]:
         def bars(ax, rows):
