@@ -185,3 +185,10 @@ def test_dp_tradeoff_checks_the_training_split_first(tmp_path, cifar_root):
     with pytest.raises(Exception, match="data_batch"):
         run_study(study, "cpu", tmp_path / "dpt", progress=False)
     assert not (tmp_path / "dpt").exists()
+
+
+def test_dp_tradeoff_refuses_batch_norm_models(tmp_path, cifar_root):
+    study = tiny("dp-tradeoff", cifar_root, model="convnet", image_size=16, model_options="{norm: batch}", images="[0]", snrs="[0]",
+                 train_images=20, test_images=10, fl_clients=2, rounds=1)
+    with pytest.raises(ConfigError, match="norm: group"):
+        run_study(study, "cpu", tmp_path / "dpt", progress=False)

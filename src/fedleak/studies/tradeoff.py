@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 
 from fedleak.config import RunConfig
+from fedleak.errors import ConfigError
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import mean_std, summarize, value
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
@@ -121,7 +122,7 @@ def fl_train_run(study: Study, run: PlannedRun, config: RunConfig, folder: Path,
                  detail: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """FedAvg training of the configured model with the run's defense; returns its test accuracy."""
     from fedleak.fl.federated import FederatedSettings, federated_train
-    from fedleak.models import create_model
+    from fedleak.models.batchnorm import batch_norm_layers
     from fedleak.pipeline import build_target, resolve_checkpoint
 
     config, info = resolve_checkpoint(config)
@@ -134,6 +135,9 @@ def fl_train_run(study: Study, run: PlannedRun, config: RunConfig, folder: Path,
     train_idx = sorted(pick[: x["train_images"]])
     test_idx = list(range(min(x["test_images"], len(test))))
     target = build_target(config, train, info)
+    if batch_norm_layers(target.model):
+        raise ConfigError("dp-tradeoff trains with FedAvg updates of the parameters only, so batch-norm running "
+                          "statistics would never train: use a model without batch norm (model_options: {norm: group})")
     settings = FederatedSettings(clients=x["fl_clients"], rounds=x["rounds"], local_epochs=x["local_epochs"],
                                  lr=x["fl_lr"], batch_size=x["fl_batch_size"], defense=config.client.defense,
                                  seed=config.seed)
