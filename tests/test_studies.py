@@ -56,6 +56,19 @@ def test_every_study_plans_both_presets():
             assert planned and len({p.key for p in planned}) == len(planned), (name, preset)
 
 
+def test_obfuscation_runs_dp_sgd_without_batch_norm_beside_a_baseline():
+    planned = runner.plan(build_study("obfuscation", "full"))  # ResNet-18 has batch norm
+    dp = [p for p in planned if p.run.params["defense"].startswith("dpsgd")]
+    assert dp and all(p.config.model.options["norm"] == "none" for p in dp)
+    assert {p.run.params["model"] for p in dp} == {"resnet18+nonorm"}
+    baseline = [p for p in planned if p.run.params["model"] == "resnet18+nonorm" and p.run.params["defense"] == "none"]
+    assert len(baseline) == len(dp)
+    rest = [p for p in planned if p.run.params["model"] == "resnet18"]
+    assert all(p.config.model.options.get("norm", "batch") == "batch" for p in rest)
+    lenet = runner.plan(build_study("obfuscation", "cpu", overrides=["model=lenet", "defenses=[dpsgd]"]))
+    assert {p.run.params["model"] for p in lenet} == {"lenet"}  # no norm option: unchanged
+
+
 def test_tv_study_runs_resumes_and_reports(tmp_path, cifar_root):
     study = tiny("tv", cifar_root, alphas="[0.0, 0.01]")
     out = tmp_path / "tv"
@@ -190,5 +203,5 @@ def test_dp_tradeoff_checks_the_training_split_first(tmp_path, cifar_root):
 def test_dp_tradeoff_refuses_batch_norm_models(tmp_path, cifar_root):
     study = tiny("dp-tradeoff", cifar_root, model="convnet", image_size=16, model_options="{norm: batch}", images="[0]", snrs="[0]",
                  train_images=20, test_images=10, fl_clients=2, rounds=1)
-    with pytest.raises(ConfigError, match="norm: group"):
+    with pytest.raises(ConfigError, match="norm: none"):
         run_study(study, "cpu", tmp_path / "dpt", progress=False)

@@ -3,10 +3,12 @@ quality against wall time per attack (``efficiency``)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from pydantic import Field
 
+from fedleak.models.registry import MODELS
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
@@ -40,29 +42,52 @@ class ObfuscationStudy(Study):
                              "rog-aware": {"name": "rog", "matching": "auto"}}},
     }
 
+    def no_norm_options(self) -> dict[str, Any] | None:
+        """Model options without batch norm, for DP-SGD's per-sample gradients (Opacus), where the
+        architecture has a ``norm`` option and batch norm is on; ``None`` otherwise."""
+        s = self.settings
+        if s.checkpoint or s.model not in MODELS.names() or s.model_options.get("norm", "batch") != "batch":
+            return None
+        if "norm" not in inspect.signature(MODELS.get(s.model)).parameters:
+            return None
+        return {**s.model_options, "norm": "none"}
+
     def plan(self) -> list[PlannedRun]:
+        s = self.settings
+        variants = {s.model: (s.model_options, s.defenses)}
+        no_norm = self.no_norm_options()
+        if no_norm is not None and any(d.startswith("dpsgd") for d in s.defenses):
+            # DP-SGD rows run without normalisation layers, beside that variant's no-defense baseline.
+            variants[s.model] = (s.model_options, [d for d in s.defenses if not d.startswith("dpsgd")])
+            variants[f"{s.model}+nonorm"] = (no_norm, ["none", *[d for d in s.defenses if d.startswith("dpsgd")]])
         runs = []
-        for defense in self.settings.defenses:
-            for label, attack in self.settings.attacks.items():
-                flags = {f"attack.{k}": v for k, v in attack.items()}
-                flags["client.defense"] = None if defense == "none" else defense
-                runs += image_runs(self.settings, f"{defense}/{label}", {"defense": defense, "attack": label}, **flags)
+        for variant, (options, defenses) in variants.items():
+            for defense in defenses:
+                for label, attack in s.attacks.items():
+                    flags = {f"attack.{k}": v for k, v in attack.items()}
+                    flags["client.defense"] = None if defense == "none" else defense
+                    flags["model.options"] = dict(options)
+                    name = f"{defense}/{label}" if variant == s.model else f"{variant}/{defense}/{label}"
+                    runs += image_runs(s, name, {"model": variant, "defense": defense, "attack": label}, **flags)
         return runs
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        return summarize(records, ["defense", "attack"], quality(records))
+        return summarize(records, ["model", "defense", "attack"], quality(records))
 
     def figures(self) -> list[Figure]:
+        base = self.settings.model
+
         def draw(ax, rows):
-            defenses = list(dict.fromkeys(r["defense"] for r in rows))
+            cases = list(dict.fromkeys((r["model"], r["defense"]) for r in rows))
             attacks = list(dict.fromkeys(r["attack"] for r in rows))
             width = 0.8 / max(1, len(attacks))
             for j, attack in enumerate(attacks):
-                vals = {r["defense"]: r["psnr"] for r in rows if r["attack"] == attack}
-                ax.bar([i + j * width for i in range(len(defenses))], [vals.get(d, 0) for d in defenses], width,
+                vals = {(r["model"], r["defense"]): r["psnr"] for r in rows if r["attack"] == attack}
+                ax.bar([i + j * width for i in range(len(cases))], [vals.get(c, 0) for c in cases], width,
                        label=attack)
-            ax.set_xticks([i + width * (len(attacks) - 1) / 2 for i in range(len(defenses))])
-            ax.set_xticklabels([d.split(",")[0] for d in defenses], rotation=35, ha="right", fontsize=7)
+            ax.set_xticks([i + width * (len(attacks) - 1) / 2 for i in range(len(cases))])
+            ax.set_xticklabels([d.split(",")[0] + ("" if m == base else f" ({m.removeprefix(base)})")
+                                for m, d in cases], rotation=35, ha="right", fontsize=7)
             ax.set_ylabel("PSNR (dB)")
             ax.legend()
 

@@ -53,12 +53,14 @@ class TradeoffStudy(Study):
     update noised the same way (Lim & Chan; Yue et al.)."""
 
     title = "Noise: privacy against utility"
+    # The presets use ConvNet without normalisation layers: FedAvg updates carry no batch-norm
+    # statistics, and GroupNorm's per-image normalisation stops IG altogether (8.6 dB without noise).
     Settings = TradeoffSettings
     settings: TradeoffSettings
     presets = {
-        "cpu": {"images": [0, 1], "model_options": {"norm": "group"}, "attack": {"name": "ig", "iterations": 300},
+        "cpu": {"images": [0, 1], "model_options": {"norm": "none"}, "attack": {"name": "ig", "iterations": 300},
                 "train_images": 2000, "test_images": 1000, "rounds": 10},
-        "full": {"images": list(range(8)), "model_options": {"norm": "group"}, "seeds": [0, 1, 2],
+        "full": {"images": list(range(8)), "model_options": {"norm": "none"}, "seeds": [0, 1, 2],
                  "attack": {"name": "ig", "iterations": 1200}, "train_images": 10000, "test_images": 10000,
                  "fl_clients": 20, "rounds": 50},
     }
@@ -137,7 +139,7 @@ def fl_train_run(study: Study, run: PlannedRun, config: RunConfig, folder: Path,
     target = build_target(config, train, info)
     if batch_norm_layers(target.model):
         raise ConfigError("dp-tradeoff trains with FedAvg updates of the parameters only, so batch-norm running "
-                          "statistics would never train: use a model without batch norm (model_options: {norm: group})")
+                          "statistics would never train: use a model without batch norm (model_options: {norm: none})")
     settings = FederatedSettings(clients=x["fl_clients"], rounds=x["rounds"], local_epochs=x["local_epochs"],
                                  lr=x["fl_lr"], batch_size=x["fl_batch_size"], defense=config.client.defense,
                                  seed=config.seed)
