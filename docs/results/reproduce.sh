@@ -8,12 +8,12 @@ cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data}
 CK=checkpoints
 # MNIST and ORL targets were trained on a seeded 80/20 split (seed 0) of the images; the attacked images
-# are held-out ones (the first four test indices of that split), so the target never trained on them.
+# are held-out ones (the first eight test indices of that split), so the target never trained on them.
 declare -A STUDY=(
-  [stacking-cifar10-resnet18]="stacking --set root=$DATA --set checkpoint=$CK/resnet18-cifar10.safetensors --set images=[0,1,2,3] --set batch_sizes=[1,2,4,8]"
-  [stacking-mnist-resnet18]="stacking --set dataset=mnist --set root=$DATA --set checkpoint=$CK/resnet18-mnist.safetensors --set images=[7,28,33,35] --set batch_sizes=[1,2,4,8]"
-  [stacking-orl-resnet18]="stacking --set dataset=folder --set root=$DATA/orl_faces --set checkpoint=$CK/resnet18-orl.safetensors --set images=[0,1,3,12] --set batch_sizes=[1,2,4,8]"
-  [transfer-orl]="transfer --set dataset=folder --set root=$DATA/orl_faces --set checkpoint=$CK/resnet18-orl.safetensors --set images=[0,1,3,12] --set batch_sizes=[1,2,4,8] --set transfer=[$CK/resnet50-orl.safetensors,$CK/se_resnet50-orl.safetensors,$CK/inception_resnet_v1-orl.safetensors]"
+  [stacking-cifar10-resnet18]="stacking --set root=$DATA --set checkpoint=$CK/resnet18-cifar10.safetensors --set images=[0,1,2,3,4,5,6,7] --set batch_sizes=[1,2,4,8]"
+  [stacking-mnist-resnet18]="stacking --set dataset=mnist --set root=$DATA --set checkpoint=$CK/resnet18-mnist.safetensors --set images=[7,28,33,35,37,41,44,45] --set batch_sizes=[1,2,4,8]"
+  [stacking-orl-resnet18]="stacking --set dataset=folder --set root=$DATA/orl_faces --set checkpoint=$CK/resnet18-orl.safetensors --set images=[0,1,3,12,24,30,34,43] --set batch_sizes=[1,2,4,8]"
+  [transfer-orl]="transfer --set dataset=folder --set root=$DATA/orl_faces --set checkpoint=$CK/resnet18-orl.safetensors --set images=[0,1,3,12,24,30,34,43] --set batch_sizes=[1,2,4,8] --set transfer=[$CK/resnet50-orl.safetensors,$CK/se_resnet50-orl.safetensors,$CK/inception_resnet_v1-orl.safetensors]"
   [tv-cifar10]="tv --set root=$DATA"
   [layers-cifar10]="layers --set root=$DATA"
   [dp-tradeoff-cifar10]="dp-tradeoff --set root=$DATA"

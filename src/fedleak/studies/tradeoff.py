@@ -100,7 +100,9 @@ class TradeoffStudy(Study):
                 ax.set_xlabel("SNR of the noise (dB)")
                 ax.set_ylabel(label, color="C0")
                 right = ax.twinx()
-                right.plot(xs, [r["test_accuracy"] for r in rows], marker="s", color="C1")
+                accs = [r["test_accuracy"] for r in rows]
+                right.plot(xs, accs, marker="s", color="C1")
+                right.set_ylim(0, 1)  # on a full scale: small differences in accuracy stay small
                 right.set_ylabel("FL test accuracy", color="C1")
                 ax.grid(alpha=0.3)
 
