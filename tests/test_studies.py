@@ -134,11 +134,15 @@ def test_transfer_classifies_with_other_checkpoints(tmp_path, cifar_root, monkey
 
 
 def test_study_and_runs_commands(tmp_path, cifar_root, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    monkeypatch.delenv("FEDLEAK_LPIPS", raising=False)
     out = tmp_path / "tv"
     code, stdout, err = fedleak(monkeypatch, capsys, "study", "tv", "--out", str(out), "-q",
                                 "--set", f"root={cifar_root}", *TINY, "--set", "images=[0]",
                                 "--set", "alphas=[0.0]", "--set", "attack.iterations=2")
     assert code == 0, err
+    assert err.count("fedleak: note: LPIPS-alex is n/a") == 1  # once per study, not once per run
+    assert "lpips_alex" in (out / "table.csv").read_text() and "n/a" in (out / "report.html").read_text()
     code, stdout, _ = fedleak(monkeypatch, capsys, "runs", "list", str(out))
     assert code == 0 and "alpha=0/image=0/seed=0" in stdout
     with ResultsDB(out / "results.sqlite") as db:

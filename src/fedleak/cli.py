@@ -181,7 +181,7 @@ def train_prior(
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | efficiency")],
+    name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency")],
     preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML study settings")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
@@ -197,6 +197,8 @@ def study(
     outcome = run_study(s, preset, folder, progress=not quiet, detail=detail)
     console.print(f"{name}: {outcome.ran} runs done, {outcome.skipped} already there, "
                   f"{outcome.seconds:.0f} s → {folder / 'report.html'}")
+    for hint in outcome.hints:
+        print(f"fedleak: note: {hint}", file=sys.stderr)
 
 
 @app.command()

@@ -9,7 +9,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class StudyOutcome:
     ran: int
     skipped: int
     seconds: float
+    hints: list[str] = field(default_factory=list)  # e.g. what LPIPS weights to place where
 
 
 def run_study(study: Study, preset: str, out: Path, progress: bool = True, detail: bool = False) -> StudyOutcome:
@@ -113,6 +114,7 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
     (out / STUDY_FILE).write_text(json.dumps(
         {"study": study.name, "preset": preset, "settings": study.settings.model_dump(mode="json")}, indent=2))
     ran = skipped = 0
+    hints: dict[str, None] = {}
     with ResultsDB(out / DB_NAME) as db:
         todo = [p for p in planned if not db.has(p.key)]
         skipped = len(planned) - len(todo)
@@ -126,9 +128,10 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
                                  config=p.config.model_dump(mode="json"), seed=p.config.seed, metrics=metrics,
                                  artifacts=artifacts, seconds=time.perf_counter() - t0))
                 ran += 1
+                hints.update(dict.fromkeys(metrics.get("hints", [])))
                 bar.update(1)
     write_report(out)
-    return StudyOutcome(out, len(planned), ran, skipped, time.perf_counter() - start)
+    return StudyOutcome(out, len(planned), ran, skipped, time.perf_counter() - start, list(hints))
 
 
 def load_study(folder: Path) -> tuple[Study, str, list[Planned], list[RunRecord]]:
