@@ -128,13 +128,33 @@ def main() -> None:
                             print(f"{variant:12} {protocol:6} B={b} {defense:34} {attack:10} {indices[0]:3}: "
                                   f"PSNR {m['psnr']:5.2f} SSIM {m['ssim']:.3f} {m['attack_seconds']:6.1f} s", flush=True)
                             save(out, rows, args)
+    refs = references(loader, args.root, max(args.images, 8))
+    save(out, rows, args, refs)
     print_table(rows)
+    print("\nNo-leak references on the same images (what a reconstruction scores without any information):")
+    for name, (p, s) in refs.items():
+        print(f"  {name:34} PSNR {p:5.2f} dB  SSIM {s:.3f}")
 
 
-def save(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
+def references(loader, root: str, n: int) -> dict[str, tuple[float, float]]:
+    """PSNR/SSIM of guesses that need no leak: another CIFAR-10 image, flat grey, and the image's own
+    mean colour (the last needs only the average colour, which a gradient gives away easily)."""
+    from fedleak.metrics import psnr, ssim
+
+    ds = loader("cifar10", root, split="test", image_size=None, channels=None)
+    x, y = ds.images(list(range(n))), ds.images(list(range(n, 2 * n)))
+    guesses = {"an unrelated test image": y, "flat grey (0.5)": torch.full_like(x, 0.5),
+               "the image's mean colour": x.mean((2, 3), keepdim=True).expand_as(x)}
+    return {k: (float(psnr(g, x).mean()), float(ssim(g, x).mean())) for k, g in guesses.items()}
+
+
+def save(out: Path, rows: list[dict], args: argparse.Namespace, refs: dict | None = None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
+    data = {"settings": settings, "summary": summarize(rows), "runs": rows}
+    if refs:
+        data["references"] = {k: {"psnr": p, "ssim": s} for k, (p, s) in refs.items()}
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "summary": summarize(rows), "runs": rows}, indent=1))
+    tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(out)
 
 
