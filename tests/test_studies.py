@@ -187,10 +187,14 @@ def test_dp_tradeoff_trains_and_attacks_per_snr(tmp_path, cifar_root):
     assert [r["snr_db"] for r in rows] == ["inf", 0.0, -10.0]
     for r in rows:
         assert 0 <= r["test_accuracy"] <= 1 and r["runs"] == 1 and math.isfinite(r["psnr"])
+        assert 0 <= r["accuracy_last3"] <= 1
     with ResultsDB(tmp_path / "dpt" / "results.sqlite") as db:
         train = [r for r in db.records("dp-tradeoff") if r.params["part"] == "utility"]
     assert len(train) == 3 and all(len(r.metrics["accuracy_per_round"]) == 2 for r in train)
     assert {r.metrics["defense"] for r in train} == {None, "noise:snr_db=0", "noise:snr_db=-10"}
+    for row in rows:  # two rounds: the last-three mean is the mean over both
+        run = next(r for r in train if r.params["snr_db"] == row["snr_db"])
+        assert row["accuracy_last3"] == pytest.approx(sum(run.metrics["accuracy_per_round"]) / 2)
     html = (tmp_path / "dpt" / "report.html").read_text()
     assert "psnr-and-accuracy.png" in html and "test_accuracy" in html
     assert (tmp_path / "dpt" / "figures" / "lpips-and-accuracy.svg").is_file()

@@ -87,8 +87,11 @@ class TradeoffStudy(Study):
         utility = [r for r in records if r.params.get("part") == "utility"]
         rows = summarize(leakage, ["snr_db"], quality(leakage))
         for row in rows:
-            accs = [value(r, "test_accuracy") for r in utility if r.params["snr_db"] == row["snr_db"]]
-            row["test_accuracy"], row["test_accuracy_std"] = mean_std(accs)
+            runs = [r for r in utility if r.params["snr_db"] == row["snr_db"]]
+            row["test_accuracy"], row["test_accuracy_std"] = mean_std(value(r, "test_accuracy") for r in runs)
+            # The last rounds' mean: one round's accuracy can swing by several points.
+            row["accuracy_last3"], _ = mean_std(sum(r.metrics["accuracy_per_round"][-3:]) /
+                                                len(r.metrics["accuracy_per_round"][-3:]) for r in runs)
         return rows
 
     def figures(self) -> list[Figure]:
