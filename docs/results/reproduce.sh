@@ -18,11 +18,12 @@ declare -A STUDY=(
   [layers-cifar10]="layers --set root=$DATA"
   [dp-tradeoff-cifar10]="dp-tradeoff --set root=$DATA"
   [dp-tradeoff-cifar10-1client]="dp-tradeoff --set root=$DATA --set fl_clients=1"
+  [efficiency-cifar10]="efficiency --set root=$DATA"
   [obfuscation-cifar10]="obfuscation --set root=$DATA"
   [stacking-cifar10-densenet121]="stacking --set root=$DATA --set checkpoint=$CK/densenet121-cifar10.safetensors --set images=[0,1,2,3] --set batch_sizes=[1,2,4,8]"
 )
 ORDER=(stacking-cifar10-resnet18 stacking-mnist-resnet18 stacking-orl-resnet18 transfer-orl tv-cifar10 layers-cifar10
-       dp-tradeoff-cifar10 dp-tradeoff-cifar10-1client obfuscation-cifar10 stacking-cifar10-densenet121)
+       dp-tradeoff-cifar10 dp-tradeoff-cifar10-1client obfuscation-cifar10 efficiency-cifar10 stacking-cifar10-densenet121)
 for name in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086
   /usr/bin/time -f "$name: %e s wall" fedleak study ${STUDY[$name]} --preset cpu --out "studies/$name" -q
