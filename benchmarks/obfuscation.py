@@ -36,6 +36,7 @@ from fedleak.attacks.objectives import auto_matching
 from fedleak.config import build_config
 from fedleak.data import load_dataset
 from fedleak.defenses import parse_defense
+from fedleak.models.registry import without_batch_norm
 from fedleak.pipeline import run
 
 DEFENSES = [
@@ -59,16 +60,15 @@ def attacks(defense: str, args: argparse.Namespace) -> dict[str, dict]:
     return out
 
 
-NO_NORM = {"model.options": {"norm": "none"}}
-
-
 def cases(model: str, defenses: list[str]) -> list[tuple[str, dict, str]]:
     """(variant label, config flags, defense): DP-SGD needs per-sample gradients, so models with batch
     norm run it without normalisation layers, with that variant's no-defense baseline first."""
+    no_norm = without_batch_norm(model, {})
     out = []
     for defense in defenses:
-        if defense.startswith("dpsgd") and model not in ("lenet", "lenet5", "mlp"):
-            out += [(f"{model}+nonorm", NO_NORM, "none"), (f"{model}+nonorm", NO_NORM, defense)]
+        if defense.startswith("dpsgd") and no_norm is not None:
+            flags = {"model.options": no_norm}
+            out += [(f"{model}+nonorm", flags, "none"), (f"{model}+nonorm", flags, defense)]
         else:
             out.append((model, {}, defense))
     return out

@@ -45,15 +45,7 @@ class Clip(Defense):
     simulable = True
 
     def apply(self, update: Update, generator: torch.Generator) -> Update:
-        if self.config.scope == "tensor":
-            return super().apply(update, generator)
-        norm = torch.sqrt(sum(t.pow(2).sum() for t in update.values()))
-        factor = min(1.0, self.config.c / float(norm)) if norm > 0 else 1.0
-        return {n: t * factor for n, t in update.items()}
-
-    def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
-        norm = float(t.norm())
-        return t * min(1.0, self.config.c / norm) if norm > 0 else t.clone()
+        return self.simulate(update)  # deterministic: the client and the attacker run the same code
 
     def simulate(self, update: Update) -> Update:
         c = self.config.c

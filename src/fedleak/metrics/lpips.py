@@ -83,15 +83,19 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def backbone_spec(net: str) -> Backbone:
+    if net not in BACKBONES:
+        raise FedleakError(f"unknown LPIPS backbone {net!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[net]
+
+
 class LPIPS(nn.Module):
     """LPIPS distance between batches of [0, 1] images; weights from :func:`load_lpips` or given."""
 
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
-        if net not in BACKBONES:
-            raise FedleakError(f"unknown LPIPS backbone {net!r}; choose one of {', '.join(BACKBONES)}")
         self.net = net
-        self.spec = BACKBONES[net]
+        self.spec = backbone_spec(net)
         stack = self.spec.build()
         self.features = stack[: max(self.spec.taps) + 1]
         self.lins = nn.ParameterList(nn.Parameter(torch.ones(c)) for c in self.spec.channels())
@@ -205,8 +209,7 @@ def _load(net: str, backbone: Path, linear: Path) -> LPIPS:
 
 def load_lpips(net: str = "alex", folder: str | Path | None = None) -> LPIPS:
     """The LPIPS model for ``net`` from local files (cached); raises :class:`WeightsMissing`."""
-    if net not in BACKBONES:
-        raise FedleakError(f"unknown LPIPS backbone {net!r}; choose one of {', '.join(BACKBONES)}")
+    backbone_spec(net)  # an unknown name is one clear error before any file lookup
     return _load(net, *find_weights(net, folder))
 
 

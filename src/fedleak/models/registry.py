@@ -6,6 +6,7 @@ nn.Module``. ``width`` multiplies every layer's channel count, giving CPU-sized 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 import torch
@@ -55,6 +56,17 @@ def create_model(
             return builder(num_classes, in_channels, image_size, width, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model {name!r}: {exc}") from None
+
+
+def without_batch_norm(name: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """``options`` with normalisation layers off (``norm="none"``), for a registered model whose
+    builder has a ``norm`` option and uses batch norm in ``options``; ``None`` for any other model.
+    DP-SGD needs this: Opacus cannot take per-sample gradients through batch norm."""
+    if name not in MODELS.names() or options.get("norm", "batch") != "batch":
+        return None
+    if "norm" not in inspect.signature(MODELS.get(name)).parameters:
+        return None
+    return {**options, "norm": "none"}
 
 
 def scaled(channels: int, width: float) -> int:

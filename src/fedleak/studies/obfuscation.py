@@ -3,12 +3,11 @@ quality against wall time per attack (``efficiency``)."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from pydantic import Field
 
-from fedleak.models.registry import MODELS
+from fedleak.models.registry import without_batch_norm
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
@@ -42,20 +41,10 @@ class ObfuscationStudy(Study):
                              "rog-aware": {"name": "rog", "matching": "auto"}}},
     }
 
-    def no_norm_options(self) -> dict[str, Any] | None:
-        """Model options without batch norm, for DP-SGD's per-sample gradients (Opacus), where the
-        architecture has a ``norm`` option and batch norm is on; ``None`` otherwise."""
-        s = self.settings
-        if s.checkpoint or s.model not in MODELS.names() or s.model_options.get("norm", "batch") != "batch":
-            return None
-        if "norm" not in inspect.signature(MODELS.get(s.model)).parameters:
-            return None
-        return {**s.model_options, "norm": "none"}
-
     def plan(self) -> list[PlannedRun]:
         s = self.settings
         variants = {s.model: (s.model_options, s.defenses)}
-        no_norm = self.no_norm_options()
+        no_norm = None if s.checkpoint else without_batch_norm(s.model, s.model_options)
         if no_norm is not None and any(d.startswith("dpsgd") for d in s.defenses):
             # DP-SGD rows run without normalisation layers, beside that variant's no-defense baseline.
             variants[s.model] = (s.model_options, [d for d in s.defenses if not d.startswith("dpsgd")])

@@ -5,6 +5,7 @@ client's images from an update with the same noise."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,7 @@ class TradeoffStudy(Study):
             runs = [r for r in utility if r.params["snr_db"] == row["snr_db"]]
             row["test_accuracy"], row["test_accuracy_std"] = mean_std(value(r, "test_accuracy") for r in runs)
             # The last rounds' mean: one round's accuracy can swing by several points.
-            row["accuracy_last3"], _ = mean_std(sum(r.metrics["accuracy_per_round"][-3:]) /
-                                                len(r.metrics["accuracy_per_round"][-3:]) for r in runs)
+            row["accuracy_last3"], _ = mean_std(statistics.fmean(r.metrics["accuracy_per_round"][-3:]) for r in runs)
         return rows
 
     def figures(self) -> list[Figure]:
