@@ -44,3 +44,8 @@ def wrong_output(num_classes, in_channels, image_size):
 
 def not_a_module():
     return "model"
+
+
+def widened(num_classes, in_channels, image_size, width=7.0):
+    """A factory with its own width default: it has round(width) hidden channels."""
+    return Tiny(num_classes, in_channels, image_size, hidden=round(width))

@@ -1,6 +1,7 @@
 """Label recovery, layer selection, early stopping and batched restarts."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.attacks.layers import group_layers, select_layers
 from fedleak.attacks.matching import GradientMatching
 from fedleak.attacks.optimization import EarlyStop
-from fedleak.errors import ConfigError
+from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl import Client, ClientData
 from fedleak.metrics import label_accuracy
 from fedleak.models import create_model
@@ -43,7 +44,7 @@ def test_yin_refuses_batches_larger_than_classes():
     _, payload, _ = _payload([0, 1, 2], classes=2 + 1)
     assert sorted(LABEL_METHODS.get("yin")(payload, 3).tolist()) == [0, 1, 2]
     _, payload, _ = _payload([0, 1, 0, 1], classes=2)
-    with pytest.raises(Exception, match="batch ≤ classes"):
+    with pytest.raises(FedleakError, match="batch ≤ classes"):
         LABEL_METHODS.get("yin")(payload, 2)
 
 
@@ -66,12 +67,14 @@ def test_early_stop():
     assert not any(EarlyStop(None, 0.1)(v) for v in (1, 1, 1))
 
 
-def test_batched_gradients_equal_one_trial_at_a_time():
-    data, payload, knowledge = _payload([1, 4], model="convnet")
+@pytest.mark.parametrize("model, size, trials", [pytest.param("convnet", 16, 3, marks=pytest.mark.slow, id="convnet"),
+                                                  pytest.param("lenet", 8, 2, id="lenet")])
+def test_batched_gradients_equal_one_trial_at_a_time(model, size, trials):
+    data, payload, knowledge = _payload([1, 4], model=model, size=size)
     objective = GradientMatching(payload, knowledge, priors={"tv": 0.01})
-    x = torch.randn(3, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(trials, 2, 3, size, size, generator=torch.Generator().manual_seed(1))
     gx, match = objective.image_gradients(x, data.labels)
-    for r in range(3):
+    for r in range(trials):
         g1, m1 = objective.image_gradients(x[r : r + 1], data.labels)
         torch.testing.assert_close(gx[r], g1[0], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(match[r], m1[0], rtol=1e-5, atol=1e-7)
@@ -84,12 +87,26 @@ def test_early_stopping_ends_the_attack_and_the_trace_records_it():
     )
     assert rec.iterations < 500
     assert rec.trace[-1]["iteration"] == rec.iterations and "seconds" in rec.trace[-1]
+    # It stopped at the first plateau of the traced loss (one row per iteration), not before or after.
+    plateau = EarlyStop(patience=5, min_delta=0.5)
+    assert [plateau(row["loss"]) for row in rec.trace[:-1]] == [False] * (rec.iterations - 1) + [True]
 
 
-def test_layer_selection_reaches_the_attack():
+@pytest.mark.parametrize("how", ["first", "last", "largest-norm"])
+def test_layer_selection_reaches_the_attack(how):
     data, payload, knowledge = _payload([2], model="lenet", size=8)
-    attack = build_attack("ig", {"iterations": 3, "layers": "largest-norm", "layer_count": 1})
-    assert attack.run(payload, knowledge).iterations == 3
+    told = dataclasses.replace(knowledge, labels=data.labels)  # labels fixed: no recovery from the update
+    attack = build_attack("ig", {"iterations": 3, "layers": how, "layer_count": 1})
+    selected = select_layers(payload.update, how, 1)
+    assert 0 < len(selected) < len(payload.update)
+
+    def negated(names):  # keeps every layer's norm, so largest-norm selects the same layer
+        return dataclasses.replace(payload, update={n: -t if n in names else t for n, t in payload.update.items()})
+
+    base = attack.run(payload, told).images
+    others = [n for n in payload.update if n not in selected]
+    assert torch.equal(attack.run(negated(others), told).images, base)  # unselected layers are not matched
+    assert not torch.equal(attack.run(negated(selected), told).images, base)
     with pytest.raises(ConfigError, match="unknown layer selection"):
         build_attack("ig", {"layers": "middle"})
 
@@ -111,17 +128,26 @@ def test_bn_prior_is_zero_at_the_truth_and_needs_declared_stats():
     assert float((total - match).detach()) == pytest.approx(0.0, abs=1e-8)
     other, _ = objective.trial(torch.randn(2, 3, 16, 16, generator=g), data.labels)
     assert float(other.detach()) > float(total.detach()) + 1e-3
-    gx, _ = objective.image_gradients(torch.randn(2, 2, 3, 16, 16, generator=g), data.labels)  # batched
-    assert torch.isfinite(gx).all()
+    trials = torch.randn(2, 2, 3, 16, 16, generator=g)
+    gx, _ = objective.image_gradients(trials, data.labels)  # batched trials, one at a time, without the prior
+    for r in range(2):
+        torch.testing.assert_close(gx[r], objective.image_gradients(trials[r : r + 1], data.labels)[0][0],
+                                   rtol=1e-4, atol=1e-6)
+    plain, _ = GradientMatching(payload, told).image_gradients(trials, data.labels)
+    assert not torch.allclose(gx, plain, rtol=1e-3, atol=1e-6)  # the prior pulls on the images
     blind = AttackerKnowledge(copy.deepcopy(net), (3, 16, 16), 10, MEAN, STD)
-    with pytest.raises(Exception, match="bn_stats"):
+    with pytest.raises(FedleakError, match="knowledge.bn_stats=true"):
         GradientMatching(payload, blind, priors={"bn": 1.0}).trial(truth, data.labels)
 
 
-def test_cli_bn_prior_end_to_end(tmp_path):
+def test_bn_prior_end_to_end_from_the_config():
     from fedleak.config import build_config
     from fedleak.pipeline import run
 
-    cfg = build_config(overrides=["data.image_size=12", "model.width=0.125", "attack.iterations=2",
-                                  "attack.regularizers={bn: 0.01}", "knowledge.bn_stats=true"])
-    assert run(cfg).reconstruction.iterations == 2
+    common = ["data.image_size=12", "model.width=0.125", "attack.iterations=2", "knowledge.bn_stats=true"]
+    prior = run(build_config(overrides=[*common, "attack.regularizers={bn: 0.01}"])).reconstruction
+    plain = run(build_config(overrides=common)).reconstruction
+    assert prior.iterations == plain.iterations == 2
+    assert not torch.equal(prior.images, plain.images)  # the declared statistics reached the objective
+    with pytest.raises(FedleakError, match="knowledge.bn_stats=true"):
+        run(build_config(overrides=[*common[:-1], "attack.regularizers={bn: 0.01}"]))

@@ -38,9 +38,12 @@ def test_study_report_shows_table_figures_and_image_grid(browser, tmp_path, cifa
     header = [th.text for th in rows[0].find_elements("css selector", "th")]
     assert header[:3] == ["alpha", "runs", "psnr"]
     images = browser.execute_script(LOADED)
-    kinds = [kind for kind, _ in images]
-    assert kinds.count("original") == 4 and kinds.count("reconstruction") == 4 and kinds.count("figure") == 2
+    kinds = [kind for kind, _ in images]  # one original per attacked image, one reconstruction per run
+    assert kinds.count("original") == 2 and kinds.count("reconstruction") == 4 and kinds.count("figure") == 2
     assert all(ok for _, ok in images), images
+    grid = browser.find_element("css selector", "table#grid")
+    assert [th.text for th in grid.find_elements("css selector", "th.setting")] == ["alpha=0", "alpha=0.01"]
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")  # fits
 
 
 def test_run_report_shows_summary_and_reconstruction(browser, tmp_path, monkeypatch, capsys):
@@ -50,4 +53,8 @@ def test_run_report_shows_summary_and_reconstruction(browser, tmp_path, monkeypa
     browser.get((out / "report.html").as_uri())
     summary = browser.find_element("css selector", "table#summary")
     assert "PSNR (dB)" in summary.text and "LPIPS-alex" in summary.text
-    assert browser.execute_script(LOADED) == [["grid", True]]
+    assert browser.execute_script(LOADED) == [["original", True], ["reconstruction", True], ["loss-curve", True]]
+    shown = browser.execute_script("return Array.from(document.querySelectorAll('figure.pair img'))"
+                                   ".map(i => [i.clientWidth, i.clientHeight])")  # the image, without its border
+    assert shown == [[128, 128], [128, 128]]  # an 8×8 image, at the report's fixed display size
+    assert "mean colour" in browser.find_element("css selector", "table#baselines").text

@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 
 import pytest
 import yaml
 
 from fedleak.cli import main
+from fedleak.defenses import dp_epsilon
 
 TINY = ["--set", "data.image_size=8", "--model", "lenet", "--iterations", "4", "-q"]
 
@@ -62,13 +64,18 @@ def test_config_file_and_batches(tmp_path, monkeypatch, capsys):
 
 
 def test_same_seed_same_metrics(tmp_path, monkeypatch, capsys):
+    seeds = ["--set", "client.seed=11"]  # the client's private seed; unset, each run draws a fresh one
     results = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert fedleak(monkeypatch, capsys, "attack", *TINY, "--seed", "7", "--out", str(out))[0] == 0
+        assert fedleak(monkeypatch, capsys, "attack", *TINY, *seeds, "--seed", "7", "--out", str(out))[0] == 0
         m = json.loads((out / "metrics.json").read_text())
         results.append({k: m[k] for k in ("psnr", "ssim", "matching_loss", "images")})
     assert results[0] == results[1]
+    other = tmp_path / "c"
+    assert fedleak(monkeypatch, capsys, "attack", *TINY, *seeds, "--seed", "8", "--out", str(other))[0] == 0
+    m = json.loads((other / "metrics.json").read_text())
+    assert m["matching_loss"] != results[0]["matching_loss"]  # the seed matters: equal runs are not a constant
 
 
 @pytest.mark.parametrize(
@@ -106,12 +113,24 @@ def test_refuses_to_overwrite_a_run(tmp_path, monkeypatch, capsys):
     assert not (out / "keep.txt").exists() and (out / "metrics.json").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch; test_console_script_entry_point is the quick check
 def test_console_script_runs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "fedleak.cli", "attack", "--dataset", "nope", "--out", str(tmp_path / "r")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("fedleak: error: unknown dataset")
+
+
+def test_console_script_entry_point(tmp_path, monkeypatch, capsys):
+    """The installed `fedleak` script calls fedleak.cli:main, and the process exit status is main's."""
+    (script,) = entry_points(group="console_scripts", name="fedleak")
+    assert script.load() is main
+    monkeypatch.setattr(sys, "argv", ["fedleak", "attack", "--dataset", "nope", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exited:
+        sys.exit(script.load()())  # what the generated script does
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("fedleak: error: unknown dataset")
 
 
 @pytest.mark.parametrize(
@@ -131,6 +150,7 @@ def test_attacks_and_protocols_from_the_command_line(tmp_path, monkeypatch, caps
     config = yaml.safe_load((out / "config.yaml").read_text())
     trace = json.loads((out / "trace.json").read_text())
     assert trace and "loss" in trace[0] and "seconds" in trace[0]
+    assert trace[-1]["loss"] < trace[0]["loss"]  # the attack optimised its matching loss
     if "--protocol" in args:
         assert config["client"]["protocol"] == "fedavg" and config["client"]["local_steps"] == 2
 
@@ -208,7 +228,11 @@ def test_dp_run_reports_epsilon(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     privacy = json.loads((out / "metrics.json").read_text())["privacy"]["dpsgd"]
     assert 0 < privacy["epsilon"] < 100 and privacy["delta"] == 1e-5
-    assert "ε = " in (out / "report.html").read_text()
+    # One FedSGD step on the whole batch: the accountant's ε for q = 1, one step, σ = 1.1.
+    assert (privacy["sample_rate"], privacy["steps"]) == (1.0, 1)
+    assert privacy["epsilon"] == pytest.approx(dp_epsilon(1.1, 1.0, 1, 1e-5))
+    html = (out / "report.html").read_text()
+    assert "ε = " in html and privacy["sampling"] in html  # the report says what the ε assumes
 
 
 @pytest.mark.parametrize(

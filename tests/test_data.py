@@ -6,7 +6,7 @@ import torch
 
 from fedleak.data import load_dataset, pick_indices
 from fedleak.data.cifar import safe_load
-from fedleak.errors import DataError
+from fedleak.errors import ConfigError, DataError
 
 
 def test_samples_photos_are_unit_range_squares():
@@ -96,18 +96,18 @@ def test_folder_mixed_sizes_need_a_size(folder_root):
 
 
 @pytest.mark.parametrize(
-    "call, message",
+    "call, error, message",
     [
-        (lambda: load_dataset("imagenet"), "unknown dataset"),
-        (lambda: load_dataset("mnist"), "needs a data root"),
-        (lambda: load_dataset("mnist", "/nonexistent/fedleak"), "does not exist"),
-        (lambda: load_dataset("samples").image(10), "out of range"),
-        (lambda: load_dataset("samples", split="val"), "unknown split"),
+        (lambda: load_dataset("imagenet"), ConfigError, "unknown dataset 'imagenet'"),  # a name, not data
+        (lambda: load_dataset("mnist"), DataError, "needs a data root"),
+        (lambda: load_dataset("mnist", "/nonexistent/fedleak"), DataError, "does not exist"),
+        (lambda: load_dataset("samples").image(10), DataError, "out of range"),
+        (lambda: load_dataset("samples", split="val"), DataError, "unknown split 'val'"),
     ],
 )
-def test_bad_input_is_a_data_error(call, message, monkeypatch):
+def test_bad_input_is_a_named_error(call, error, message, monkeypatch):
     monkeypatch.delenv("FEDLEAK_DATA", raising=False)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(error, match=message):
         call()
 
 

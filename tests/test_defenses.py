@@ -13,7 +13,7 @@ from fedleak.attacks import AttackerKnowledge
 from fedleak.attacks.simulation import Simulation
 from fedleak.defenses import DEFENSES, dp_epsilon, parse_defense
 from fedleak.defenses.compression import keep_count
-from fedleak.errors import ConfigError
+from fedleak.errors import ConfigError, DataError
 from fedleak.fl import Client, ClientData
 from fedleak.models import create_model
 
@@ -86,9 +86,9 @@ def test_topk_global_ranks_across_tensors_and_breaks_ties_by_index():
 
 
 def test_sign_and_mean_scale():
-    t = torch.tensor([0.5, -2.0, 0.0, 1.5])
+    t = torch.tensor([0.5, -2.0, 0.0, 3.5])  # mean |g| = 1.5 (a mean of 1 would hide the scale)
     assert one("sign", t).tolist() == [1.0, -1.0, 0.0, 1.0]
-    assert one("sign:scale=mean", t).tolist() == pytest.approx([1.0, -1.0, 0.0, 1.0])
+    assert one("sign:scale=mean", t).tolist() == pytest.approx([1.5, -1.5, 0.0, 1.5])
 
 
 @pytest.mark.parametrize("snr", [-10.0, 0.0, 10.0, 20.0])
@@ -228,7 +228,7 @@ def test_aggregation_is_the_mean_of_clients_and_the_attacker_can_simulate_it(pro
     for n, t in agg.update.items():
         assert torch.allclose(t, (halves[0].update[n] + halves[1].update[n]) / 2, atol=1e-6)
         assert torch.allclose(simulated[n], t, atol=1e-5)
-    with pytest.raises(Exception, match="cannot be split"):
+    with pytest.raises(DataError, match="4 images cannot be split among 3 clients"):
         Client(model, MEAN, STD, defense="aggregate:clients=3").update(data)
 
 

@@ -9,7 +9,7 @@ from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.simulation import Simulation
 from fedleak.errors import ConfigError
 from fedleak.fl import Client, ClientData, PublicHyperparameters, normalize
-from fedleak.metrics import evaluate
+from fedleak.metrics import evaluate, psnr
 from fedleak.models import create_model
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
@@ -60,4 +60,5 @@ def test_ig_attacks_a_fedavg_update():
     payload = Client(model, MEAN, STD, "fedavg", lr=0.1, local_steps=3).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 3, MEAN, STD, labels=data.labels)
     rec = build_attack("ig", {"iterations": 150}).run(payload, knowledge)
-    assert evaluate(rec, data).psnr > 15
+    mean_colour = data.images.mean((2, 3), keepdim=True).expand_as(data.images)  # what "nothing leaked" scores
+    assert evaluate(rec, data).psnr > max(15, float(psnr(mean_colour, data.images)) + 4)

@@ -1,10 +1,15 @@
+import copy
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from fedleak.attacks import AttackerKnowledge
 from fedleak.fl import Client, ClientData, Payload, normalize
 from fedleak.models import create_model
+
+from tests.test_boundary import leaks
 
 
 def _batch(b=2, size=16):
@@ -24,15 +29,15 @@ def test_fedsgd_update_is_the_mean_cross_entropy_gradient():
         torch.testing.assert_close(got, want)
 
 
-def test_payload_holds_no_client_data():
+@pytest.mark.parametrize("protocol, extra", [("fedsgd", {}), ("fedavg", {"lr": 0.1, "local_steps": 2})])
+def test_payload_holds_no_client_data(protocol, extra):
     data = _batch()
-    payload = Client(create_model("lenet", 5, 3, 16, seed=0), (0.5,) * 3, (0.5,) * 3).update(data)
-    assert {f.name for f in dataclasses.fields(Payload)} == {"model_state", "update", "hyper"}
-    tensors = list(payload.model_state.values()) + list(payload.update.values())
-    tensors += [v for v in vars(payload.hyper).values() if isinstance(v, torch.Tensor)]
-    for t in tensors:
-        assert t.shape not in (data.images.shape, data.labels.shape)
-    assert payload.hyper.batch_size == 2 and payload.hyper.protocol == "fedsgd"
+    model = create_model("lenet", 5, 3, 16, seed=0)
+    payload = Client(model, (0.5,) * 3, (0.5,) * 3, protocol, **extra).update(data)
+    assert {f.name for f in dataclasses.fields(Payload)} == {"model_state", "update", "hyper", "buffers"}
+    knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 16, 16), 5, (0.5,) * 3, (0.5,) * 3)
+    assert leaks(payload, knowledge, data, labels_declared=False) == []  # no shared storage, no copied values
+    assert payload.hyper.batch_size == 2 and payload.hyper.protocol == protocol
 
 
 def test_train_mode_client_leaves_global_model_untouched():
@@ -43,3 +48,6 @@ def test_train_mode_client_leaves_global_model_untouched():
         assert torch.equal(v, before[k]), k
         assert torch.equal(payload.model_state[k], before[k])
     assert payload.hyper.model_mode == "train"
+    # Train mode was in effect (batch statistics, not running ones), so "untouched" is not trivial.
+    evaluated = Client(model, (0.5,) * 3, (0.5,) * 3, model_mode="eval").update(_batch())
+    assert any(not torch.allclose(t, evaluated.update[n]) for n, t in payload.update.items())

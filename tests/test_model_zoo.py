@@ -60,7 +60,11 @@ def test_checkpoint_round_trip(tmp_path):
 def test_torch_files_load_weights_only(tmp_path):
     model = create_model("lenet", 3, 3, 8, seed=0)
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    load_weights(create_model("lenet", 3, 3, 8, seed=1), tmp_path / "w.pt")
+    other = create_model("lenet", 3, 3, 8, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    loaded = load_weights(other, tmp_path / "w.pt")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
 
     class Evil:
         def __reduce__(self):
@@ -85,9 +89,14 @@ def test_training_learns_and_splits(tmp_path):
 
 
 def test_augment_keeps_shape_and_content():
-    x = torch.rand(4, 3, 8, 8)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     y = augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and not torch.equal(x, y)
+    # Each output is its image, perhaps mirrored, shifted by at most the 4-px padding (zeros fill in).
+    for image, out in zip(x, y):
+        views = [torch.nn.functional.pad(v, (4, 4, 4, 4))[:, dy : dy + 8, dx : dx + 8]
+                 for v in (image, image.flip(-1)) for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out, v) for v in views)
 
 
 @pytest.mark.parametrize(
@@ -113,4 +122,10 @@ def test_bring_your_own_model_by_path_and_object():
     from tests.byo_models import Tiny
 
     cfg = build_config(overrides=["data.image_size=8", "attack.iterations=2"])
-    assert run(cfg, model=Tiny(10, 3, 8)).reconstruction.iterations == 2
+    mine = Tiny(10, 3, 8, hidden=5)
+    result = run(cfg, model=mine)
+    assert result.reconstruction.iterations == 2
+    # The object given is the model the client trains and the server sends, weights and all.
+    assert isinstance(result.target.model, Tiny) and result.target.model is not mine
+    assert list(result.payload.model_state) == list(mine.state_dict())
+    assert all(torch.equal(result.payload.model_state[k], v) for k, v in mine.state_dict().items())

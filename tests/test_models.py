@@ -34,16 +34,21 @@ def test_parameter_counts():
 
 
 def test_resnet_norm_options_and_stems():
-    for norm in ("batch", "group", "none"):
+    kinds = {"batch": torch.nn.BatchNorm2d, "group": torch.nn.GroupNorm, "none": None}
+    for norm, kind in kinds.items():
         m = create_model("resnet18", 4, 3, 32, width=0.125, norm=norm)
         assert m(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+        present = {k for k in kinds.values() if k and any(isinstance(x, k) for x in m.modules())}
+        assert present == ({kind} if kind else set()), norm
     assert not any(isinstance(x, torch.nn.MaxPool2d) for x in create_model("resnet18", 4, 3, 32).modules())
     assert any(isinstance(x, torch.nn.MaxPool2d) for x in create_model("resnet18", 4, 3, 128).modules())
 
 
 def test_convnet_pool_choice():
     assert any(isinstance(x, torch.nn.MaxPool2d) for x in create_model("convnet", 4, pool="max").modules())
-    assert any(isinstance(x, torch.nn.AvgPool2d) for x in create_model("convnet", 4).modules())
+    default = list(create_model("convnet", 4).modules())
+    assert any(isinstance(x, torch.nn.AvgPool2d) for x in default)
+    assert not any(isinstance(x, torch.nn.MaxPool2d) for x in default)
 
 
 @pytest.mark.parametrize(
@@ -58,11 +63,11 @@ def test_convnet_pool_choice():
 )
 def test_bad_model_requests(kwargs, message):
     args = {"num_classes": 10, **kwargs}
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(ConfigError, match=message):
         create_model(**args)
 
 
 def test_registry_lists_families():
     assert {"lenet", "convnet", "resnet18"} <= set(MODELS.names())
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs positive num_classes"):
         create_model("lenet", 0)

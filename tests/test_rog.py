@@ -73,7 +73,7 @@ def test_sign_matching_compares_smooth_signs():
 def test_rog_runs_against_every_kind_of_obfuscation(defense):
     _, payload, knowledge = _setup(defense)
     rec = build_attack("rog", {"iterations": 3, "matching": "auto"}).run(payload, knowledge)
-    assert torch.isfinite(torch.tensor(rec.matching_loss))
+    assert rec.matching_loss < 0.9 * rec.trace[0]["loss"]  # the matching for this obfuscation is optimised
 
 
 def test_prior_learns_to_restore_and_round_trips(tmp_path):

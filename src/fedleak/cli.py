@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedleak.errors import FedleakError
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+
+    from fedleak.config import RunConfig
 
 try:  # Typer ≥ 0.22 vendors its own copy of Click
     from typer._click import exceptions as _cli_errors
@@ -26,9 +29,25 @@ app = typer.Typer(
 console = Console()
 
 
+_state = {"debug": False}
+MAX_SEED = 2**63 - 1  # seeds are 64-bit signed for torch and NumPy; negative ones are refused
+
+
+def _finite(value: float | None) -> float | None:
+    """Option callback: ``inf`` and ``nan`` parse as floats but are never a sensible setting."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="print the traceback of an error as well")] = False,
+) -> None:
     """fedleak: simulate FL clients, attack what the server sees, score and report."""
+    _state["debug"] = debug
 
 
 @app.command()
@@ -39,6 +58,10 @@ def attack(
     root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
     index: Annotated[Optional[str], typer.Option(help="image indices, e.g. 3 or 3,17")] = None,
     classes: Annotated[Optional[str], typer.Option("--class", help="draw images of these classes")] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(help="resize images to this square side (data.image_size=[H,W] for other shapes)")
+    ] = None,
+    channels: Annotated[Optional[int], typer.Option(help="convert images to 1 (grey) or 3 (colour) channels")] = None,
     model: Annotated[Optional[str], typer.Option(help="architecture, or package.module:factory")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="trained weights to attack")] = None,
     width: Annotated[Optional[float], typer.Option(help="model width multiplier")] = None,
@@ -59,6 +82,9 @@ def attack(
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<timestamp>)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite a non-empty run folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="print the resolved config (every setting, defaults filled in) as YAML and exit")
+    ] = False,
 ) -> None:
     """Attack one client update and write config, metrics, images and an HTML report."""
     from fedleak.config import build_config
@@ -68,13 +94,16 @@ def attack(
 
     flags = {
         "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
-        "model.name": model, "model.width": width,
+        "data.image_size": image_size, "data.channels": channels, "model.name": model, "model.width": width,
         "model.checkpoint": str(checkpoint) if checkpoint else None, "client.batch_size": batch_size,
         "client.protocol": protocol, "client.local_steps": local_steps, "client.defense": defense,
         "attack.name": attack_name, "attack.prior": str(prior) if prior else None, "attack.iterations": iterations, "attack.restarts": restarts,
         "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
     }
     cfg = build_config(config, flags, overrides)
+    if print_config:
+        sys.stdout.write(_yaml(_resolved_config(cfg)))
+        return
     folder = check_out(Path(cfg.out) if cfg.out else default_out(), force)
     result = run(cfg, progress=not quiet)
     write_atomically(folder, lambda tmp: write_run(tmp, result))
@@ -88,39 +117,57 @@ def attack(
         print(f"fedleak: note: {hint}", file=sys.stderr)
 
 
+def _resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """What a run of ``cfg`` would use: every section with its defaults, the checkpoint's architecture
+    where one is given, and the chosen attack's (or preset's) settings in full."""
+    from fedleak.attacks import build_attack
+    from fedleak.pipeline import resolve_checkpoint
+
+    attack = build_attack(cfg.attack.name, cfg.attack.settings())
+    cfg, _ = resolve_checkpoint(cfg)
+    tree = cfg.model_dump(mode="json")
+    tree["attack"] = {"name": cfg.attack.name, **attack.config.model_dump(mode="json")}
+    return tree
+
+
+def _yaml(tree: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
+
+
 @app.command()
 def train(
     model: Annotated[str, typer.Option(help="architecture, or package.module:factory")],
     dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")],
     root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
-    lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)")] = 0.05,
+    lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)", callback=_finite)] = 0.05,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
-    width: Annotated[float, typer.Option(help="model width multiplier")] = 1.0,
+    width: Annotated[Optional[float], typer.Option(help="model width multiplier (default: the model's own, 1)",
+                                                   callback=_finite)] = None,
     option: Annotated[Optional[list[str]], typer.Option(help="model option key=value, e.g. norm=group")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="resize images to this side")] = None,
     channels: Annotated[Optional[int], typer.Option(help="convert images to 1 or 3 channels")] = None,
     test_fraction: Annotated[
-        Optional[float], typer.Option(help="split a test set off the training data (default: the dataset's test split, or 0.2)")
+        Optional[float], typer.Option(help="split a test set off the training data (default: the dataset's test split, or 0.2)",
+                                      callback=_finite)
     ] = None,
     limit: Annotated[Optional[int], typer.Option(help="train on at most N images")] = None,
     augment: Annotated[bool, typer.Option(help="random flips and crops")] = False,
-    seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="checkpoint file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing checkpoint")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."""
     from fedleak.config import parse_override
-    from fedleak.errors import ConfigError
     from fedleak.models.checkpoint import save_checkpoint
+    from fedleak.store import check_file_out
     from fedleak.training import TrainSettings, train_target
 
-    path = out or Path("checkpoints") / f"{model.replace(':', '_')}-{dataset}.safetensors"
-    if path.suffix != ".safetensors":
-        raise ConfigError(f"checkpoint path {str(path)!r} must end in .safetensors")
-    if path.exists() and not force:
-        raise ConfigError(f"checkpoint {str(path)!r} exists; choose another --out or pass --force")
+    path = check_file_out(out or Path("checkpoints") / f"{model.replace(':', '_')}-{dataset}.safetensors",
+                          force, "checkpoint", ".safetensors")
     options = {".".join(parts): value for parts, value in (parse_override(o) for o in option or [])}
     result = train_target(model, dataset, root, width, options, image_size, channels, test_fraction, limit,
                           TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed),
@@ -145,12 +192,12 @@ def train_prior(
     channels: Annotated[Optional[int], typer.Option(help="convert images to 1 or 3 channels")] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)")] = 1e-3,
-    noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation")] = 0.1,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)", callback=_finite)] = 1e-3,
+    noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation", callback=_finite)] = 0.1,
     width: Annotated[int, typer.Option(help="channels of the network")] = 32,
     depth: Annotated[int, typer.Option(help="convolutions of the network")] = 6,
     limit: Annotated[Optional[int], typer.Option(help="train on at most N images")] = None,
-    seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="prior file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -158,12 +205,10 @@ def train_prior(
     """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""
     from fedleak.attacks.priors import PriorSettings, save_prior, train_prior_on
     from fedleak.errors import ConfigError
+    from fedleak.store import check_file_out
 
-    path = out or Path("checkpoints") / f"prior-{dataset}-x{scale}.safetensors"
-    if path.suffix != ".safetensors":
-        raise ConfigError(f"prior path {str(path)!r} must end in .safetensors")
-    if path.exists() and not force:
-        raise ConfigError(f"prior {str(path)!r} exists; choose another --out or pass --force")
+    path = check_file_out(out or Path("checkpoints") / f"prior-{dataset}-x{scale}.safetensors", force, "prior",
+                          ".safetensors")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, got {split!r}")
     settings = PriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
@@ -184,18 +229,30 @@ def study(
     name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency")],
     preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML study settings")] = None,
+    root: Annotated[Optional[str], typer.Option(help="data folder (the study's root setting)")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
     out: Annotated[Optional[Path], typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
     detail: Annotated[bool, typer.Option(help="a progress bar per run as well")] = False,
+    force: Annotated[bool, typer.Option(
+        help="use a folder made with other settings: its study.json is replaced, and of its finished runs only "
+             "those of the new grid are kept (the others are deleted)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Run a named study (a grid of runs), resuming what its folder holds, then write its report."""
+    """Run a named study (a grid of runs), resuming what its folder holds, then write its report.
+
+    A folder holds one grid: one made with other settings is refused unless --force. Several
+    processes may run the same study into one folder at once; they share its runs."""
     from fedleak.studies import build_study, run_study
 
-    s = build_study(name, preset, config, overrides)
+    import json
+
+    # --root is the override root=…, quoted so that the path stays a string; a later --set wins.
+    root_setting = [f"root={json.dumps(root)}"] if root is not None else []
+    s = build_study(name, preset, config, [*root_setting, *(overrides or [])])
     folder = out or Path("studies") / f"{name}-{preset}"
-    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail)
-    console.print(f"{name}: {outcome.ran} runs done, {outcome.skipped} already there, "
+    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force)
+    shared = f", {outcome.elsewhere} by another process" if outcome.elsewhere else ""
+    console.print(f"{name}: {outcome.ran} runs done, {outcome.skipped} already there{shared}, "
                   f"{outcome.seconds:.0f} s → {folder / 'report.html'}")
     for hint in outcome.hints:
         print(f"fedleak: note: {hint}", file=sys.stderr)
@@ -205,8 +262,42 @@ def study(
 def report(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None:
     """Rebuild a study's report (table, figures, grid, HTML) from its results database."""
     from fedleak.report.study import write_report
+    from fedleak.store import locked
 
-    console.print(f"report → {write_report(folder)}")
+    with locked(folder):  # not while a study writing into the folder replaces the same files
+        console.print(f"report → {write_report(folder)}")
+
+
+@app.command("config")
+def config_cmd(
+    attack_name: Annotated[str, typer.Argument(metavar="ATTACK", help="attack or preset name, e.g. ig, rog, ig-limchan")],
+) -> None:
+    """Print an attack's settings as YAML: each with its default (a preset's values where it sets
+    them), type and description. Set them with --set attack.KEY=VALUE or a config file's attack section."""
+    from fedleak.attacks import ATTACKS, build_attack
+
+    attack = build_attack(attack_name)
+    values = attack.config.model_dump(mode="json")
+    fields = type(attack.config).model_fields
+    base = next(n for n in ATTACKS.names() if ATTACKS.get(n) is type(attack))
+    about = (type(attack).__doc__ or "").strip().splitlines()
+    lines = [f"# {attack_name}" + (f" (a preset of {base})" if base != attack_name else "")
+             + (f": {about[0]}" if about else ""),
+             "# every setting with its default; set one with --set attack.KEY=VALUE", "attack:", f"  name: {attack_name}"]
+    for key, value in values.items():
+        text = _yaml({key: value}).strip().replace("\n", "\n  ")
+        about = " — ".join(filter(None, (_type_text(fields[key]), fields[key].description)))
+        lines.append(f"  {text}  # {about}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _type_text(info: FieldInfo) -> str:
+    """A field's type and bounds, e.g. ``int, ≥ 1`` or ``float, > 0``."""
+    kind = info.annotation
+    name = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+    bounds = [f"{sign} {getattr(m, attr)}" for m in info.metadata
+              for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")) if getattr(m, attr, None) is not None]
+    return ", ".join([name, *bounds])
 
 
 runs_app = typer.Typer(help="Inspect a study's results database.", no_args_is_help=True)
@@ -220,7 +311,7 @@ def _db(folder: Path):
 
     if not (folder / DB_NAME).is_file():
         raise ConfigError(f"{str(folder)!r} holds no results database ({DB_NAME})")
-    return ResultsDB(folder / DB_NAME)
+    return ResultsDB(folder / DB_NAME, create=False)
 
 
 @runs_app.command("list")
@@ -266,24 +357,61 @@ def runs_export(
         sys.stdout.write(text)
 
 
-def main() -> None:
-    """Console-script entry: run the app, turning user errors into one line and exit code 2."""
+weights_app = typer.Typer(help="Weight files for metrics, downloaded only when you ask.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    nets: Annotated[list[str], typer.Argument(metavar="BACKBONE", help="LPIPS backbones: alex, vgg")],
+    folder: Annotated[
+        Optional[Path], typer.Option("--dir", help="where to write (default: torch's hub cache, which runs search)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Download LPIPS's backbone (torchvision) and linear layers (LPIPS v0.1), SHA-256 checked."""
+    from fedleak.weights import fetch, files
+
+    for net in nets:  # every name checked before anything downloads
+        files(net)
+    for net in nets:
+        for got in fetch(net, folder, progress=not quiet):
+            state = "downloaded" if got.downloaded else "already there"
+            console.print(f"LPIPS-{net}: {got.path.name} {state} (SHA-256 checked) → {got.path.parent}")
+    if folder:
+        print(f"fedleak: note: runs find these files with --set metrics.lpips_weights={folder} "
+              f"or FEDLEAK_LPIPS={folder}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: run the app; how it ends is decided in :mod:`fedleak.exits` (user
+    errors one line and exit 2, Ctrl-C exit 130, bugs one line and exit 1)."""
+    from fedleak.exits import INTERRUPTED, USER_ERROR, one_line, report
+
+    _state["debug"] = False
     try:
-        typer.main.get_command(app).main(prog_name="fedleak", standalone_mode=False)
-    except FedleakError as exc:
-        print(f"fedleak: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except _cli_errors.UsageError as exc:
+        # Not standalone: Typer would print its own errors, and it turns Ctrl-C into a *returned*
+        # exit code 130 (``Exit(130)``), which we must pass on rather than drop.
+        code = typer.main.get_command(app).main(args=argv, prog_name="fedleak", standalone_mode=False)
+    except _cli_errors.ClickException as exc:
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already printed the help
-            print(f"fedleak: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        print("fedleak: interrupted", file=sys.stderr)
-        sys.exit(130)
+            print(f"fedleak: error: {one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+    except typer.Abort:  # end of input at a prompt
+        code = INTERRUPTED
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except BrokenPipeError:  # output piped into a closed reader, e.g. `| head`
         sys.exit(1)
+    except Exception as exc:
+        sys.exit(report(exc, _state["debug"]))
+    except KeyboardInterrupt as exc:  # outside Typer's own handling (e.g. while it starts)
+        sys.exit(report(exc))
+    if code == INTERRUPTED:
+        print("fedleak: interrupted", file=sys.stderr)
+    if code:
+        sys.exit(code)
+
 
 if __name__ == "__main__":
     main()

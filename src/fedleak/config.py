@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedleak.errors import ConfigError
+from fedleak.validate import short
 
 
 class _Loader(yaml.SafeLoader):
@@ -35,20 +36,58 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_YAML_NODES = 100_000  # a config's size with every alias expanded (a "billion laughs" file is refused)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many nodes ``node`` stands for once every alias (a shared node) is written out in full."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError("YAML holds a recursive alias (a node that contains itself)")
+    open_.add(key)
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeating aliases?)")
+    open_.discard(key)
+    sizes[key] = total
+    return total
+
+
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    """Read YAML safely: plain data only (no tags that build objects), and at most
+    :data:`MAX_YAML_NODES` values once aliases are expanded, so a small hostile file cannot make
+    validation walk (or an error message print) billions of values."""
+    loader = _Loader(text)  # a SafeLoader subclass
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError("YAML nests too deeply") from None
+    finally:
+        loader.dispose()
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A config section: unknown keys and non-finite numbers (``.inf``, ``.nan``) are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSection(Section):
     name: str = Field("samples", description="dataset: samples | mnist | cifar10 | cifar100 | folder")
     root: str | None = Field(None, description="data folder ($FEDLEAK_DATA when unset)")
     split: Literal["train", "test"] = "test"
-    image_size: int | None = Field(None, ge=1, description="resize to this square side")
-    channels: Literal[1, 3] | None = None
+    image_size: int | tuple[int, int] | None = Field(None, description="resize to this square side, or to [H, W]")
+    channels: Literal[1, 3] | None = Field(None, description="convert images to 1 (grey) or 3 (colour) channels")
     index: list[int] | None = Field(None, description="dataset indices of the client's images")
     classes: list[str] | None = Field(None, description="draw the client's images from these classes")
     options: dict[str, Any] = Field(default_factory=dict, description="loader-specific options")
@@ -60,14 +99,35 @@ class DataSection(Section):
             return [v] if isinstance(v, int) else [p.strip() for p in v.split(",") if p.strip()]
         return v
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        """A side or [H, W], both positive; a square [S, S] is the side S."""
+        from fedleak.data.transforms import size_hw
+
+        if v is None:
+            return v
+        h, w = size_hw(v)  # its ValueError is the config error
+        return h if h == w else (h, w)
+
 
 class ModelSection(Section):
     name: str = Field("convnet", description="registered architecture or package.module:factory")
     checkpoint: str | None = Field(None, description="trained weights (.safetensors from fedleak train, or .pt)")
-    width: float = Field(0.25, gt=0, description="channel multiplier")
-    seed: int | None = Field(None, description="initialisation seed (the run seed when unset)")
+    width: float | None = Field(None, gt=0, description="channel multiplier; the model's own default (1) when unset")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="initialisation seed (the run seed when unset)")
     mode: Literal["eval", "train"] = Field("eval", description="batch-norm mode on the client")
     options: dict[str, Any] = Field(default_factory=dict, description="builder-specific options")
+
+    @model_validator(mode="after")
+    def _resolve_width(self) -> ModelSection:
+        """A registered model's unset width is its default, 1, written out so that the resolved config
+        says so; an external factory's stays unset (the factory's own default applies)."""
+        from fedleak.models.external import is_external
+
+        if self.width is None and not is_external(self.name):
+            self.width = 1.0
+        return self
 
 
 class ClientSection(Section):
@@ -76,9 +136,11 @@ class ClientSection(Section):
     lr: float = Field(0.01, gt=0, description="local learning rate (fedavg)")
     local_steps: int = Field(1, ge=1, description="local SGD steps τ (fedavg)")
     local_batch_size: int | None = Field(None, ge=1, description="minibatch size (fedavg; default the batch)")
-    shuffle_seed: int | None = Field(None, description="reshuffle each epoch with this public seed (fedavg)")
+    shuffle_seed: int | None = Field(None, ge=0, lt=2**63, description="reshuffle each epoch with this public seed (fedavg)")
     update_scale: Literal["delta", "delta/lr"] = Field("delta", description="send θ₀ − θ_τ or that over lr")
     defense: str | None = Field(None, description="obfuscation spec, e.g. topk:sparsity=0.9+noise:snr_db=10")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="the client's private seed: defense noise, data order, which "
+                             "images it draws; drawn from OS entropy when unset (never given to the attack)")
 
     @field_validator("defense")
     @classmethod
@@ -119,7 +181,7 @@ class AttackSection(BaseModel):
 
 
 class RunConfig(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="run seed, recorded with the results")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     client: ClientSection = Field(default_factory=ClientSection)
@@ -130,15 +192,21 @@ class RunConfig(Section):
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line naming the first offending key and what is wrong with it."""
+    """One line naming the first offending key and what is wrong with it; keys and echoed values
+    are cut to a short prefix (a hostile file's value could be megabytes long)."""
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
-    key = f"{prefix}{key}" if key else prefix.rstrip(".")
+    key = _cut(f"{prefix}{key}" if key else prefix.rstrip("."))
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     if err["type"] == "value_error":
-        return f"config {key}: {err['ctx']['error']}"
-    return f"config {key}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
+        return f"config {key}: {_cut(str(err['ctx']['error']), 300)}"
+    got = f" (got {short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"config {key}: {err['msg']}{got}"
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -146,11 +214,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"malformed --set {text!r}: expected key.path=value")
+        raise ConfigError(f"malformed --set {short(text)}: expected key.path=value")
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
-        raise ConfigError(f"malformed --set {text!r}: the value is not valid YAML") from None
+        raise ConfigError(f"malformed --set {short(text)}: the value is not valid YAML") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--set {_cut(key.strip())}: {exc}") from None
     return parts, value
 
 
@@ -171,10 +241,59 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = load_yaml(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {p} is not valid YAML: {_cut(str(exc).splitlines()[0], 200)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections")
     return data
+
+
+DEFAULT_JOB: dict[str, dict[str, Any]] = {
+    "model": {"name": "convnet", "width": 0.25},
+    "data": {"name": "samples", "index": [4]},
+}
+"""The one-minute job of a bare ``fedleak attack``: ConvNet-16 (``convnet`` at width 0.25) attacked on
+scikit-image's "camera" photograph (``samples`` index 4), the same image on every run. It fills in
+only what a run leaves open: the model part when no ``model.name`` is named (a width the user set
+wins); the data part when no ``data.name``, ``data.index`` or ``data.classes`` is named and the
+client holds one image (batch size 1, one client) — otherwise a seeded draw with the client's private
+seed picks the images. Naming a model gives that model at its own default width (1)."""
+
+
+def _clients(spec: str | None) -> int:
+    """How many clients' batches a defense spec aggregates (1 without ``aggregate``)."""
+    from fedleak.defenses import parse_defense
+
+    return parse_defense(spec).clients
+
+
+def _apply_default_job(tree: dict[str, Any]) -> None:
+    """Fill in :data:`DEFAULT_JOB` where ``tree`` leaves the model or the data open."""
+    model, data, client = (tree.get(k, {}) for k in ("model", "data", "client"))
+    if not all(isinstance(s, dict) for s in (model, data, client)):
+        return  # a malformed section that validation reports
+    if model.get("name") is None:
+        width = model.get("width")
+        tree["model"] = {**model, "name": DEFAULT_JOB["model"]["name"],
+                         "width": DEFAULT_JOB["model"]["width"] if width is None else width}
+    spec = client.get("defense")
+    one_image = client.get("batch_size") in (None, 1) and (not isinstance(spec, str) or _clients(spec) == 1)
+    if one_image and all(data.get(k) is None for k in ("name", "index", "classes")):
+        tree["data"] = {**data, **DEFAULT_JOB["data"]}
+
+
+def _batch_from_index(config: RunConfig) -> RunConfig:
+    """Explicit image indices without an explicit batch size set the batch: the indices are shared
+    evenly by the clients whose batches are aggregated (indices = batch × clients)."""
+    index, client = config.data.index, config.client
+    if not index or "batch_size" in client.model_fields_set:
+        return config  # an explicit batch size is checked against the indices when the run draws them
+    clients = _clients(client.defense)
+    if len(index) % clients:
+        raise ConfigError(f"{len(index)} image indices cannot be shared by {clients} clients; "
+                          f"give a multiple of {clients} or set the batch size")
+    return config.model_copy(update={"client": client.model_copy(update={"batch_size": len(index) // clients})})
 
 
 def build_config(
@@ -182,14 +301,18 @@ def build_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """Merge the layers and validate. ``flags`` maps dotted keys to values (``None`` = not given)."""
+    """Merge the layers, fill in :data:`DEFAULT_JOB` where the run names no model, and validate.
+    ``flags`` maps dotted keys to values (``None`` = not given). Image indices without a batch size
+    set the batch size."""
     tree: dict[str, Any] = copy.deepcopy(read_yaml(file)) if file else {}
     for key, value in (flags or {}).items():
         if value is not None:
             apply_override(tree, key.split("."), value)
     for text in overrides or []:
         apply_override(tree, *parse_override(text))
+    _apply_default_job(tree)
     try:
-        return RunConfig.model_validate(tree)
+        config = RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    return _batch_from_index(config)

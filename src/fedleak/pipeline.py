@@ -7,6 +7,7 @@ evaluation; the attack receives only the payload and the declared :class:`Attack
 from __future__ import annotations
 
 import copy
+import secrets
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class RunResult:
             "attack_seconds": round(rec.seconds, 3),
             "seconds": round(self.seconds, 3),
             "seed": self.config.seed,
+            "client_seed": self.config.client.seed,
             "defense": self.payload.hyper.defense,
             "privacy": self.privacy,
             "images": [vars(s) for s in ev.images],
@@ -82,7 +84,7 @@ def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | N
     and channels become the data defaults (a conflicting explicit value is an error)."""
     if not config.model.checkpoint:
         return config, None
-    info = read_info(config.model.checkpoint)
+    info = read_info(config.model.checkpoint, named=config.model.name)  # only the user's own factory
     if info is None:
         return config, None
     d = config.data
@@ -97,8 +99,9 @@ def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | N
 
 def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo | None = None,
                  model: nn.Module | None = None) -> Target:
-    """The global model: a given module, or the configured architecture, with checkpoint weights."""
-    c, h, _ = dataset.image_shape
+    """The global model: a given module, or the configured architecture (sized for the dataset's real
+    height and width), with checkpoint weights."""
+    c, h, w = dataset.image_shape
     if info is not None and info.num_classes != dataset.num_classes:
         raise ConfigError(
             f"the checkpoint's model has {info.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
@@ -107,7 +110,7 @@ def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo 
         target = copy.deepcopy(model)
     else:
         seed = config.model.seed if config.model.seed is not None else config.seed
-        target = create_model(config.model.name, dataset.num_classes, c, h, width=config.model.width,
+        target = create_model(config.model.name, dataset.num_classes, c, (h, w), width=config.model.width,
                               seed=seed, **config.model.options)
     if config.model.checkpoint:
         load_weights(target, config.model.checkpoint, config.model.name)
@@ -129,9 +132,13 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
     d = config.data
     dataset = loader(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels,
                            **d.options)
+    # The client's own seed (its noise, which images it draws), never derived from what the attack
+    # gets; recorded in the resolved config so that config.yaml reproduces the run.
+    client_seed = config.client.seed if config.client.seed is not None else secrets.randbits(63)
+    config = config.model_copy(update={"client": config.client.model_copy(update={"seed": client_seed})})
     # With aggregation the server averages K clients; all K batches are private data at risk.
     clients = parse_defense(config.client.defense).clients
-    indices = pick_indices(dataset, config.client.batch_size * clients, d.index, d.classes, seed=config.seed)
+    indices = pick_indices(dataset, config.client.batch_size * clients, d.index, d.classes, seed=client_seed)
     truth = ClientData(dataset.images(indices), dataset.label_of(indices), tuple(indices))
 
     target = build_target(config, dataset, info, model)
@@ -139,7 +146,7 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
     client = Client(target.model, target.mean, target.std, c.protocol, config.model.mode, lr=c.lr,
                     local_steps=c.local_steps, local_batch_size=c.local_batch_size,
                     shuffle_seed=c.shuffle_seed, update_scale=c.update_scale, defense=c.defense,
-                    defense_seed=config.seed)
+                    defense_seed=client_seed)
     payload = client.update(truth)
 
     knowledge = AttackerKnowledge(

@@ -142,9 +142,9 @@ def train_target(
     model_name: str,
     dataset: str,
     root: str | None = None,
-    width: float = 1.0,
+    width: float | None = None,
     options: dict | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     test_fraction: float | None = None,
     limit: int | None = None,
@@ -152,7 +152,10 @@ def train_target(
     progress: bool = True,
 ) -> TargetRun:
     """Load the data (splitting off a seeded test set where the dataset has none), build and train
-    the model, and describe it for a checkpoint."""
+    the model, and describe it for a checkpoint.
+
+    ``width`` unset is the model's own default (1 for registered models). The checkpoint records the
+    image size as an int for square images and ``[H, W]`` otherwise."""
     from fedleak.data import load_dataset
     from fedleak.errors import DataError
     from fedleak.models import create_model
@@ -175,14 +178,14 @@ def train_target(
             raise ConfigError(f"--limit must be at least 1, got {limit}")
         g = torch.Generator().manual_seed(settings.seed)
         train_idx = sorted(train_idx[i] for i in torch.randperm(len(train_idx), generator=g)[:limit].tolist())
-    c, h, _ = train_set.image_shape
-    model = create_model(model_name, train_set.num_classes, c, h, width=width, seed=settings.seed,
+    c, h, w = train_set.image_shape
+    model = create_model(model_name, train_set.num_classes, c, (h, w), width=width, seed=settings.seed,
                          **(options or {}))
     history = train(model, materialize(train_set, train_idx), materialize(test, test_idx),
                     train_set.mean, train_set.std, settings, progress)
     info = CheckpointInfo(
-        architecture=model_name, num_classes=train_set.num_classes, in_channels=c, image_size=h,
-        width=width, options=dict(options or {}), dataset=train_set.name, mean=train_set.mean,
+        architecture=model_name, num_classes=train_set.num_classes, in_channels=c,
+        image_size=h if h == w else [h, w], width=1.0 if width is None else width, options=dict(options or {}), dataset=train_set.name, mean=train_set.mean,
         std=train_set.std, classes=list(train_set.classes), epochs=settings.epochs,
         test_accuracy=history.test_accuracy[-1], seed=settings.seed,
         training={**vars(settings), "train_images": len(train_idx), "test_images": len(test_idx),

@@ -56,19 +56,23 @@ class Reconstruction:
     trace: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
-    def from_restarts(cls, images: Tensor, labels: Tensor, final: Tensor, trace: Any, done: int) -> Reconstruction:
-        """The winning restart's ``images`` with every restart's final matching loss ``final``; the
-        winner's loss closes the ``trace`` (a :class:`~fedleak.attacks.optimization.Trace`)."""
-        winner = int(torch.argmin(final))
-        trace.record(done, last=True, loss=float(final[winner]), mean_loss=float(final.mean()))
+    def from_restarts(cls, images: Tensor, labels: Tensor, final: Tensor, winner: int, trace: Any,
+                      done: int) -> Reconstruction:
+        """The winning restart's ``images`` with every restart's final matching loss ``final``;
+        ``winner`` is the restart chosen by :func:`~fedleak.attacks.optimization.best_restart` (the
+        lowest finite loss). The winner's loss closes the ``trace`` (a
+        :class:`~fedleak.attacks.optimization.Trace`)."""
+        finite = final[torch.isfinite(final)]
+        trace.record(done, last=True, loss=float(final[winner]), mean_loss=float(finite.mean()))
         return cls(images=images, labels=labels.detach().clone(), matching_loss=float(final[winner]),
                    restart_losses=final.tolist(), iterations=done, seconds=trace.seconds, trace=trace.rows)
 
 
 class AttackConfig(BaseModel):
-    """Base of every attack's settings; unknown keys are errors."""
+    """Base of every attack's settings; unknown keys and non-finite numbers (a weight or a learning
+    rate of ``.inf`` or ``.nan`` would only produce NaN reconstructions) are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class OptimizationConfig(AttackConfig):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.optimization import INITS, EarlyStop, Trace, to_unit_range
+from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, to_unit_range
 from fedleak.fl.payload import Payload
 
 JOINT = "joint"
@@ -52,8 +52,7 @@ class DLG(Attack):
         generator = torch.Generator().manual_seed(seed)
         trace = Trace(cfg.iterations * cfg.restarts)
         bar = tqdm(total=cfg.iterations * cfg.restarts, disable=not progress, desc=self.name, leave=False)
-        best = (math.inf, None, None)
-        losses, done = [], 0
+        candidates, losses, done = [], [], 0
         for restart in range(cfg.restarts):
             x = INITS.get(cfg.init)((b, *knowledge.input_shape), generator).requires_grad_(True)
             logits = torch.randn(b, k, generator=generator).requires_grad_(True)
@@ -84,18 +83,15 @@ class DLG(Attack):
             with torch.no_grad():
                 final_labels = labels_now().detach()
             final = float(objective.matching_loss(x, final_labels).detach())
-            final = final if math.isfinite(final) and torch.isfinite(x).all() else math.inf
-            losses.append(final)
-            if final < best[0] or best[1] is None:
-                hard = final_labels.argmax(-1) if joint else final_labels
-                best = (final, x.detach().clone(), hard)
+            losses.append(final if torch.isfinite(x).all() else math.nan)
+            candidates.append((x.detach().clone(), final_labels.argmax(-1) if joint else final_labels))
         bar.close()
-        loss, images, labels = best
-        images = torch.nan_to_num(images)
+        winner = best_restart(torch.tensor(losses))
+        images, labels = candidates[winner]
         return Reconstruction(
             images=to_unit_range(images, knowledge.mean, knowledge.std),
             labels=labels.long(),
-            matching_loss=loss,
+            matching_loss=losses[winner],
             restart_losses=losses,
             iterations=done,
             seconds=trace.seconds,

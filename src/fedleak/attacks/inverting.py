@@ -16,7 +16,8 @@ from pydantic import Field, field_validator
 from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, Reconstruction
 from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
-from fedleak.attacks.optimization import INITS, box_bounds, optimize, step_milestones, to_unit_range
+from fedleak.attacks.optimization import (INITS, best_restart, box_bounds, optimize, step_milestones,
+                                          to_unit_range)
 from fedleak.attacks.regularizers import REGULARIZERS
 from fedleak.fl.payload import Payload
 
@@ -71,5 +72,6 @@ class InvertingGradients(Attack):
 
         trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name)
         final = objective.matching_losses(x.detach(), labels)
-        images = to_unit_range(x[int(torch.argmin(final))], knowledge.mean, knowledge.std)
-        return Reconstruction.from_restarts(images, labels, final, trace, done)
+        winner = best_restart(final)
+        images = to_unit_range(x[winner], knowledge.mean, knowledge.std)
+        return Reconstruction.from_restarts(images, labels, final, winner, trace, done)

@@ -35,8 +35,8 @@ def idlg(payload: Payload, num_classes: int) -> Tensor:
     weight gradient is (p_c − 1)·h ≤ 0 for non-negative features h, so its sum is the smallest."""
     if payload.hyper.observed_images != 1:
         raise FedleakError(
-            f"iDLG label recovery works for one image, the batch has {payload.hyper.observed_images}; "
-            "declare the labels known (knowledge.labels=true)"
+            f"iDLG label recovery works for one image, the batch has {payload.hyper.observed_images}: "
+            "set attack.labels=auto|yin|wainakh, or declare the labels known (knowledge.labels=true)"
         )
     grad = last_layer_weight_grad(payload, num_classes)
     return torch.argmin(grad.sum(dim=1)).view(1)
@@ -56,9 +56,9 @@ def yin(payload: Payload, num_classes: int) -> Tensor:
 @LABEL_METHODS.register("wainakh")
 def wainakh(payload: Payload, num_classes: int) -> Tensor:
     """Wainakh et al. (LLG, PETS 2022), the simple variant: every class whose row sum of the last
-    weight gradient is negative is present; then, until B labels are found, take the class with the
-    most negative remaining sum. Each pick removes one sample's estimated impact from that row, so
-    repeated labels are found too."""
+    weight gradient is negative is present (the B most negative when more than B are); then, until B
+    labels are found, take the class with the most negative remaining sum. Each pick removes one
+    sample's estimated impact from that row, so repeated labels are found too."""
     b = payload.hyper.observed_images
     sums = last_layer_weight_grad(payload, num_classes).sum(dim=1).double()
     negative = sums < 0
@@ -66,7 +66,8 @@ def wainakh(payload: Payload, num_classes: int) -> Tensor:
         raise FedleakError("no class has a negative last-layer gradient; cannot recover labels")
     impact = sums[negative].sum() / b * (1 + 1 / num_classes)  # one sample's (negative) share
     labels: list[int] = []
-    for c in torch.nonzero(negative).flatten().tolist()[:b]:
+    present = torch.nonzero(negative).flatten()
+    for c in present[torch.argsort(sums[present], stable=True)][:b].tolist():
         labels.append(c)
         sums[c] -= impact
     while len(labels) < b:
@@ -74,6 +75,14 @@ def wainakh(payload: Payload, num_classes: int) -> Tensor:
         labels.append(c)
         sums[c] -= impact
     return torch.tensor(sorted(labels), dtype=torch.long)
+
+
+@LABEL_METHODS.register("auto")
+def auto(payload: Payload, num_classes: int) -> Tensor:
+    """iDLG when the update stands for one image (exact there), else Wainakh et al.'s batch method,
+    which also finds repeated labels."""
+    method = "idlg" if payload.hyper.observed_images == 1 else "wainakh"
+    return LABEL_METHODS.get(method)(payload, num_classes)
 
 
 def recover_labels(payload: Payload, knowledge: AttackerKnowledge, method: str) -> Tensor:

@@ -25,7 +25,8 @@ class MatchingConfig(OptimizationConfig):
 
     layers: str = Field("all", description="all | largest-norm | first | last")
     layer_count: int | None = Field(None, ge=1, description="k for largest-norm / first / last")
-    labels: str = Field("idlg", description="label recovery when labels are not known")
+    labels: str = Field("auto", description="label recovery when labels are not known: auto (iDLG for one "
+                        "image, wainakh for a batch) | idlg | yin | wainakh")
     matching: str = Field("plain", description="plain | masked | sign | auto (from the defense spec)")
 
     _labels = field_validator("labels")(lambda v: LABEL_METHODS.check(v))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fedleak.errors import FedleakError
 from fedleak.registry import Registry
 
 INITS: Registry = Registry("initialisation")
@@ -46,6 +47,25 @@ def to_unit_range(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Ten
 def step_milestones(iterations: int) -> list[int]:
     """Geiping et al.'s schedule: lr × 0.1 at 3/8, 5/8 and 7/8 of the iterations."""
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+def best_restart(final: Tensor) -> int:
+    """Index of the restart with the lowest finite final matching loss. A restart that diverged (NaN
+    or ±inf) never wins; when every restart diverged there is nothing to return."""
+    finite = torch.isfinite(final)
+    if not finite.any():
+        raise FedleakError(
+            f"every restart of the attack diverged (final matching losses {final.tolist()}); "
+            "lower attack.lr or change attack.init"
+        )
+    return int(torch.argmin(torch.where(finite, final, torch.inf)))
+
+
+def finite_min(losses: Tensor) -> float:
+    """The lowest finite loss of the trials (NaN when none is finite): what a trace and early stopping
+    follow, so that one diverged restart does not hide the others' progress."""
+    finite = losses[torch.isfinite(losses)]
+    return float(finite.min()) if finite.numel() else float("nan")
 
 
 class Trace:
@@ -94,7 +114,7 @@ def optimize(step: Callable[[], Tensor], iterations: int, patience: int | None, 
     done = iterations
     for it in range(iterations):
         match = step()
-        best = float(match.min())
+        best = finite_min(match)
         trace.record(it, loss=best, mean_loss=float(match.mean()))
         bar.update(1)
         bar.set_postfix(loss=f"{best:.4g}", refresh=False)

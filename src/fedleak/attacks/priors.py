@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.metrics.image import psnr
-from fedleak.models.checkpoint import load_state, read_metadata, save_tensors
+from fedleak.models.checkpoint import load_state, read_metadata, refuse_oversized, save_tensors
+from fedleak.validate import ECHO, Check, check_fields, integer, mapping, number, one_of, size, text
 
 PRIOR_KEY = "fedleak_prior"
 
@@ -166,15 +167,39 @@ def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: PriorInf
     return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
 
 
+_PRIOR_FIELDS = {
+    "channels": one_of(1, 3),
+    "scale": integer(1, 64),
+    "width": integer(1, 1024),
+    "depth": integer(2, 256),
+    "noise": number(0, 100),
+    "dataset": text(),
+    "split": text(),
+    "image_size": Check(lambda v: integer(0, 4096).test(v) or size(4096).test(v),
+                        "an integer from 0 to 4096 or an [H, W] pair of positive ones"),
+    "images": integer(0),
+    "epochs": integer(0),
+    "seed": integer(-(2**63), 2**64 - 1),
+    "validation": Check(lambda v: mapping().test(v) and all(type(x) in (int, float) for x in v.values()),
+                        "an object of numbers"),
+    "seconds": number(0, 1e9),
+    "fedleak_version": text(),
+}
+
+
 def load_prior(path: str | os.PathLike[str]) -> Prior:
-    """Load a prior written by ``fedleak train-prior``; anything else is one clear error."""
+    """Load a prior written by ``fedleak train-prior``; anything else is one clear error. Its metadata
+    is checked field by field (types and ranges) before the network is built."""
     meta = read_metadata(path)
     if PRIOR_KEY not in meta:
         raise FedleakError(f"{path} is not a fedleak prior (train one with `fedleak train-prior`)")
     try:
-        info = PriorInfo(**json.loads(meta[PRIOR_KEY]))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FedleakError(f"prior {path} has unreadable metadata: {exc}") from None
+        data = json.loads(meta[PRIOR_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise FedleakError(f"prior {path} has unreadable metadata: {str(exc)[:ECHO]}") from None
+    fields = check_fields(data, _PRIOR_FIELDS, ("channels", "scale"), f"prior {path} metadata")
+    info = PriorInfo(**fields)
+    refuse_oversized(lambda: RestorationNet(info.channels, info.width, info.depth), path, f"prior {path}")
     net = RestorationNet(info.channels, info.width, info.depth)
     try:
         net.load_state_dict(load_state(path))
@@ -189,6 +214,8 @@ def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: 
     from fedleak.data import load_dataset
 
     start = time.perf_counter()
+    if limit is not None and limit < 2:
+        raise ConfigError(f"--limit must be at least 2 (a prior trains on some images and validates on others), got {limit}")
     dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     images = dataset.images(list(range(n)))

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, Reconstruction
 from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
-from fedleak.attacks.optimization import INITS, optimize
+from fedleak.attacks.optimization import INITS, best_restart, optimize
 from fedleak.attacks.priors import load_prior, upsample
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
@@ -84,6 +84,7 @@ class ROG(Attack):
 
         trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name)
         final = objective.matching_losses(image(z).detach(), labels)
-        low = z[int(torch.argmin(final))].detach()
+        winner = best_restart(final)
+        low = z[winner].detach()
         images = prior(low, (h, w)) if prior is not None else upsample(low, (h, w)).clamp(0, 1)
-        return Reconstruction.from_restarts(images, labels, final, trace, done)
+        return Reconstruction.from_restarts(images, labels, final, winner, trace, done)

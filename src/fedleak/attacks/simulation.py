@@ -21,7 +21,9 @@ from fedleak.registry import Registry
 
 Params = dict[str, Tensor]
 Differentiate = Callable[[Callable[[Params], Tensor], Params], Params]
-Simulator = Callable[[nn.Module, Params, Params, Tensor, Tensor, PublicHyperparameters, Differentiate], Params]
+Schedule = list[Tensor]  # index tensor of the client batch at each local step (FedAvg)
+Simulator = Callable[[nn.Module, Params, Params, Tensor, Tensor, PublicHyperparameters, Schedule, Differentiate],
+                     Params]
 
 
 def functional_grad(loss: Callable[[Params], Tensor], params: Params) -> Params:
@@ -45,15 +47,14 @@ def _loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tenso
 
 
 @SIMULATORS.register("fedsgd")
-def simulate_fedsgd(model, params, buffers, x, y, hyper, differentiate):
+def simulate_fedsgd(model, params, buffers, x, y, hyper, schedule, differentiate):
     return differentiate(lambda p: _loss(model, p, buffers, x, y), params)
 
 
 @SIMULATORS.register("fedavg")
-def simulate_fedavg(model, params, buffers, x, y, hyper, differentiate):
+def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate):
     current = dict(params)
-    for batch in hyper.minibatches():
-        index = torch.tensor(batch)
+    for index in schedule:
         g = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index]), current)
         current = {n: current[n] - hyper.lr * g[n] for n in current}
     scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
@@ -73,18 +74,21 @@ class Simulation:
         self.params = {n: p.detach() for n, p in model.named_parameters() if n in payload.update}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self._simulate = SIMULATORS.get(payload.hyper.protocol)
+        # The local-step schedule is drawn once here: its shuffling (torch.randperm) cannot run
+        # inside the vmap-ed update.
+        self.schedule = [torch.tensor(batch) for batch in payload.hyper.minibatches()]
         self.defense = parse_defense(payload.hyper.defense)  # public: clipping is re-run on each update
 
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
         """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
         ``batched=True`` when called under ``vmap``. With aggregation (``hyper.clients`` = K), ``x``
-        holds K client batches one after another and the update is the mean of theirs. Leading
-        simulable defense stages (clipping) are applied to each client's update."""
+        holds K client batches one after another and the update is the mean of theirs. The leading
+        simulable defense stages (clipping) are re-run as the client runs them: those before the
+        aggregation on each client's update, those after it on the mean."""
         differentiate = functional_grad if batched else autograd_grad
         k, b = self.hyper.clients, self.hyper.batch_size
         updates = [self.defense.simulate_client(
             self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b], y[i * b:(i + 1) * b],
-                           self.hyper, differentiate)) for i in range(k)]
-        if k == 1:
-            return updates[0]
-        return {n: sum(u[n] for u in updates) / k for n in self.params}
+                           self.hyper, self.schedule, differentiate)) for i in range(k)]
+        mean = updates[0] if k == 1 else {n: sum(u[n] for u in updates) / k for n in self.params}
+        return self.defense.simulate_server(mean)

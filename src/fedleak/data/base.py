@@ -71,9 +71,9 @@ class ImageDataset:
         return self.classes.index(str(name_or_index))
 
     def check_index(self, index: int) -> None:
-        """Raise a one-line :class:`DataError` unless ``index`` addresses an image."""
-        if not -len(self) <= int(index) < len(self):
-            raise DataError(f"index {index} is out of range for {self.name} ({len(self)} images)")
+        """Raise a one-line :class:`DataError` unless ``index`` addresses an image (0 … N − 1)."""
+        if not 0 <= int(index) < len(self):
+            raise DataError(f"index {index} is out of range for {self.name} (0 to {len(self) - 1})")
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

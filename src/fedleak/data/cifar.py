@@ -39,15 +39,56 @@ def safe_load(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             obj = SafeUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from None
+    except Exception as exc:  # any decoding failure of an untrusted file (refused globals included)
+        raise DataError(f"cannot read CIFAR batch {path}: {_first(exc)}") from None
     if not isinstance(obj, dict):
         raise DataError(f"CIFAR batch {path} does not hold a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _first(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _as_str(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _images(path: Path, batch: dict[str, Any]) -> np.ndarray:
+    """The batch's ``data``: a uint8 N×3072 array, N ≥ 1 (channel-major 32×32 images)."""
+    if "data" not in batch:
+        raise DataError(f"CIFAR batch {path} has no 'data'")
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        kind = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"CIFAR batch {path}: 'data' should be a uint8 N×3072 array, got {kind}")
+    if len(data) == 0:
+        raise DataError(f"CIFAR batch {path} holds no images")
+    return data
+
+
+def _labels(path: Path, batch: dict[str, Any], key: str, count: int) -> list[int]:
+    """The batch's labels under ``key``: a list (or 1-D integer array) of ``count`` integers."""
+    if key not in batch:
+        raise DataError(f"CIFAR batch {path} has no {key!r}")
+    labels = batch[key]
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise DataError(f"CIFAR batch {path}: {key!r} should be a list of integers, got {type(labels).__name__}")
+    if len(labels) != count:
+        raise DataError(f"CIFAR batch {path}: {len(labels)} {key!r} for {count} images")
+    return labels
+
+
+def _class_names(path: Path, key: str) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"CIFAR meta file {path} not found")
+    names = safe_load(path).get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"CIFAR meta file {path}: {key!r} should be a non-empty list of class names")
+    return [_as_str(n) for n in names]
 
 
 def _load(
@@ -62,30 +103,23 @@ def _load(
     image_size: int | None,
     channels: int | None,
 ) -> ImageDataset:
-    arrays, labels = [], []
+    arrays, labels, sources = [], [], []
     for path in files:
         batch = safe_load(path)
-        data = np.asarray(batch.get("data"))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise DataError(f"{path}: 'data' should be uint8 N×3072, got {data.dtype} {data.shape}")
-        if len(batch.get(labels_key, [])) != len(data):
-            raise DataError(f"{path}: {labels_key!r} does not match the {len(data)} images")
+        data = _images(path, batch)
         arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.extend(int(v) for v in batch[labels_key])
+        labels.extend(_labels(path, batch, labels_key, len(data)))
+        sources += [path] * len(data)
     images = np.concatenate(arrays)
-    meta_path = folder / meta_file
-    if not meta_path.is_file():
-        raise DataError(f"{name} meta file {meta_path} not found")
-    classes = [_as_str(c) for c in safe_load(meta_path).get(names_key, [])]
-    if not classes or max(labels) >= len(classes):
-        raise DataError(f"{meta_path}: class names do not cover the labels")
-    out_channels = channels or 3
-    size = image_size or 32
+    classes = _class_names(folder / meta_file, names_key)
+    bad = next((i for i, v in enumerate(labels) if not 0 <= v < len(classes)), None)
+    if bad is not None:
+        raise DataError(f"CIFAR batch {sources[bad]}: label {labels[bad]} is out of range for {len(classes)} classes")
 
     def read(i: int) -> torch.Tensor:
         return prepare(to_tensor(images[i]), image_size, channels)
 
-    if out_channels == 1:
+    if (channels or 3) == 1:
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
     return ImageDataset(
         name=name,
@@ -94,7 +128,7 @@ def _load(
         mean=mean,
         std=std,
         read=read,
-        image_shape=(out_channels, size, size),
+        image_shape=tuple(read(0).shape),  # type: ignore[arg-type]
     )
 
 

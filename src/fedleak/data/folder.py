@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fedleak.data.base import ImageDataset, channel_stats
 from fedleak.data.registry import DATASETS, require_root
@@ -21,22 +22,36 @@ def _natural_key(name: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+
+
 def _image_files(folder: Path) -> list[Path]:
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions),
+        (p for p in _entries(folder) if p.is_file() and p.suffix.lower() in extensions),
         key=lambda p: _natural_key(p.name),
     )
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """Decode one file with Pillow into a C×H×W tensor (grey stays one channel)."""
+    """Decode one file with Pillow into a C×H×W tensor (grey stays one channel).
+
+    Any decoding failure names the file. An image over Pillow's pixel limit
+    (``Image.MAX_IMAGE_PIXELS``, a decompression-bomb guard) is refused before it is decoded, also
+    in the band where Pillow would only warn."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB")
-            return to_tensor(np.asarray(im))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+                return to_tensor(np.asarray(im))
+    except Exception as exc:  # any decoding failure of an untrusted file (Pillow's plugins raise many kinds)
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read image {path}: {text}") from None
 
 
 @DATASETS.register("folder")
@@ -50,13 +65,14 @@ def load_folder(
     """One sub-folder per class. A tree with ``train/`` and ``test/`` uses the one asked for;
     otherwise both splits are the whole folder (training splits it by fraction itself).
 
-    ``image_size`` resizes every image to a square side, after a centred square crop unless
-    ``square=False``; without it all images must share one size.
+    An int ``image_size`` resizes every image to a square side, after a centred square crop unless
+    ``square=False``; an ``(H, W)`` size resizes without cropping (unless ``square=True``); without
+    it all images must share one size. Grey and colour files mixed need ``channels``.
     """
     root = require_root("folder", root)
     if (root / split).is_dir() and (root / ("test" if split == "train" else "train")).is_dir():
         root = root / split
-    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+    class_dirs = sorted((d for d in _entries(root) if d.is_dir() and not d.name.startswith(".")),
                         key=lambda d: _natural_key(d.name))
     files: list[Path] = []
     labels: list[int] = []
@@ -66,7 +82,7 @@ def load_folder(
         labels += [c] * len(found)
     if not files:
         raise DataError(f"no class sub-folders with images under {root}")
-    crop = image_size is not None if square is None else square
+    crop = isinstance(image_size, int) if square is None else square
 
     def read(i: int) -> torch.Tensor:
         return prepare(read_image(files[i]), image_size, channels, square=crop)
@@ -76,10 +92,16 @@ def load_folder(
     sample = []
     for i in picks:
         image = read(int(i))
+        if image.shape[0] != first.shape[0]:
+            raise DataError(
+                f"{files[i]} has {image.shape[0]} channel(s) but {files[0]} has {first.shape[0]}: the folder "
+                "mixes grey and colour images; pass --channels 3 (data.channels=3) to read them all as "
+                "colour, or --channels 1 for grey"
+            )
         if image.shape != first.shape:
             raise DataError(
                 f"{files[i]} is {tuple(image.shape[1:])} but {files[0]} is {tuple(first.shape[1:])}; "
-                "pass an image size to resize them all"
+                "pass an image size (--image-size N, or data.image_size=[H, W]) to resize them all"
             )
         sample.append(image)
     mean, std = channel_stats(torch.stack(sample))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from fedleak.errors import DataError
 
 PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8}
+CLASSES = tuple(str(d) for d in range(10))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -23,7 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read {path}: {exc}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
@@ -32,7 +35,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path} is truncated (header)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # exact: np.prod would overflow on a hostile header
     if len(data) - header != count:
         raise DataError(f"{path} holds {len(data) - header} bytes of data, expected {count} for shape {shape}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
@@ -55,8 +58,11 @@ def load_mnist(
     labels = read_idx(_find(root, f"{PREFIX[split]}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"MNIST {split} images {images.shape} and labels {labels.shape} do not match")
+    if len(images) == 0 or min(images.shape[1:]) == 0:
+        raise DataError(f"MNIST {split} images {images.shape} hold no image")
+    if labels.max() >= len(CLASSES):
+        raise DataError(f"MNIST {split} label {int(labels.max())} is out of range for {len(CLASSES)} classes")
     out_channels = channels or 1
-    size = image_size or images.shape[1]
 
     def read(i: int) -> torch.Tensor:
         return prepare(to_tensor(images[i]), image_size, channels)
@@ -65,9 +71,9 @@ def load_mnist(
     return ImageDataset(
         name="mnist",
         labels=torch.from_numpy(labels.astype(np.int64)),
-        classes=[str(d) for d in range(10)],
+        classes=list(CLASSES),
         mean=(0.1307,) * out_channels,
         std=(0.3081,) * out_channels,
         read=read,
-        image_shape=(out_channels, size, size),
+        image_shape=tuple(read(0).shape),  # type: ignore[arg-type]
     )

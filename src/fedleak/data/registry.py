@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedleak.data.base import ImageDataset
+from fedleak.data.transforms import size_hw
 from fedleak.errors import DataError
 from fedleak.registry import Registry
+from fedleak.validate import check_options, declared_options
 
 
 class Loader(Protocol):
@@ -38,14 +40,17 @@ def load_dataset(
     """Load dataset ``name`` with images as C×H×W float tensors in [0, 1].
 
     ``root`` is the data folder (``$FEDLEAK_DATA`` when omitted); ``image_size`` resizes to a square
-    side, ``channels`` converts grey ↔ RGB. Dataset-specific ``options`` (e.g. ``subset`` for
-    ``samples``) are passed on to the loader.
+    side (an int) or to ``(H, W)``, ``channels`` converts grey ↔ RGB. Dataset-specific ``options`` (e.g. ``subset`` for
+    ``samples``) are passed on to the loader: only those its signature declares, of its types.
     """
     loader = DATASETS.get(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if image_size is not None and image_size < 1:
-        raise DataError(f"image size must be positive, got {image_size}")
+    if image_size is not None:
+        try:
+            size_hw(image_size)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     if root is None and os.environ.get("FEDLEAK_DATA"):
@@ -53,7 +58,11 @@ def load_dataset(
     path = Path(root).expanduser() if root is not None else None
     if path is not None and not path.is_dir():
         raise DataError(f"data root {str(path)!r} does not exist or is not a folder")
+    check_options(options, declared_options(loader, _FIXED), f"dataset {name!r}")
     return loader(path, split, image_size, channels, **options)
+
+
+_FIXED = ("root", "split", "image_size", "channels")  # every loader's parameters; the rest are options
 
 
 def require_root(name: str, root: Path | None) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from fedleak.data.base import ImageDataset, channel_stats
 from fedleak.data.registry import DATASETS
-from fedleak.data.transforms import prepare, to_tensor
+from fedleak.data.transforms import prepare, size_hw, to_tensor
 from fedleak.errors import DataError
 
 PHOTOS = (
@@ -72,5 +72,5 @@ def load_samples(
         mean=mean,
         std=std,
         read=lambda i: stack[i],
-        image_shape=(ch, size, size),
+        image_shape=(ch, *size_hw(size)),
     )

@@ -1,6 +1,12 @@
-"""Image conversions shared by the loaders: array → tensor, square crop, resize, channel count."""
+"""Image conversions shared by the loaders: array → tensor, square crop, resize, channel count.
+
+An image size is an int (a square side) or an ``(H, W)`` pair; :func:`size_hw` reads either.
+"""
 
 from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,6 +30,23 @@ def to_tensor(array: np.ndarray) -> Tensor:
     return t.permute(2, 0, 1).contiguous()
 
 
+def size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of an image size: an int is a square side. A malformed or non-positive size is a
+    :class:`ValueError` (callers turn it into their own one-line error)."""
+    def side(v: object) -> int:
+        if isinstance(v, (bool, str, bytes)):
+            raise TypeError
+        return operator.index(v)  # type: ignore[arg-type]
+
+    try:
+        hw = [side(size)] * 2 if not isinstance(size, Sequence) else [side(v) for v in size]
+    except TypeError:
+        hw = []
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"an image size is a positive side or [H, W], got {size!r}")
+    return hw[0], hw[1]
+
+
 def center_crop_square(image: Tensor) -> Tensor:
     """Crop the largest centred square of a C×H×W image."""
     _, h, w = image.shape
@@ -32,9 +55,9 @@ def center_crop_square(image: Tensor) -> Tensor:
     return image[:, top : top + side, left : left + side]
 
 
-def resize(image: Tensor, size: int | tuple[int, int]) -> Tensor:
+def resize(image: Tensor, size: int | Sequence[int]) -> Tensor:
     """Antialiased bilinear resize of a C×H×W image to ``size`` (an int means square)."""
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = size_hw(size)
     if tuple(image.shape[-2:]) == hw:
         return image
     out = F.interpolate(image.unsqueeze(0), size=hw, mode="bilinear", antialias=True, align_corners=False)
@@ -54,7 +77,7 @@ def set_channels(image: Tensor, channels: int | None) -> Tensor:
 
 
 def prepare(
-    image: Tensor, size: int | None, channels: int | None, square: bool = False
+    image: Tensor, size: int | Sequence[int] | None, channels: int | None, square: bool = False
 ) -> Tensor:
     """The loaders' common pipeline: optional square crop, resize, channel conversion."""
     if square:

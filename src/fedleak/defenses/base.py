@@ -27,9 +27,10 @@ Stage = Literal["update", "gradient", "aggregate"]
 
 
 class DefenseConfig(BaseModel):
-    """Base of every defense's settings; unknown keys are errors."""
+    """Base of every defense's settings; unknown keys and non-finite numbers are errors (a field
+    that gives ``inf`` a meaning allows it itself)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Defense(ABC):

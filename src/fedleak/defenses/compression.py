@@ -8,6 +8,7 @@ entries (a strict ``>`` against the k-th value) and their QSGD scaled by max-abs
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -69,9 +70,11 @@ class TopKConfig(DefenseConfig):
 
 
 def keep_count(n: int, sparsity: float) -> int:
-    """k = ⌈(1 − sparsity)·n⌉ (at least one entry of a non-empty tensor)."""
-    # Round away float noise first: (1 - 0.9) * 10 is 1.0000000000000009, not 1.
-    return max(1, math.ceil(round((1 - sparsity) * n, 9))) if n else 0
+    """k = ⌈(1 − sparsity)·n⌉ in exact arithmetic, ``sparsity`` read as the decimal the user wrote
+    (its shortest repr): in floats (1 − 0.9)·10 is 1.0000000000000009, and rounding that noise away
+    would also round away real digits (n = 3, sparsity 0.3333333333 keeps 3). At least one entry of a
+    non-empty tensor is kept."""
+    return max(1, math.ceil((1 - Fraction(repr(float(sparsity)))) * n)) if n else 0
 
 
 def top_k_mask(values: Tensor, k: int) -> Tensor:

@@ -95,9 +95,25 @@ class DPSGD(Defense):
         return dp_gradient
 
     def summary(self, **round_facts: Any) -> dict[str, Any]:
-        """ε (at δ) for the given or this round's sampling rate and number of steps."""
+        """ε (at δ) for the given or this round's sampling rate and number of steps, and the
+        assumption it rests on. Opacus's RDP accountant assumes each step's batch is a Poisson sample
+        (rate q); the client instead walks its batch in fixed or shuffled chunks (round fact
+        ``sampling``), so for q < 1 the ε is the Poisson-sampling estimate, not a guarantee for the
+        client's real schedule. With q = 1 every step uses the whole batch: there is no sampling to
+        assume, and ε is the accountant's bound for the composition of full-batch Gaussian mechanisms."""
         cfg = self.config
         q = cfg.sample_rate if cfg.sample_rate is not None else round_facts.get("sample_rate", 1.0)
         steps = cfg.steps if cfg.steps is not None else round_facts.get("steps", 1)
         eps = dp_epsilon(cfg.noise_multiplier, q, steps, cfg.delta)
-        return {"epsilon": eps, "delta": cfg.delta, "sample_rate": q, "steps": steps}
+        holds = q == 1
+        if cfg.sample_rate is not None:
+            sampling = f"sample_rate set in the spec: ε assumes Poisson sampling at q={q:g}"
+            holds = False
+        elif holds:
+            sampling = "the whole batch at every step (no sampling): ε composes full-batch Gaussian mechanisms"
+        else:
+            sampling = (f"{round_facts.get('sampling', 'fixed')} chunks, not Poisson sampling: ε is the "
+                        f"Poisson-sampling estimate for q={q:g}, not a guarantee for this schedule")
+        return {"epsilon": eps, "delta": cfg.delta, "sample_rate": q, "steps": steps,
+                "accounting": f"RDP (Opacus), Poisson sampling q={q:g}, {steps} steps",
+                "sampling": sampling, "assumption_holds": holds}

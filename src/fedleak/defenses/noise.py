@@ -6,14 +6,23 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from fedleak.defenses.base import Defense, DefenseConfig, Update, register
 
 
 class NoiseConfig(DefenseConfig):
-    snr_db: float = Field(0.0, description="signal-to-noise ratio of each tensor in dB (inf: no noise)")
+    snr_db: float = Field(0.0, allow_inf_nan=True,  # +inf means no noise; -inf and nan are errors (below)
+                          description="signal-to-noise ratio of each tensor in dB (inf: no noise)")
+
+    @field_validator("snr_db")
+    @classmethod
+    def _finite_or_no_noise(cls, v: float) -> float:
+        # +inf is "no noise"; -inf would be infinite noise and NaN no ratio at all.
+        if math.isnan(v) or v == -math.inf:
+            raise ValueError("must be a finite number of dB, or inf for no noise")
+        return v
 
 
 @register("noise")

@@ -49,7 +49,8 @@ def _parse_stage(text: str) -> Defense:
         if err["type"] == "extra_forbidden":
             known = ", ".join(cls.Config.model_fields) or "none"
             raise ConfigError(f"defense {name!r} has no setting {key!r} (settings: {known})") from None
-        raise ConfigError(f"defense {name!r}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise ConfigError(f"defense {name!r}: {key}: {msg} (got {err.get('input')!r})") from None
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,26 @@ class DefensePipeline:
             update = stage.apply(update, generator)
         return update
 
+    def _simulable(self) -> tuple[list[Defense], list[Defense]]:
+        """The leading simulable update stages, split at the aggregation: the attacker's re-run goes
+        through the stages in order (client side, the mean, server side) until the first random or
+        non-differentiable one."""
+        client, server = self._split()
+        stages, cut = client + server, len(client)
+        stop = next((i for i, s in enumerate(stages) if not s.simulable), len(stages))
+        return stages[:min(stop, cut)], stages[cut:stop]
+
     def simulate_client(self, update: Update) -> Update:
         """What the attacker can re-run of the client-side stages: the leading simulable ones (e.g.
         clipping); the first random or non-differentiable stage ends the re-run."""
-        for stage in self._split()[0]:
-            if not stage.simulable:
-                break
+        for stage in self._simulable()[0]:
+            update = stage.simulate(update)
+        return update
+
+    def simulate_server(self, update: Update) -> Update:
+        """What the attacker can re-run of the stages after ``aggregate`` on the (simulated) mean: the
+        leading simulable ones, and none when the re-run already stopped on the client side."""
+        for stage in self._simulable()[1]:
             update = stage.simulate(update)
         return update
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fedleak.defenses import batch_gradient, parse_defense
 from fedleak.errors import ConfigError, DataError
+from fedleak.fl.aggregation import aggregate_buffers
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
 from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
@@ -30,6 +31,8 @@ class Client:
 
     ``mean``/``std`` are the normalisation the client applies before the model; ``model_mode`` puts
     batch-norm layers in eval (running statistics) or train (batch statistics) mode.
+    ``defense_seed`` is the client's private seed: it seeds its defense noise and any other random
+    draw of its round, and must not be derivable from anything the attacker is given.
     """
 
     def __init__(
@@ -92,20 +95,31 @@ class Client:
         make_gradient = self.defense.gradient
         gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
         inputs = normalize(data.images, self.mean, self.std)
-        updates = []
-        for k in range(clients):
-            part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)
-            # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
-            local = copy.deepcopy(self.model).train(self.model_mode == "train")
-            update = self.protocol(local, inputs[part], data.labels[part], hyper, gradient)
-            updates.append(self.defense.on_client(update, generator))
-        mean = {n: torch.stack([u[n] for u in updates]).mean(0) for n in updates[0]}
-        return Payload(model_state=state, update=self.defense.on_server(mean, generator), hyper=hyper)
+        updates, buffers = [], []
+        # Any draw from torch's global generator during the round (e.g. dropout) is the client's
+        # private randomness too: seeded from its own seed, never from the run's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.defense_seed)
+            for k in range(clients):
+                part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)
+                # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
+                local = copy.deepcopy(self.model).train(self.model_mode == "train")
+                update, sent = self.protocol(local, inputs[part], data.labels[part], hyper, gradient)
+                updates.append(self.defense.on_client(update, generator))
+                buffers.append(sent)
+            mean = {n: torch.stack([u[n] for u in updates]).mean(0) for n in updates[0]}
+            update = self.defense.on_server(mean, generator)
+        start = {n: b.detach() for n, b in self.model.named_buffers() if n in buffers[0]}
+        return Payload(model_state=state, update=update, hyper=hyper,
+                       buffers=aggregate_buffers(start, buffers, [1.0] * clients))
 
     def privacy(self, hyper: PublicHyperparameters) -> dict[str, Any]:
-        """What the defense guarantees for this round (DP-SGD's ε), keyed by stage."""
+        """What the defense guarantees for this round (DP-SGD's ε), keyed by stage; ``sampling`` tells
+        the accountant how the client really draws its minibatches (in order, or reshuffled)."""
         size = hyper.local_batch_size or hyper.batch_size
-        return self.defense.summary(sample_rate=min(1.0, size / hyper.batch_size), steps=hyper.local_steps)
+        sampling = "shuffled" if hyper.shuffle_seed is not None else "fixed"
+        return self.defense.summary(sample_rate=min(1.0, size / hyper.batch_size), steps=hyper.local_steps,
+                                    sampling=sampling)
 
     def batch_norm_statistics(self, data: ClientData) -> list[tuple[Tensor, Tensor]]:
         """Per-channel mean and variance of the client batch at each batch-norm layer's input.

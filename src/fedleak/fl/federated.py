@@ -3,7 +3,14 @@
 Every round each client starts from the global model, trains ``local_epochs`` over its own shard with
 plain SGD through :class:`Client` — so its defense is applied exactly as in an attack run — and sends a
 :class:`Payload`. The server sees only the payloads: it averages their updates (weighted by shard
-size) and steps θ ← θ − η_s · mean Δ. Test accuracy is measured after every round.
+size) and steps θ ← θ − η_s · mean Δ; the model's buffers (batch-norm running statistics) become the
+aggregate of the buffers the clients sent (:func:`~fedleak.fl.aggregation.aggregate_buffers`), so a
+batch-norm model is evaluated with statistics of the data it was trained on. Test accuracy is measured
+after every round.
+
+Seeds: ``settings.seed`` fixes the partition and derives each client's shuffling and private defense
+seed per round, so utility numbers are reproducible. No attack ever sees these clients' updates (this
+is utility training only), so deriving their seeds from ``settings.seed`` leaks nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fedleak.errors import ConfigError
+from fedleak.fl.aggregation import aggregate_buffers
 from fedleak.fl.client import Client
 from fedleak.fl.payload import ClientData, Payload
 
@@ -58,13 +66,18 @@ def shards(n: int, clients: int, seed: int) -> list[list[int]]:
 
 
 def server_step(model: nn.Module, payloads: list[Payload], weights: list[float], server_lr: float) -> None:
-    """θ ← θ − η_s · Σ_k w_k Δ_k / Σ_k w_k over the parameters the payloads carry."""
+    """θ ← θ − η_s · Σ_k w_k Δ_k / Σ_k w_k over the parameters the payloads carry; the buffers the
+    payloads carry are replaced by their aggregate (weighted mean, counters' increments summed)."""
     total = sum(weights)
     params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    merged = aggregate_buffers({n: buffers[n] for n in payloads[0].buffers}, [p.buffers for p in payloads], weights)
     with torch.no_grad():
         for name in payloads[0].update:
             mean = sum(w * p.update[name] for w, p in zip(weights, payloads)) / total
             params[name].sub_(server_lr * mean)
+        for name, value in merged.items():
+            buffers[name].copy_(value)
 
 
 def federated_train(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,

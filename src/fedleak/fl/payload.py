@@ -64,16 +64,23 @@ class Payload:
 
     ``model_state`` is the global model's ``state_dict`` the server sent; ``update`` maps each
     trainable parameter name (in ``named_parameters`` order) to the tensor the client returned.
+    ``buffers`` are the local model's buffers after a FedAvg round (batch-norm running statistics
+    and counters; empty for FedSGD, whose client sends a gradient only), as an FL framework such as
+    Flower sends every array of the model; with aggregation, their aggregate
+    (:func:`~fedleak.fl.aggregation.aggregate_buffers`). Defenses act on ``update`` only: buffers
+    travel as they are.
     """
 
     model_state: dict[str, Tensor]
     update: dict[str, Tensor]
     hyper: PublicHyperparameters
+    buffers: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, t in self.update.items():
-            if t.requires_grad:
-                raise ValueError(f"payload update {name!r} must be detached")
+        for kind, tensors in (("update", self.update), ("buffer", self.buffers)):
+            for name, t in tensors.items():
+                if t.requires_grad:
+                    raise ValueError(f"payload {kind} {name!r} must be detached")
 
 
 @dataclass(frozen=True)

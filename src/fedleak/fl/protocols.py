@@ -1,4 +1,7 @@
-"""Client training protocols: what a client computes from its batch before it sends an update."""
+"""Client training protocols: what a client computes from its batch before it sends an update.
+
+A protocol returns the update (one tensor per trainable parameter) and the model buffers the client
+sends with it (FedAvg: the local model's batch-norm statistics after training; FedSGD: none)."""
 
 from __future__ import annotations
 
@@ -11,24 +14,26 @@ from fedleak.defenses import Gradient, batch_gradient
 from fedleak.fl.payload import PublicHyperparameters
 from fedleak.registry import Registry
 
-Protocol = Callable[[nn.Module, Tensor, Tensor, PublicHyperparameters, Gradient], dict[str, Tensor]]
+Tensors = dict[str, Tensor]
+Protocol = Callable[[nn.Module, Tensor, Tensor, PublicHyperparameters, Gradient], tuple[Tensors, Tensors]]
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
 @PROTOCOLS.register("fedsgd")
 def fedsgd(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters,
-           gradient: Gradient = batch_gradient) -> dict[str, Tensor]:
+           gradient: Gradient = batch_gradient) -> tuple[Tensors, Tensors]:
     """FedSGD: the gradient of the mean cross-entropy over the client batch (or, under DP-SGD,
-    its private version)."""
-    return {n: g.clone() for n, g in gradient(model, inputs, labels).items()}
+    its private version), and no buffers."""
+    return {n: g.clone() for n, g in gradient(model, inputs, labels).items()}, {}
 
 
 @PROTOCOLS.register("fedavg")
 def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters,
-           gradient: Gradient = batch_gradient) -> dict[str, Tensor]:
-    """FedAvg: τ local SGD steps on minibatches, returning θ₀ − θ_τ (or divided by the lr). Each
-    step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
+           gradient: Gradient = batch_gradient) -> tuple[Tensors, Tensors]:
+    """FedAvg: τ local SGD steps on minibatches, returning θ₀ − θ_τ (or divided by the lr) and the
+    local model's buffers after training (in train mode, batch norm updated its running statistics).
+    Each step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
     if hyper.lr is None or hyper.lr <= 0:
         raise ValueError("fedavg needs a positive local learning rate")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -40,4 +45,5 @@ def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperp
             p.grad = grads[n]
         optimizer.step()
     scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
-    return {n: (start[n] - p.detach()) / scale for n, p in named}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    return {n: (start[n] - p.detach()) / scale for n, p in named}, buffers

@@ -6,7 +6,8 @@ layers", version 0.1). Images in [0, 1] are mapped to [−1, 1] and through LPIP
 images are repeated to three channels; images smaller than the backbone can take are upsampled
 (bilinear) to its minimum side — AlexNet needs 31 px, so MNIST's 28 px images are scored at 31 px.
 
-Weights are never downloaded. Two files per backbone:
+Weights are never downloaded during a run; ``fedleak weights fetch alex|vgg`` (:mod:`fedleak.weights`)
+fetches them on request. Two files per backbone:
 
 - the backbone in torchvision's layout (``features.N.weight``): ``alexnet-owt-7be5be79.pth`` /
   ``vgg16-397923af.pth`` as torchvision caches them (any ``alexnet-*.pth`` / ``vgg16-*.pth``);
@@ -155,12 +156,18 @@ class WeightsMissing(FedleakError):
     """The local weight files for an LPIPS backbone were not found."""
 
 
+def hub_checkpoints() -> Path:
+    """torch's hub cache of checkpoints (``$TORCH_HOME/hub/checkpoints``), where torchvision keeps its
+    downloads and ``fedleak weights fetch`` writes."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def search_dirs(folder: str | Path | None = None) -> list[Path]:
     """Where weight files are looked for, in order."""
     dirs = [Path(folder)] if folder else []
     if os.environ.get("FEDLEAK_LPIPS"):
         dirs.append(Path(os.environ["FEDLEAK_LPIPS"]))
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.append(hub_checkpoints())
     spec = importlib.util.find_spec("lpips")
     if spec is not None and spec.origin:
         dirs.append(Path(spec.origin).parent / "weights" / "v0.1")
@@ -174,15 +181,17 @@ def find_weights(net: str, folder: str | Path | None = None) -> tuple[Path, Path
     backbone = next((p for d in dirs for p in sorted(d.glob(spec.file_glob))), None)
     linear = next((d / n for d in dirs for n in spec.linear_names if (d / n).is_file()), None)
     if backbone is None or linear is None:
-        raise WeightsMissing(missing_hint(net, dirs))
+        raise WeightsMissing(missing_hint(net))
     return backbone, linear
 
 
-def missing_hint(net: str, dirs: list[Path] | None = None) -> str:
+def missing_hint(net: str) -> str:
+    """What to do about missing weights, in words that hold on any machine: the hint ends up in
+    metrics.json and reports that others read, so it names settings, not this machine's folders."""
     spec = BACKBONES[net]
-    where = str((dirs or search_dirs())[0])
-    return (f"LPIPS-{net} is n/a: place torchvision's {spec.file_glob.replace('*', '<hash>')} and LPIPS's "
-            f"{spec.linear_names[0]} in {where} (or set metrics.lpips_weights / $FEDLEAK_LPIPS to their folder)")
+    return (f"LPIPS-{net} is n/a: run `fedleak weights fetch {net}`, or place torchvision's "
+            f"{spec.file_glob.replace('*', '<hash>')} and LPIPS's {spec.linear_names[0]} in torch's hub cache "
+            f"($TORCH_HOME/hub/checkpoints, by default ~/.cache/torch/hub/checkpoints) or in a folder named by metrics.lpips_weights or $FEDLEAK_LPIPS")
 
 
 def _read(path: Path) -> dict[str, Tensor]:

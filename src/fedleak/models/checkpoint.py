@@ -4,13 +4,21 @@ The metadata says how to rebuild the model (architecture and its arguments) and 
 on (dataset, normalisation, class names, epochs, test accuracy, seed, fedleak version). Plain PyTorch
 state dicts (``.pt`` / ``.pth``) load with ``torch.load(weights_only=True)`` into a model the run
 builds itself. Nothing is ever unpickled beyond tensors.
+
+Metadata comes from files other people made, so :func:`parse_info` checks every field before it is
+used: the architecture must be a registered fedleak model (a file never names code to import), its
+options only those the builder declares, sizes and width of the right types and ranges; and
+:func:`refuse_oversized` makes sure the described model is no larger than the weights in the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +29,36 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fedleak.errors import FedleakError
+from fedleak.models.external import is_external, refuse_external
+from fedleak.validate import (
+    ECHO, OPTION_TYPES, check_fields, check_options, declared_options, integer, mapping, number, numbers, one_of,
+    optional, short, size, text, texts,
+)
 
 METADATA_KEY = "fedleak"
+
+# What a checkpoint's metadata may hold: each field's type and range (see fedleak.validate).
+MAX_CLASSES = 100_000
+MAX_SIDE = 1024
+MAX_WIDTH = 16.0
+_FIXED = ("num_classes", "in_channels", "image_size", "width")  # every builder's own parameters
+_FIELDS = {
+    "architecture": text(),
+    "num_classes": integer(1, MAX_CLASSES),
+    "in_channels": one_of(1, 3),
+    "image_size": size(MAX_SIDE),
+    "width": number(0, MAX_WIDTH, open_low=True),
+    "options": mapping(),
+    "dataset": text(),
+    "mean": numbers(0, 1),
+    "std": numbers(0, 1, open_low=True),
+    "classes": texts(),
+    "epochs": integer(0),
+    "test_accuracy": optional(number(0, 1)),
+    "seed": optional(integer(-(2**63), 2**64 - 1)),
+    "training": mapping(),
+    "fedleak_version": text(),
+}
 
 
 @dataclass
@@ -30,7 +66,7 @@ class CheckpointInfo:
     architecture: str
     num_classes: int
     in_channels: int
-    image_size: int
+    image_size: int | tuple[int, int]  # [H, W] for non-square images
     width: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
@@ -78,18 +114,81 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise FedleakError(f"checkpoint {path} is corrupt or not a safetensors file: {exc}") from None
 
 
-def read_info(path: str | os.PathLike[str]) -> CheckpointInfo | None:
-    """The fedleak metadata of a safetensors checkpoint (``None`` for other files)."""
+def read_info(path: str | os.PathLike[str], named: str | None = None) -> CheckpointInfo | None:
+    """The validated fedleak metadata of a safetensors checkpoint (``None`` for other files).
+
+    ``named`` is the model the user's own command line or Python names: the one external factory
+    the metadata may name (the user asked for that import). See :func:`parse_info`."""
     path = _existing(path)
     if path.suffix != ".safetensors":
         return None
     meta = read_metadata(path)
     if METADATA_KEY not in meta:
         return None
+    info = parse_info(meta[METADATA_KEY], f"checkpoint {path}", named)
+    if not is_external(info.architecture):
+        from fedleak.models.registry import create_model
+
+        refuse_oversized(lambda: create_model(info.architecture, info.num_classes, info.in_channels, info.image_size,
+                                              info.width, **info.options), path, f"checkpoint {path}")
+    return info
+
+
+def stored_values(path: str | os.PathLike[str]) -> int:
+    """How many tensor elements a safetensors file holds (read from its header; nothing is loaded)."""
     try:
-        return CheckpointInfo(**json.loads(meta[METADATA_KEY]))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FedleakError(f"checkpoint {path} has unreadable fedleak metadata: {exc}") from None
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FedleakError(f"{path} is corrupt or not a safetensors file: {str(exc)[:ECHO]}") from None
+
+
+def refuse_oversized(build: Callable[[], nn.Module], path: str | os.PathLike[str], what: str) -> None:
+    """Build the model a file's metadata describes on the meta device (shapes only, no memory) and
+    refuse it when it needs more values than the file holds, so metadata cannot make fedleak
+    allocate a model of any size before the weights are checked against it."""
+    with torch.device("meta"):
+        model = build()
+    wanted = sum(t.numel() for t in model.state_dict().values())
+    stored = stored_values(path)
+    if wanted > stored:
+        raise FedleakError(f"{what}: its metadata describes a model of {wanted:,} values but the file holds "
+                           f"{stored:,}; the metadata does not match the weights")
+
+
+def parse_info(raw: str, what: str, named: str | None = None) -> CheckpointInfo:
+    """Validate a checkpoint's metadata JSON; every violation is one line naming the field.
+
+    The architecture must be a registered fedleak model (or exactly the external factory ``named``
+    by the user), its options only those the builder declares, of the declared types: a file never
+    chooses code to import or arguments a builder does not take."""
+    from fedleak.models.registry import MODELS
+
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise FedleakError(f"{what} has unreadable fedleak metadata: {str(exc)[:ECHO]}") from None
+    fields = check_fields(data, _FIELDS, ("architecture", "num_classes", "in_channels", "image_size"),
+                          f"{what} metadata")
+    name, options = fields["architecture"], fields.get("options", {})
+    if is_external(name):
+        if name != named:
+            refuse_external(name, f"{what}'s metadata")
+        declared = {key: OPTION_TYPES for key in options}  # the user's own factory takes what it takes
+    elif name in MODELS:
+        declared = {k: t for k, t in declared_options(MODELS.get(name), _FIXED).items() if t is not None}
+    else:
+        raise FedleakError(f"{what} metadata: architecture {short(name)} is not a registered fedleak model "
+                           f"(choose one of: {', '.join(MODELS.names())})")
+    check_options(options, declared, f"{what} metadata: model {name!r}")
+    mean, std = tuple(fields.get("mean", ())), tuple(fields.get("std", ()))
+    if (mean or std) and not len(mean) == len(std) == fields["in_channels"]:
+        raise FedleakError(f"{what} metadata: mean and std must have one value per input channel "
+                           f"({fields['in_channels']}), got {len(mean)} and {len(std)}")
+    side = fields["image_size"]
+    if isinstance(side, list):
+        side = side[0] if side[0] == side[1] else tuple(side)
+    return CheckpointInfo(**{**fields, "image_size": side, "mean": mean, "std": std})
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -100,7 +199,9 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused pickle is reported as one error, not warnings first
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure of an untrusted file is the user's input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FedleakError(f"checkpoint {path} cannot be read: {first}") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled, size_text
 
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
@@ -26,7 +26,7 @@ def _block(cin: int, cout: int, norm: NormFactory) -> list[nn.Module]:
 
 class ConvNet(nn.Module):
     def __init__(
-        self, num_classes: int, in_channels: int, image_size: int, width: float, pool: str = "avg",
+        self, num_classes: int, in_channels: int, image_size: ImageSize, width: float, pool: str = "avg",
         norm: str = "batch",
     ) -> None:
         super().__init__()
@@ -41,10 +41,10 @@ class ConvNet(nn.Module):
             if i in (3, 5):  # 32 px → 10 → 3
                 layers.append(POOLS[pool](3))
         self.features = nn.Sequential(*layers)
-        side = image_size // 3 // 3
-        if side < 1:
-            raise ValueError(f"images of {image_size} px are too small for convnet (at least 9)")
-        self.classifier = nn.Linear(4 * w * side * side, num_classes)
+        fh, fw = (side // 3 // 3 for side in image_hw(image_size))  # the feature map after two pools
+        if min(fh, fw) < 1:
+            raise ValueError(f"images of {size_text(image_size)} px are too small for convnet (at least 9×9)")
+        self.classifier = nn.Linear(4 * w * fh * fw, num_classes)
         for module in self.modules():  # He initialisation keeps activations (and gradients) in scale
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
@@ -56,7 +56,7 @@ class ConvNet(nn.Module):
 
 @MODELS.register("convnet")
 def convnet(
-    num_classes: int, in_channels: int, image_size: int, width: float, pool: str = "avg",
+    num_classes: int, in_channels: int, image_size: ImageSize, width: float, pool: str = "avg",
     norm: str = "batch",
 ) -> nn.Module:
     return ConvNet(num_classes, in_channels, image_size, width, pool, norm)

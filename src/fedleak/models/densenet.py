@@ -1,12 +1,12 @@
 """DenseNet-121 (Huang et al. 2017): dense blocks of 6, 12, 24, 16 layers, growth 32, bottleneck 4,
-compression 0.5. At ≤ 64 px the stem is one 3×3 convolution without pooling."""
+compression 0.5. At ≤ 64 px (the longer side) the stem is one 3×3 convolution without pooling."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
 
 
 class DenseLayer(nn.Module):
@@ -34,11 +34,11 @@ class DenseNet(nn.Module):
         stem: int,
         num_classes: int,
         in_channels: int,
-        image_size: int,
+        image_size: ImageSize,
         bottleneck: int = 4,
     ) -> None:
         super().__init__()
-        if image_size <= 64:
+        if max(image_hw(image_size)) <= 64:
             layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)]
         else:
             layers = [nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(),
@@ -60,5 +60,5 @@ class DenseNet(nn.Module):
 
 
 @MODELS.register("densenet121")
-def densenet121(num_classes: int, in_channels: int, image_size: int, width: float) -> nn.Module:
+def densenet121(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return DenseNet((6, 12, 24, 16), scaled(32, width), scaled(64, width), num_classes, in_channels, image_size)

@@ -1,15 +1,19 @@
 """Bring your own model: ``package.module:factory`` specs, and the checks an attack needs.
 
-The factory is called with whichever of ``num_classes``, ``in_channels``, ``image_size``, ``width``
-and the model options it accepts, and must return an ``nn.Module`` (a user's own, or a timm /
-torchvision model where those import). :func:`check_attackable` then makes sure gradient inversion can
-work on it and says what is wrong when it cannot.
+The factory is called with whichever of ``num_classes``, ``in_channels``, ``image_size`` (an int for
+square images, ``(H, W)`` otherwise), ``width`` (only when the user set one) and the model options it
+accepts, and must return an ``nn.Module`` (a user's own, or a timm / torchvision model where those
+import). The module is looked up as ``python -m`` would: installed packages and the current folder.
+:func:`check_attackable` then makes sure gradient inversion can work on it and says what is wrong when
+it cannot. Specs come only from the user's own command line or Python, never from a file fedleak reads.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +28,23 @@ def is_external(name: str) -> bool:
     return ":" in name
 
 
+def refuse_external(name: str, where: str) -> None:
+    """Refuse a ``package.module:factory`` that ``where`` (a file fedleak reads: a checkpoint, a study
+    folder, a results database) names: importing it would run code a file chose. Only the user's own
+    command line, ``--config`` or Python may name an external factory."""
+    if is_external(name):
+        from fedleak.validate import short
+
+        raise ConfigError(f"{where} names the external model {short(name)}; fedleak imports no code a file "
+                          "names (pass --model package.module:factory yourself to use your own model)")
+
+
 def resolve_factory(spec: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"model {spec!r}: expected package.module:factory")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_here(module_name)
     except Exception as exc:  # an import error of the user's module, whatever its kind
         raise ConfigError(f"model {spec!r}: cannot import {module_name!r}: {exc}") from None
     obj: Any = module
@@ -40,6 +55,21 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ConfigError(f"model {spec!r}: {attr!r} is not callable")
     return obj
+
+
+def _import_from_here(module_name: str) -> Any:
+    """Import ``module_name`` with the current folder on the import path for this lookup only (as
+    ``python -m`` has it), so ``--model mymodels:net`` finds ``./mymodels.py`` from the console script."""
+    here = os.getcwd()
+    add = here not in sys.path and "" not in sys.path
+    if add:
+        sys.path.insert(0, here)
+        importlib.invalidate_caches()
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if add and here in sys.path:
+            sys.path.remove(here)
 
 
 def build_external(spec: str, **arguments: Any) -> nn.Module:

@@ -1,7 +1,7 @@
 """Inception-ResNet-v1 (Szegedy et al. 2017), FaceNet's architecture, with a classifier head.
 
 Stem, 5 × Block35, Reduction-A, 10 × Block17, Reduction-B, 5 × Block8 (+1 without ReLU), a 512-d
-embedding (linear + BN) and a linear classifier. At ≤ 64 px the stem keeps the resolution (no
+embedding (linear + BN) and a linear classifier. At ≤ 64 px (the longer side) the stem keeps the resolution (no
 strides, no max-pool) so that the two reductions still leave a 7×7 map at 32 px.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
 
 
 def conv(cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0):
@@ -61,11 +61,11 @@ class Concat(nn.Module):
 
 
 class InceptionResNetV1(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: float,
+    def __init__(self, num_classes: int, in_channels: int, image_size: ImageSize, width: float,
                  embedding: int = 512, dropout: float = 0.6) -> None:
         super().__init__()
         s = lambda c: scaled(c, width)  # noqa: E731
-        small = image_size <= 64
+        small = max(image_hw(image_size)) <= 64
         stride, pad = (1, 1) if small else (2, 0)
         stem: list[nn.Module] = [conv(in_channels, s(32), 3, stride, pad), conv(s(32), s(32), 3, 1, pad),
                                  conv(s(32), s(64), 3, padding=1)]
@@ -98,5 +98,5 @@ class InceptionResNetV1(nn.Module):
 
 
 @MODELS.register("inception_resnet_v1")
-def inception_resnet_v1(num_classes: int, in_channels: int, image_size: int, width: float) -> nn.Module:
+def inception_resnet_v1(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return InceptionResNetV1(num_classes, in_channels, image_size, width)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -14,7 +14,7 @@ def _conv_out(size: int, stride: int) -> int:
 class LeNet(nn.Module):
     """Sigmoid LeNet of Zhu et al. (DLG), weights uniform in [-0.5, 0.5] as in their release."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: float) -> None:
+    def __init__(self, num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> None:
         super().__init__()
         c = scaled(12, width)
         self.features = nn.Sequential(
@@ -22,8 +22,8 @@ class LeNet(nn.Module):
             nn.Conv2d(c, c, 5, stride=2, padding=2), nn.Sigmoid(),
             nn.Conv2d(c, c, 5, stride=1, padding=2), nn.Sigmoid(),
         )
-        side = _conv_out(_conv_out(image_size, 2), 2)
-        self.classifier = nn.Linear(c * side * side, num_classes)
+        h, w = (_conv_out(_conv_out(side, 2), 2) for side in image_hw(image_size))
+        self.classifier = nn.Linear(c * h * w, num_classes)
         for p in self.parameters():
             nn.init.uniform_(p, -0.5, 0.5)
 
@@ -32,5 +32,5 @@ class LeNet(nn.Module):
 
 
 @MODELS.register("lenet")
-def lenet(num_classes: int, in_channels: int, image_size: int, width: float) -> nn.Module:
+def lenet(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return LeNet(num_classes, in_channels, image_size, width)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
 
 
 @MODELS.register("mlp")
 def mlp(
-    num_classes: int, in_channels: int, image_size: int, width: float, hidden: int = 256, depth: int = 2
+    num_classes: int, in_channels: int, image_size: ImageSize, width: float, hidden: int = 256, depth: int = 2
 ) -> nn.Module:
     """``depth`` hidden layers of ``hidden`` × ``width`` ReLU units, then a linear classifier."""
     if depth < 1:
         raise ValueError(f"mlp depth must be at least 1, got {depth}")
     units = scaled(hidden, width)
     layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = in_channels * image_size * image_size
+    h, w = image_hw(image_size)
+    fan_in = in_channels * h * w
     for _ in range(depth):
         layers += [nn.Linear(fan_in, units), nn.ReLU()]
         fan_in = units

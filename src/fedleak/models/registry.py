@@ -1,59 +1,88 @@
 """The model registry and :func:`create_model`.
 
 A model family is one decorated builder ``(num_classes, in_channels, image_size, width, **kw) →
-nn.Module``. ``width`` multiplies every layer's channel count, giving CPU-sized variants.
+nn.Module``. ``image_size`` is an int for square images or an ``(H, W)`` pair (builders read it with
+:func:`image_hw`, so heads are sized from the real height and width). ``width`` multiplies every
+layer's channel count, giving CPU-sized variants.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from fedleak.data.transforms import size_hw as image_hw
 from fedleak.errors import ConfigError
 from fedleak.registry import Registry
+
+ImageSize = int | Sequence[int]  # a square side, or (H, W)
 
 
 class Builder(Protocol):
     def __call__(
-        self, num_classes: int, in_channels: int, image_size: int, width: float, **kwargs: Any
+        self, num_classes: int, in_channels: int, image_size: ImageSize, width: float, **kwargs: Any
     ) -> nn.Module: ...
 
 
 MODELS: Registry[Builder] = Registry("model")
 
 
+def size_text(image_size: ImageSize) -> str:
+    """``H×W`` for messages."""
+    h, w = image_hw(image_size)
+    return f"{h}×{w}"
+
+
+def compact_size(image_size: ImageSize) -> int | tuple[int, int]:
+    """The side for a square image, ``(H, W)`` otherwise: what builders and factories receive, so
+    that a factory written for square images keeps getting an int."""
+    h, w = image_hw(image_size)
+    return h if h == w else (h, w)
+
+
 def create_model(
     name: str,
     num_classes: int,
     in_channels: int = 3,
-    image_size: int = 32,
-    width: float = 1.0,
+    image_size: ImageSize = 32,
+    width: float | None = None,
     seed: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build registered model ``name`` (or a ``package.module:factory``); with ``seed`` its initial
-    weights are reproducible."""
+    weights are reproducible.
+
+    ``image_size`` is a square side or ``(H, W)``. ``width`` unset means the model's own default: a
+    registered builder gets 1.0, an external factory gets no ``width`` argument at all (its own
+    default applies); a set width is passed to either.
+    """
     from fedleak.models.external import build_external, is_external
 
     builder = None if is_external(name) else MODELS.get(name)
-    if num_classes < 1 or in_channels < 1 or image_size < 1:
+    try:
+        size: int | tuple[int, int] | None = compact_size(image_size)
+    except ValueError:
+        size = None
+    if num_classes < 1 or in_channels < 1 or size is None:
         raise ConfigError(
             f"model {name!r} needs positive num_classes, in_channels and image_size "
             f"(got {num_classes}, {in_channels}, {image_size})"
         )
-    if width <= 0:
+    if width is not None and width <= 0:
         raise ConfigError(f"model width must be positive, got {width}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         if builder is None:
+            given = {} if width is None else {"width": width}
             return build_external(name, num_classes=num_classes, in_channels=in_channels,
-                                  image_size=image_size, width=width, **kwargs)
+                                  image_size=size, **given, **kwargs)
         try:
-            return builder(num_classes, in_channels, image_size, width, **kwargs)
+            return builder(num_classes, in_channels, size, 1.0 if width is None else width, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model {name!r}: {exc}") from None
 

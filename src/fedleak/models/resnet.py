@@ -1,6 +1,6 @@
 """ResNets (He et al. 2016) and SE-ResNets (Hu et al. 2018) for small and large images.
 
-At ≤ 64 px the stem is one 3×3 convolution without max-pool (the CIFAR variant); above, the
+At ≤ 64 px (the longer side) the stem is one 3×3 convolution without max-pool (the CIFAR variant); above, the
 ImageNet 7×7 stride-2 convolution and max-pool. ``norm`` is ``batch``, ``group`` or ``none``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -82,19 +82,20 @@ class ResNet(nn.Module):
         depths: tuple[int, int, int, int],
         num_classes: int,
         in_channels: int,
-        image_size: int,
+        image_size: ImageSize,
         width: float,
         norm: str = "batch",
     ) -> None:
         super().__init__()
         make_norm = norm_layer(norm)
         base = scaled(64, width)
-        if image_size <= 64:
+        small = max(image_hw(image_size)) <= 64
+        if small:
             stem: list[nn.Module] = [nn.Conv2d(in_channels, base, 3, 1, 1, bias=False)]
         else:
             stem = [nn.Conv2d(in_channels, base, 7, 2, 3, bias=False)]
         stem += [make_norm(base), nn.ReLU()]
-        if image_size > 64:
+        if not small:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
         stages: list[nn.Module] = []
@@ -115,20 +116,20 @@ class ResNet(nn.Module):
 
 
 @MODELS.register("resnet18")
-def resnet18(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+def resnet18(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, image_size, width, norm)
 
 
 @MODELS.register("resnet34")
-def resnet34(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+def resnet34(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
 
 
 @MODELS.register("resnet50")
-def resnet50(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+def resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
 
 
 @MODELS.register("se_resnet50")
-def se_resnet50(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "batch") -> nn.Module:
+def se_resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(SEBottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)

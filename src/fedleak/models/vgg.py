@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, scaled
+from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled, size_text
 
 
 @MODELS.register("vgg7")
-def vgg7(num_classes: int, in_channels: int, image_size: int, width: float, norm: str = "none") -> nn.Module:
+def vgg7(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "none") -> nn.Module:
     if norm not in ("none", "batch"):
         raise ValueError(f"norm must be one of none, batch, got {norm!r}")
-    if image_size < 8:
-        raise ValueError(f"images of {image_size} px are too small for vgg7 (at least 8)")
+    h, w = (side // 8 for side in image_hw(image_size))
+    if min(h, w) < 1:
+        raise ValueError(f"images of {size_text(image_size)} px are too small for vgg7 (at least 8×8)")
     layers: list[nn.Module] = []
     cin = in_channels
     for planes in (64, 128, 256):
@@ -25,6 +26,5 @@ def vgg7(num_classes: int, in_channels: int, image_size: int, width: float, norm
             layers.append(nn.ReLU())
             cin = cout
         layers.append(nn.MaxPool2d(2))
-    side = image_size // 8
-    layers += [nn.Flatten(), nn.Linear(cin * side * side, num_classes)]
+    layers += [nn.Flatten(), nn.Linear(cin * h * w, num_classes)]
     return nn.Sequential(*layers)

@@ -1,20 +1,31 @@
 """The artifacts of one attack run: config.yaml, metrics.json, trace.json, reconstruction.png,
-report.html."""
+report.html.
+
+The report is one self-contained HTML file (images embedded as data URIs): the scores beside what a
+guess without the update scores (the no-leak baselines), each original above its reconstruction with
+a caption, the matching-loss curve, the defense and the configuration.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fedleak import __version__
 from fedleak.defenses import parse_defense
+from fedleak.metrics.baselines import no_leak_baselines
 from fedleak.pipeline import RunResult
 from fedleak.report.grid import image_grid, png_bytes
 from fedleak.report.html import data_uri, render
+from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import dump_json
 
 IMAGE_COLUMNS = ["#", "dataset index", "class", "recovered label", "PSNR (dB)", "SSIM"]
+DISPLAY_SIDE = 128  # CSS pixels of an image's longer side in the report, whatever its resolution
+LOG_SPAN = 20  # a loss falling by more than this factor is drawn on a log scale
 
 
 def fmt_lpips(value: float | None) -> str:
@@ -55,9 +66,96 @@ def defense_rows(result: RunResult) -> list[list[str]]:
         facts = result.privacy.get(stage.name, {})
         guarantee = (f"ε = {facts['epsilon']:.3g} at δ = {facts['delta']:g} (q = {facts['sample_rate']:g}, "
                      f"{facts['steps']} steps)") if facts else ""
+        if facts.get("sampling"):  # which sampling the accountant assumed, and whether the client did that
+            guarantee += f"; {facts['sampling']}"
         settings = ", ".join(f"{k}={v}" for k, v in stage.config.model_dump().items())
         rows.append([stage.name, settings, guarantee])
     return rows
+
+
+def baselines(result: RunResult) -> dict[str, Any]:
+    """The no-leak baselines of the run's client batch (see :mod:`fedleak.metrics.baselines`)."""
+    return no_leak_baselines(result.truth.images, result.dataset, result.truth.indices)
+
+
+def baseline_rows(result: RunResult, base: dict[str, Any]) -> list[list[str]]:
+    """This run's scores, then each baseline's: (what, PSNR, SSIM)."""
+    rows = [["this reconstruction", f"{result.evaluation.psnr:.2f}", f"{result.evaluation.ssim:.3f}"],
+            ["mean colour of each original", f"{base['mean_colour']['psnr']:.2f}", f"{base['mean_colour']['ssim']:.3f}"]]
+    other = base["other_image"]
+    if other is not None:
+        rows.append([f"another image of the set (index {other['index']})", f"{other['psnr']:.2f}",
+                     f"{other['ssim']:.3f}"])
+    return rows
+
+
+def display_size(image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(width, height) in CSS pixels: the longer side scaled to :data:`DISPLAY_SIDE`."""
+    h, w = image_shape[-2:]
+    scale = DISPLAY_SIDE / max(h, w)
+    return round(w * scale), round(h * scale)
+
+
+def image_pairs(result: RunResult) -> list[dict[str, str]]:
+    """Per original: it and its matched reconstruction as data URIs, and a caption."""
+    classes = result.dataset.classes
+    matched = result.reconstruction.images[result.evaluation.order]
+
+    def name(label: int) -> str:
+        return classes[label] if 0 <= label < len(classes) else "?"
+
+    def uri(image) -> str:
+        return data_uri(png_bytes(image_grid([image[None]], scale=1, pad=0)))
+
+    pairs = []
+    for s in result.evaluation.images:
+        where = f"index {s.dataset_index}" if s.dataset_index is not None else f"#{s.position}"
+        recovered = f", recovered {name(s.recovered_label)}" if s.recovered_label >= 0 else ""
+        pairs.append({"original": uri(result.truth.images[s.position]), "reconstruction": uri(matched[s.position]),
+                      "caption": f"{where} · {name(s.label)}{recovered} · PSNR {s.psnr:.1f} dB · SSIM {s.ssim:.2f}"})
+    return pairs
+
+
+def loss_curve(trace: list[dict[str, float]]):
+    """The matching loss against iteration as a matplotlib figure (``None`` without a trace): the best
+    trial and the mean over trials, or one line per restart where restarts ran one after another."""
+    rows = [r for r in trace if "loss" in r and "iteration" in r]
+    if len(rows) < 2:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.2))
+    if any("restart" in r for r in rows):
+        for restart in dict.fromkeys(r.get("restart", 0) for r in rows):
+            sel = [r for r in rows if r.get("restart", 0) == restart]
+            ax.plot([r["iteration"] - sel[0]["iteration"] for r in sel], [r["loss"] for r in sel],
+                    label=f"restart {int(restart)}")
+    else:
+        ax.plot([r["iteration"] for r in rows], [r["loss"] for r in rows], label="best trial")
+        if any("mean_loss" in r and r["mean_loss"] != r["loss"] for r in rows):
+            ax.plot([r["iteration"] for r in rows], [r.get("mean_loss", math.nan) for r in rows],
+                    label="mean over trials", alpha=0.6)
+    losses = [r["loss"] for r in rows if math.isfinite(r["loss"])]
+    if losses and min(losses) > 0 and max(losses) > LOG_SPAN * min(losses):
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("matching loss")
+    ax.set_title("Matching loss during the attack", fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(ax.get_lines()) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve_uri(trace: list[dict[str, float]]) -> str | None:
+    fig = loss_curve(trace)
+    if fig is None:
+        return None
+    png = figure_bytes(fig)
+    pyplot().close(fig)
+    return data_uri(png)
 
 
 def write_run(folder: Path, result: RunResult) -> None:
@@ -65,11 +163,13 @@ def write_run(folder: Path, result: RunResult) -> None:
     config = result.resolved_config()
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     (folder / "config.yaml").write_text(config_yaml)
-    dump_json(folder / "metrics.json", result.metrics())
+    base = baselines(result)
+    dump_json(folder / "metrics.json", {**result.metrics(), "baselines": base})
     dump_json(folder / "trace.json", result.reconstruction.trace)
     matched = result.reconstruction.images[result.evaluation.order]
     png = png_bytes(image_grid([result.truth.images, matched]))
     (folder / "reconstruction.png").write_bytes(png)
+    width, height = display_size(tuple(result.truth.images.shape))
     hyper = result.payload.hyper
     html = render(
         "run.html.j2",
@@ -79,7 +179,10 @@ def write_run(folder: Path, result: RunResult) -> None:
         + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}",
         defense_rows=defense_rows(result),
         summary=summary(result),
-        grid=data_uri(png),
+        baselines=baseline_rows(result, base),
+        pairs=image_pairs(result),
+        display={"width": width, "height": height},
+        loss_curve=loss_curve_uri(result.reconstruction.trace),
         image_columns=IMAGE_COLUMNS + [f"LPIPS-{net}" for net in result.evaluation.lpips],
         hints=result.hints,
         image_rows=image_rows(result),

@@ -1,5 +1,7 @@
 """A study's report, rebuilt from its results database: table (CSV, JSON, HTML), matplotlib figures
-(PNG and SVG) and an image grid of originals and reconstructions with the target's verdict."""
+(PNG and SVG files, embedded in the page) and a grid of reconstructions — one row per attacked image,
+one column per setting of the study, the original first. The page is self-contained: every image in
+it is a data URI, so it can be mailed or archived on its own."""
 
 from __future__ import annotations
 
@@ -10,17 +12,23 @@ import math
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from fedleak import __version__
-from fedleak.report.html import render
+from fedleak.report.html import data_uri, render
+from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import RunRecord, write_atomically, write_text_atomically
 
-GRID_RUNS = 24
+GRID_IMAGES = 16  # rows of the image grid (attacked images); the rest are counted, not shown
+GRID_SIDE = 72  # CSS pixels of a grid image's longer side
+MAX_COLUMNS = 8  # a wider table is shown transposed (one column per row) when that makes it narrower
+IMAGE_AXES = ("image", "seed")  # grid coordinates that pick the attacked image; the others are settings
 
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
+    return "n/a" if v is None else str(v)
 
 
 def table_csv(rows: list[dict[str, Any]]) -> str:
@@ -32,48 +40,115 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def table_view(rows: list[dict[str, Any]], identity: set[str]) -> dict[str, Any]:
+    """The table as the page shows it: ``x`` and ``x_std`` merged into one "mean ± std" cell, and,
+    when that still leaves more than :data:`MAX_COLUMNS` columns and there are fewer rows than
+    columns, transposed — one column per row, headed by its values of the ``identity``
+    columns (grid coordinates) and of its text columns."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    shown = [c for c in columns if not (c.endswith("_std") and c.removesuffix("_std") in columns)]
+
+    def cell(row: dict[str, Any], c: str) -> str:
+        v, std = row.get(c, ""), row.get(f"{c}_std")
+        if isinstance(v, float) and isinstance(std, float) and not (math.isnan(v) or math.isnan(std)):
+            return f"{_cell(v)} ± {_cell(std)}"
+        return _cell(v)
+
+    body = [[cell(r, c) for c in shown] for r in rows]
+    if len(shown) <= MAX_COLUMNS or len(rows) >= len(shown):
+        return {"pivoted": False, "columns": shown, "rows": body}
+    keys = [c for c in shown if c in identity or all(isinstance(r.get(c), str) for r in rows)] or shown[:1]
+    heads = [" · ".join(f"{k}={_cell(r.get(k, ''))}" for k in keys) for r in rows]
+    picked = [i for i, c in enumerate(shown) if c not in keys]
+    return {"pivoted": True, "columns": ["", *heads],
+            "rows": [[shown[i], *(line[i] for line in body)] for i in picked]}
+
+
+def render_figure(fig_spec, rows: list[dict[str, Any]]):
+    """One study figure drawn on a fresh matplotlib figure (the caller closes it)."""
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
+    fig_spec.draw(ax, rows)
+    ax.set_title(fig_spec.title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def draw_figures(study, rows: list[dict[str, Any]], folder: Path) -> list[dict[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Every figure of ``study`` as PNG and SVG files in ``folder`` and as a data URI for the page."""
     figures = []
-    for fig_spec in study.figures():
-        if not rows:
-            break
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        fig_spec.draw(ax, rows)
-        ax.set_title(fig_spec.title, fontsize=10)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(folder / f"{fig_spec.name}.{ext}", dpi=120)
-        plt.close(fig)
-        figures.append({"name": fig_spec.name, "title": fig_spec.title, "png": f"figures/{fig_spec.name}.png",
-                        "svg": f"figures/{fig_spec.name}.svg"})
+    for fig_spec in study.figures() if rows else []:
+        fig = render_figure(fig_spec, rows)
+        png = figure_bytes(fig, "png")
+        (folder / f"{fig_spec.name}.png").write_bytes(png)
+        (folder / f"{fig_spec.name}.svg").write_bytes(figure_bytes(fig, "svg"))
+        pyplot().close(fig)
+        figures.append({"name": fig_spec.name, "title": fig_spec.title, "src": data_uri(png),
+                        "png": f"figures/{fig_spec.name}.png", "svg": f"figures/{fig_spec.name}.svg"})
     return figures
 
 
-def grid_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """Per run: its name and the (original, reconstruction, caption) cells."""
+def embedded(folder: Path, relative: str | None) -> dict[str, Any] | None:
+    """A run's stored PNG as a data URI with its display size; ``None`` if missing or outside ``folder``."""
+    if not relative:
+        return None
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        return None
+    png = path.read_bytes()
+    try:
+        w, h = Image.open(io.BytesIO(png)).size
+    except OSError:
+        return None
+    scale = GRID_SIDE / max(w, h)
+    return {"src": data_uri(png), "width": round(w * scale), "height": round(h * scale)}
+
+
+def setting_of(record: RunRecord) -> tuple:
+    return tuple((k, v) for k, v in record.params.items() if k not in IMAGE_AXES)
+
+
+def setting_labels(settings: list[tuple]) -> list[str]:
+    """Column heads: each setting's coordinates, leaving out those every column shares."""
+    keys = list(dict.fromkeys(k for s in settings for k, _ in s))
+    varying = [k for k in keys if len({dict(s).get(k) for s in settings}) > 1] or keys
+    return [" · ".join(f"{k}={_cell(dict(s)[k])}" for k in varying if k in dict(s)) or "run" for s in settings]
+
+
+def reconstructions(folder: Path, record: RunRecord) -> list[dict[str, Any]]:
+    """Every reconstruction of one run with its caption (PSNR, and the target's verdict where stored)."""
+    cls = record.metrics.get("classification")
+    out = []
+    for i, score in enumerate(record.metrics.get("images", [])):
+        image = embedded(folder, record.artifacts.get(f"reconstruction-{i}"))
+        if image is None:
+            continue
+        caption = f"PSNR {score['psnr']:.1f}"
+        if cls:
+            j = score["matched"]
+            mark = "✓" if cls["recon_correct"][j] else "✗"
+            caption += f" · {mark} {cls['recon_predicted_name'][j]} {cls['recon_confidence'][j]:.2f}"
+        out.append({**image, "caption": caption})
+    return out
+
+
+def settings_grid(folder: Path, records: list[RunRecord]) -> dict[str, Any]:
+    """Rows = attacked images (with their seed where a study repeats seeds), columns = the study's
+    settings in plan order; each cell holds that run's reconstructions, the first column the original."""
+    runs = [r for r in records if r.artifacts.get("original-0")]
+    settings = list(dict.fromkeys(setting_of(r) for r in runs))
+    seeds = {r.params.get("seed") for r in runs}
+    table: dict[tuple, dict[tuple, RunRecord]] = {}
+    for r in runs:
+        table.setdefault((r.params.get("image", r.name), r.params.get("seed")), {})[setting_of(r)] = r
     rows = []
-    for r in records[:GRID_RUNS]:
-        cls = r.metrics.get("classification")
-        cells = []
-        for i, score in enumerate(r.metrics.get("images", [])):
-            original, recon = r.artifacts.get(f"original-{i}"), r.artifacts.get(f"reconstruction-{i}")
-            if not (original and recon):
-                continue
-            caption = f"PSNR {score['psnr']:.1f}"
-            if cls:
-                j = score["matched"]
-                name = cls["recon_predicted_name"][j]
-                mark = "✓" if cls["recon_correct"][j] else "✗"
-                caption += f" · {mark} {name} {cls['recon_confidence'][j]:.2f}"
-            cells.append({"original": original, "reconstruction": recon, "caption": caption})
-        if cells:
-            rows.append({"name": r.name, "cells": cells})
-    return rows
+    for (image, seed), cells in list(table.items())[:GRID_IMAGES]:
+        first = next(iter(cells.values()))
+        rows.append({
+            "label": f"image {image}" + (f" · seed {seed}" if len(seeds) > 1 else ""),
+            "original": embedded(folder, first.artifacts["original-0"]),
+            "cells": [reconstructions(folder, cells[s]) if s in cells else None for s in settings],
+        })
+    return {"columns": setting_labels(settings), "rows": rows, "total": len(table)}
 
 
 def write_report(folder: Path) -> Path:
@@ -82,25 +157,22 @@ def write_report(folder: Path) -> Path:
 
     study, preset, planned, records = load_study(folder)
     rows = study.table(records) if records else []
+    identity = {k for r in records for k in r.params}
 
     def fill(tmp: Path) -> None:
         figures = draw_figures(study, rows, tmp)
-
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        html = render(
+        pages["report.html"] = render(
             "study.html.j2",
             title=f"{study.name} · {study.title}",
             subtitle=f"preset {preset} · {len(records)} of {len(planned)} runs finished",
             description=(type(study).__doc__ or "").strip(),
-            columns=columns,
-            rows=[[_cell(r.get(c, "")) for c in columns] for r in rows],
+            table=table_view(rows, identity),
             notes=study.notes() + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
             figures=figures,
-            grid=grid_rows(records),
+            grid=settings_grid(folder, records),
             settings=json.dumps(study.settings.model_dump(mode="json"), indent=2),
             version=__version__,
         )
-        pages["report.html"] = html
 
     pages: dict[str, str] = {"table.csv": table_csv(rows), "table.json": json.dumps(rows, indent=1, default=str)}
     write_atomically(folder / "figures", fill)

@@ -4,6 +4,12 @@ A row holds the run's resolved config, seed, metrics and artifact paths, keyed b
 (so the same run is never done twice: re-running a study skips what is finished, and a crash or
 Ctrl-C loses nothing finished — each run is committed on its own). SQLite in WAL mode keeps readers
 (``fedleak runs list``) working while a study writes.
+
+Several processes may work on one study: before a run starts, its process *claims* it (a row in
+``claims`` naming the owner's host, pid and a token). Others skip a claimed run; a claim whose owner
+died (its pid is gone on this host) or that is older than ``stale_after`` seconds may be taken over,
+so a killed study never blocks the next one. A database is opened for reading without changing it:
+a file that is not a fedleak results database is refused, not converted.
 """
 
 from __future__ import annotations
@@ -12,11 +18,19 @@ import csv
 import hashlib
 import io
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fedleak.errors import FedleakError
 
@@ -34,7 +48,16 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_study ON runs (study);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    since REAL NOT NULL
+);
 """
+RUN_COLUMNS = ("key", "study", "name", "params", "config", "seed", "metrics", "artifacts", "seconds", "finished")
+STALE_AFTER = 24 * 3600.0  # a claim older than this is taken over even when its owner cannot be checked
 
 
 def run_key(study: str, config: dict[str, Any]) -> str:
@@ -57,18 +80,147 @@ class RunRecord:
     finished: float = 0.0
 
 
-class ResultsDB:
-    """A study's runs in ``path`` (created on first use)."""
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a claim: a process on a host, with a token unique to this study invocation."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
+
+
+class Claim(Enum):
+    """What :meth:`ResultsDB.claim` found: the run is finished, now ours, or another's."""
+
+    DONE = "done"
+    MINE = "mine"
+    BUSY = "busy"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie — dead but not yet reaped — counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): trust the signal check
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _owner_alive(host: str, pid: int, token: str, me: Owner) -> bool:
+    if host != me.host:
+        return True  # cannot be checked from here: only ``stale_after`` frees it
+    if pid == me.pid:
+        return token == me.token  # an earlier, finished study call of this same process is gone
+    return _process_alive(pid)
+
+
+ROOM_TO_READ = 1 << 20  # a WAL reader needs room for SQLite's -shm file; a fuller disk is read as immutable
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+        return ROOM_TO_READ
+    return st.f_bavail * st.f_frsize
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(method: F) -> F:
+    """SQLite errors of a damaged file become one line naming the database."""
+
+    @wraps(method)
+    def call(self: ResultsDB, *args: Any, **kwargs: Any) -> Any:
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(SCHEMA)
+            return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
+            raise FedleakError(f"results database {self.path} cannot be used: {exc}") from None
+
+    return call  # type: ignore[return-value]
+
+
+def _record(row: tuple, path: Path) -> RunRecord:
+    """A row as a :class:`RunRecord`; a row that is not what fedleak wrote is one clear error."""
+    key = row[0]
+    try:
+        params, config, metrics, artifacts = (json.loads(row[i]) for i in (3, 4, 6, 7))
+        ok = (isinstance(key, str) and isinstance(row[1], str) and isinstance(row[2], str)
+              and all(isinstance(v, dict) for v in (params, config, metrics, artifacts))
+              and all(isinstance(v, str) for v in artifacts.values())
+              and isinstance(row[5], int) and all(isinstance(row[i], (int, float)) for i in (8, 9)))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise FedleakError(f"results database {path}: run {str(key)[:40]!r} is corrupt ({exc})") from None
+    if not ok:
+        raise FedleakError(f"results database {path}: run {str(key)[:40]!r} is corrupt (a field of the wrong type)")
+    return RunRecord(key=key, study=row[1], name=row[2], params=params, config=config, seed=row[5],
+                     metrics=metrics, artifacts=artifacts, seconds=float(row[8]), finished=float(row[9]))
+
+
+class ResultsDB:
+    """A study's runs in ``path``: created on first use, or with ``create=False`` opened read-only
+    (an absent, foreign or damaged file is a :class:`FedleakError`)."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            else:
+                self.conn = self._open_for_reading()
+            self._check_schema(create)
+            if create:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if hasattr(self, "conn"):
+                self.conn.close()
             raise FedleakError(f"results database {self.path} cannot be opened: {exc}") from None
+        except FedleakError:
+            self.conn.close()
+            raise
+
+    def _open_for_reading(self) -> sqlite3.Connection:
+        """Open an existing file without creating or converting anything: as SQLite's WAL readers
+        do where we may write (its -wal/-shm files go when the last reader closes), else read-only;
+        where SQLite cannot even make its shared-memory file (a read-only or full disk), as an
+        immutable file — nobody can be writing it there."""
+        uri = f"file:{quote(str(self.path.absolute()))}"
+        if not os.access(self.path, os.R_OK):
+            raise FedleakError(f"results database {self.path} cannot be opened: not readable")
+        writable = os.access(self.path.parent, os.W_OK) and os.access(self.path, os.W_OK)
+        if writable and _free_bytes(self.path.parent) >= ROOM_TO_READ:
+            return sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=30, isolation_level=None)
+        if not writable:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                return conn
+            except sqlite3.OperationalError:  # no right to make the -shm file here
+                conn.close()
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30, isolation_level=None)
+
+    def _check_schema(self, create: bool) -> None:
+        columns = tuple(r[1] for r in self.conn.execute("PRAGMA table_info(runs)"))
+        if columns == RUN_COLUMNS or (create and not columns and not self._tables()):
+            return
+        found = f"its runs table has columns {', '.join(columns)}" if columns else "it has no runs table"
+        raise FedleakError(f"{self.path} is not a fedleak results database ({found})")
+
+    def _tables(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
 
     def close(self) -> None:
         self.conn.close()
@@ -79,32 +231,96 @@ class ResultsDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so two processes never both
+        decide from the same snapshot."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @_guarded
     def has(self, key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone() is not None
 
+    def _insert(self, record: RunRecord) -> None:
+        record.finished = record.finished or time.time()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.key, record.study, record.name, json.dumps(record.params), json.dumps(record.config),
+             record.seed, json.dumps(record.metrics), json.dumps(record.artifacts), record.seconds,
+             record.finished),
+        )
+
+    @_guarded
     def add(self, record: RunRecord) -> None:
         """Store a finished run (replacing a row with the same key) and commit at once."""
-        record.finished = record.finished or time.time()
-        with self.conn:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.key, record.study, record.name, json.dumps(record.params), json.dumps(record.config),
-                 record.seed, json.dumps(record.metrics), json.dumps(record.artifacts), record.seconds,
-                 record.finished),
-            )
+        with self._write():
+            self._insert(record)
 
+    @_guarded
+    def claim(self, key: str, owner: Owner, stale_after: float = STALE_AFTER) -> Claim:
+        """Claim run ``key`` for ``owner`` unless it is finished or held by a live other owner (a
+        dead owner's claim, or one older than ``stale_after`` seconds, is taken over)."""
+        with self._write():
+            if self.conn.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone():
+                return Claim.DONE
+            held = self.conn.execute("SELECT owner, host, pid, since FROM claims WHERE key = ?", (key,)).fetchone()
+            now = time.time()
+            if held and held[0] != owner.token and now - held[3] < stale_after \
+                    and _owner_alive(held[1], held[2], held[0], owner):
+                return Claim.BUSY
+            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                              (key, owner.token, owner.host, owner.pid, now))
+            return Claim.MINE
+
+    @_guarded
+    def finish(self, record: RunRecord, owner: Owner) -> None:
+        """Store a claimed run and drop its claim, in one commit."""
+        with self._write():
+            self._insert(record)
+            self.conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (record.key, owner.token))
+
+    @_guarded
+    def release(self, owner: Owner) -> None:
+        """Drop every claim ``owner`` still holds (its runs did not finish)."""
+        with self._write():
+            self.conn.execute("DELETE FROM claims WHERE owner = ?", (owner.token,))
+
+    @_guarded
+    def busy_elsewhere(self, owner: Owner) -> int:
+        """How many runs other owners hold claims on."""
+        return self.conn.execute("SELECT COUNT(*) FROM claims WHERE owner != ?", (owner.token,)).fetchone()[0]
+
+    @_guarded
+    def keep_only(self, keys: Iterable[str]) -> list[str]:
+        """Delete every run (and claim) whose key is not in ``keys``; returns the deleted keys."""
+        keep = set(keys)
+        with self._write():
+            gone = [k for (k,) in self.conn.execute("SELECT key FROM runs") if k not in keep]
+            self.conn.executemany("DELETE FROM runs WHERE key = ?", [(k,) for k in gone])
+            self.conn.executemany("DELETE FROM claims WHERE key = ?", [(k,) for k in gone])
+        return gone
+
+    @_guarded
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    @_guarded
     def records(self, study: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs" + (" WHERE study = ?" if study else "") + " ORDER BY finished"
         rows = self.conn.execute(query, (study,) if study else ()).fetchall()
-        return [RunRecord(key=r[0], study=r[1], name=r[2], params=json.loads(r[3]), config=json.loads(r[4]),
-                          seed=r[5], metrics=json.loads(r[6]), artifacts=json.loads(r[7]), seconds=r[8],
-                          finished=r[9]) for r in rows]
+        return [_record(r, self.path) for r in rows]
 
     def get(self, key: str) -> RunRecord:
         """The run whose key starts with ``key`` (a unique prefix is enough)."""
         found = [r for r in self.records() if r.key.startswith(key)]
         if len(found) != 1:
-            raise FedleakError(f"no run {key!r} in {self.path}" if not found else
+            raise FedleakError(f"no run {key[:40]!r} in {self.path}" if not found else
                                f"{key!r} matches {len(found)} runs; give more characters")
         return found[0]
 

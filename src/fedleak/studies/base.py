@@ -10,6 +10,8 @@ machines), then a YAML file, then ``--set`` overrides, validated like run config
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -38,9 +40,13 @@ class StudySettings(BaseModel):
     attack: dict[str, Any] = Field(default_factory=lambda: {"name": "ig", "iterations": 300})
     client: dict[str, Any] = Field(default_factory=dict, description="client section overrides")
     knowledge: dict[str, Any] = Field(default_factory=dict, description="knowledge section overrides")
+    client_seed: int | None = Field(None, description="derive every run's private client seed from this "
+                                    "(reproducible studies); unset: each run draws a fresh one, recorded in its metrics")
 
     def flags(self, **extra: Any) -> dict[str, Any]:
-        """The dotted config flags of one run of this study, ``extra`` on top."""
+        """The dotted config flags of one run of this study, ``extra`` on top. With ``client_seed``,
+        the run's ``client.seed`` is a stable hash of it and the run's other flags (its coordinates),
+        so every run gets its own private client seed and re-planning gives the same one."""
         flags: dict[str, Any] = {
             "data.name": self.dataset, "data.root": self.root, "data.split": self.split,
             "data.image_size": self.image_size, "model.name": self.model, "model.width": self.width,
@@ -51,7 +57,17 @@ class StudySettings(BaseModel):
         for section, values in (("attack", self.attack), ("client", self.client), ("knowledge", self.knowledge)):
             flags.update({f"{section}.{k}": v for k, v in values.items()})
         flags.update(extra)
+        if self.client_seed is not None and flags.get("client.seed") is None:
+            # Where the data lies is no coordinate: the same study elsewhere gets the same seeds.
+            coordinates = {k: v for k, v in flags.items() if k != "data.root"}
+            flags["client.seed"] = self.derived_seed(self.client_seed, coordinates)
         return flags
+
+    @staticmethod
+    def derived_seed(root: int, coordinates: dict[str, Any]) -> int:
+        """A 63-bit seed from ``root`` and a run's coordinates (SHA-256 of their canonical JSON)."""
+        text = json.dumps([root, coordinates], sort_keys=True, default=str)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from fedleak.defenses import parse_defense
 from fedleak.models.registry import without_batch_norm
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
@@ -57,7 +58,11 @@ class ObfuscationStudy(Study):
                     flags["client.defense"] = None if defense == "none" else defense
                     flags["model.options"] = dict(options)
                     name = f"{defense}/{label}" if variant == s.model else f"{variant}/{defense}/{label}"
-                    runs += image_runs(s, name, {"model": variant, "defense": defense, "attack": label}, **flags)
+                    cell = image_runs(s, name, {"model": variant, "defense": defense, "attack": label}, **flags)
+                    clients = parse_defense(flags["client.defense"]).clients
+                    for run in cell:  # the server averages K clients: image i and the K − 1 after it
+                        run.flags["data.index"] = [run.params["image"] + k for k in range(clients)]
+                    runs += cell
         return runs
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -77,6 +82,7 @@ class ObfuscationStudy(Study):
             ax.set_xticks([i + width * (len(attacks) - 1) / 2 for i in range(len(cases))])
             ax.set_xticklabels([d.split(",")[0] + ("" if m == base else f" ({m.removeprefix(base)})")
                                 for m, d in cases], rotation=35, ha="right", fontsize=7)
+            ax.set_xlabel("defense (model variant)")
             ax.set_ylabel("PSNR (dB)")
             ax.legend()
 

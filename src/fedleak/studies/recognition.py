@@ -70,6 +70,7 @@ def rates_plot(x: str):
             ax.plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size B (copies of one image)")
+        ax.set_ylabel("rate (fraction)")
         ax.set_ylim(-0.05, 1.05)
         ax.legend()
         ax.grid(alpha=0.3)

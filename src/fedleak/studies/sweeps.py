@@ -24,7 +24,8 @@ def image_runs(settings: StudySettings, name: str, params: dict[str, Any], **fla
             for s in settings.seeds for i in settings.images]
 
 
-def line_plot(x: str, ys: list[str], log_x: bool = False, x_label: str | None = None):
+def line_plot(x: str, ys: list[str], log_x: bool = False, x_label: str | None = None, y_label: str | None = None):
+    """Mean ± std of the ``ys`` columns against column ``x`` (a legend only when there are several)."""
     def draw(ax, rows: list[dict[str, Any]]) -> None:
         xs = [r[x] for r in rows]
         for y in ys:
@@ -33,7 +34,9 @@ def line_plot(x: str, ys: list[str], log_x: bool = False, x_label: str | None = 
         if log_x:
             ax.set_xscale("symlog", linthresh=min([v for v in xs if v] or [1e-4]))
         ax.set_xlabel(x_label or x)
-        ax.legend()
+        ax.set_ylabel(y_label or ", ".join(y.upper() for y in ys))
+        if len(ys) > 1:
+            ax.legend()
         ax.grid(alpha=0.3)
 
     return draw
@@ -64,8 +67,10 @@ class TVStudy(Study):
         return sorted(summarize(records, ["alpha"], quality(records)), key=lambda r: r["alpha"])
 
     def figures(self) -> list[Figure]:
-        return [Figure("quality-vs-alpha", "PSNR and SSIM against α", line_plot("alpha", ["psnr"], True, "TV weight α")),
-                Figure("ssim-vs-alpha", "SSIM against α", line_plot("alpha", ["ssim"], True, "TV weight α"))]
+        return [Figure("quality-vs-alpha", "PSNR against the TV weight α",
+                       line_plot("alpha", ["psnr"], True, "TV weight α", "PSNR (dB)")),
+                Figure("ssim-vs-alpha", "SSIM against the TV weight α",
+                       line_plot("alpha", ["ssim"], True, "TV weight α", "SSIM"))]
 
 
 class LayersSettings(StudySettings):
@@ -102,6 +107,7 @@ class LayersStudy(Study):
         def bars(ax, rows):
             ax.bar([r["layers"] for r in rows], [r["psnr"] for r in rows],
                    yerr=[r["psnr_std"] for r in rows], capsize=3)
+            ax.set_xlabel("layers matched")
             ax.set_ylabel("PSNR (dB)")
             ax.tick_params(axis="x", rotation=30)
 

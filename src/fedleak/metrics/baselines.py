@@ -1,0 +1,47 @@
+"""What "nothing leaked" scores: PSNR and SSIM of guesses that use no information from the update.
+
+A PSNR of 14 dB means little on its own; beside what a guess without the update reaches it becomes
+readable. Two such guesses, on the auditor's side (they need the ground truth):
+
+- **mean colour**: each original against a flat image of its own per-channel mean — what an attack
+  that recovered only the average colour would score (a generous baseline: it knows that colour);
+- **other image**: each original against another image of the same dataset that is not in the batch
+  (the first such index, so the choice is deterministic) — what a plausible but unrelated image scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from fedleak.data import ImageDataset
+from fedleak.metrics.image import psnr, ssim
+
+
+def scores(guess: Tensor, originals: Tensor) -> dict[str, float]:
+    """Mean PSNR and SSIM of ``guess`` (broadcast to the batch) against ``originals``."""
+    guess = guess.expand_as(originals).contiguous()
+    return {"psnr": float(psnr(guess, originals).mean()), "ssim": float(ssim(guess, originals).mean())}
+
+
+def other_index(dataset: ImageDataset, batch: Sequence[int]) -> int | None:
+    """The first dataset index not in ``batch`` (``None`` when the batch holds every image)."""
+    taken = {int(i) % len(dataset) for i in batch}
+    return next((i for i in range(len(dataset)) if i not in taken), None)
+
+
+def no_leak_baselines(originals: Tensor, dataset: ImageDataset, batch: Sequence[int]) -> dict[str, Any]:
+    """``{"mean_colour": {psnr, ssim}, "other_image": {psnr, ssim, index} or None}`` for the client's
+    ``originals`` (B×C×H×W in [0, 1]) drawn from ``dataset`` at indices ``batch``."""
+    originals = originals.detach().cpu()
+    out: dict[str, Any] = {"mean_colour": scores(originals.mean((2, 3), keepdim=True), originals)}
+    index = other_index(dataset, batch)
+    other = None
+    if index is not None:
+        image = dataset.image(index)
+        if image.shape == originals.shape[1:]:
+            other = {**scores(image[None], originals), "index": index}
+    out["other_image"] = other
+    return out
