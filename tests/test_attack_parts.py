@@ -82,7 +82,8 @@ def test_batched_gradients_equal_one_trial_at_a_time(model, size, trials):
 
 def test_early_stopping_ends_the_attack_and_the_trace_records_it():
     data, payload, knowledge = _payload([2], model="lenet", size=8)
-    rec = build_attack("ig", {"iterations": 500, "patience": 5, "min_delta": 0.5, "schedule": "none"}).run(
+    rec = build_attack("ig", {"iterations": 500, "patience": 5, "min_delta": 0.5, "schedule": "none",
+                              "log_every": 1}).run(  # the loss read back each step
         payload, knowledge
     )
     assert rec.iterations < 500

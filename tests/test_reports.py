@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from html.parser import HTMLParser
 
@@ -159,8 +160,8 @@ def test_study_report_is_a_self_contained_grid_of_images_by_settings(tmp_path, c
     assert len(images) == len(in_grid) + 2 and all(i["src"].startswith("data:image/png;base64,") for i in images)
     assert all("width: " in i["style"] for i in images if i["class"] != "figure")
     header = page.tables["results"][0]
-    assert header[:3] == ["alpha", "runs", "psnr"] and "psnr_std" not in header  # mean ± std in one cell
-    assert "±" in page.tables["results"][1][2]
+    assert header[:3] == ["alpha", "runs", "psnr"] and "psnr_std" not in header  # mean [95 % CI] in one cell
+    assert re.fullmatch(r"\S+ \[\S+, \S+\]", page.tables["results"][1][2]) and "psnr_ci_low" not in header
 
 
 def test_study_grid_marks_settings_not_yet_run(tmp_path, cifar_root):

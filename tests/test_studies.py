@@ -53,7 +53,8 @@ def test_every_study_plans_both_presets():
         for preset in ("cpu", "full"):
             study = build_study(name, preset)
             planned = runner.plan(study)
-            assert planned and len({p.key for p in planned}) == len(planned), (name, preset)
+            live = getattr(type(study), "live", False)  # a live federation's audit: its grid grows as it runs
+            assert (planned or live) and len({p.key for p in planned}) == len(planned), (name, preset)
 
 
 def test_obfuscation_runs_dp_sgd_without_batch_norm_beside_a_baseline():

@@ -71,6 +71,9 @@ def attack(
     defense: Annotated[
         Optional[str], typer.Option(help="client defense spec, e.g. topk:sparsity=0.9 or clip:c=1+noise:snr_db=0")
     ] = None,
+    server: Annotated[Optional[str], typer.Option(
+        help="server threat model: honest, or a malicious modification, e.g. imprint:bins=128 or fishing:target=3 "
+             "(its attack runs unless --attack names another)")] = None,
     attack_name: Annotated[Optional[str], typer.Option("--attack", help="attack name")] = None,
     prior: Annotated[Optional[Path], typer.Option(help="ROG restoration prior from `fedleak train-prior`")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="attack iterations")] = None,
@@ -79,6 +82,7 @@ def attack(
         Optional[bool], typer.Option("--known-labels/--recover-labels", help="attacker knows the labels")
     ] = None,
     seed: Annotated[Optional[int], typer.Option(help="run seed")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps (default auto: CUDA, else MPS, else CPU)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<timestamp>)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite a non-empty run folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -88,6 +92,8 @@ def attack(
 ) -> None:
     """Attack one client update and write config, metrics, images and an HTML report."""
     from fedleak.config import build_config
+    from fedleak.fl.server import server_flags
+    from fedleak.device import device_name, resolve_device
     from fedleak.pipeline import run
     from fedleak.report.run import summary, write_run
     from fedleak.store import check_out, default_out, write_atomically
@@ -98,9 +104,11 @@ def attack(
         "model.checkpoint": str(checkpoint) if checkpoint else None, "client.batch_size": batch_size,
         "client.protocol": protocol, "client.local_steps": local_steps, "client.defense": defense,
         "attack.name": attack_name, "attack.prior": str(prior) if prior else None, "attack.iterations": iterations, "attack.restarts": restarts,
-        "knowledge.labels": known_labels, "seed": seed, "out": str(out) if out else None,
+        "knowledge.labels": known_labels, "seed": seed, "device": device, "out": str(out) if out else None,
+        **server_flags(server),
     }
     cfg = build_config(config, flags, overrides)
+    cfg = cfg.model_copy(update={"device": device_name(resolve_device(cfg.device))})  # a missing device fails first
     if print_config:
         sys.stdout.write(_yaml(_resolved_config(cfg)))
         return
@@ -158,6 +166,7 @@ def train(
     seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="checkpoint file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing checkpoint")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."""
@@ -170,7 +179,8 @@ def train(
                           force, "checkpoint", ".safetensors")
     options = {".".join(parts): value for parts, value in (parse_override(o) for o in option or [])}
     result = train_target(model, dataset, root, width, options, image_size, channels, test_fraction, limit,
-                          TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed),
+                          TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
+                                        device=device),
                           progress=not quiet)
     save_checkpoint(path, result.model, result.info)
     table = Table(title=f"fedleak train → {path}")
@@ -200,6 +210,7 @@ def train_prior(
     seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Optional[Path], typer.Option(help="prior file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""
@@ -212,7 +223,7 @@ def train_prior(
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, got {split!r}")
     settings = PriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
-                             batch_size=batch_size, lr=lr, seed=seed)
+                             batch_size=batch_size, lr=lr, seed=seed, device=device)
     net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
     save_prior(path, net, info)
     table = Table(title=f"fedleak train-prior → {path}")
@@ -224,15 +235,51 @@ def train_prior(
     console.print(table)
 
 
+BackendOption = Annotated[str, typer.Option(help="where runs execute: local (this process) or ray (a Ray cluster)")]
+AddressOption = Annotated[Optional[str], typer.Option(
+    help="Ray cluster to join: auto, HOST:6379 (on a cluster node) or ray://HOST:10001 (default: start Ray here)")]
+CpusOption = Annotated[Optional[int], typer.Option(help="CPU cores (torch threads) each Ray run reserves [1]")]
+GpusOption = Annotated[Optional[float], typer.Option(
+    help="GPUs each Ray run reserves; 0.5 lets two runs share a GPU [0]", callback=_finite)]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    help="at most N runs at once on Ray (default: as many as the cluster's CPUs and GPUs hold)")]
+
+
+def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, force: bool, backend: str,
+               address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, workers: int | None) -> None:
+    """Run a study on the chosen backend, print what happened; failed runs end it with one error line."""
+    from fedleak.errors import FedleakError
+    from fedleak.studies import run_study
+    from fedleak.studies.backends import make_backend
+    from fedleak.studies.runner import failures_summary
+
+    engine = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                          workers=workers)
+    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force, backend=engine)
+    shared = f", {outcome.elsewhere} by another process" if outcome.elsewhere else ""
+    failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
+    console.print(f"{s.name}: {outcome.ran} runs done, {outcome.skipped} already there{shared}{failed}, "
+                  f"{outcome.seconds:.0f} s on {outcome.backend} → {folder / 'report.html'}")
+    for hint in outcome.hints:
+        print(f"fedleak: note: {hint}", file=sys.stderr)
+    if outcome.failed:
+        raise FedleakError(failures_summary(outcome.failed, folder))
+
+
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency")],
+    name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency | secure-aggregation")],
     preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML study settings")] = None,
     root: Annotated[Optional[str], typer.Option(help="data folder (the study's root setting)")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
     out: Annotated[Optional[Path], typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
-    detail: Annotated[bool, typer.Option(help="a progress bar per run as well")] = False,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = None,
+    gpus_per_run: GpusOption = None,
+    workers: WorkersOption = None,
+    detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
     force: Annotated[bool, typer.Option(
         help="use a folder made with other settings: its study.json is replaced, and of its finished runs only "
              "those of the new grid are kept (the others are deleted)")] = False,
@@ -241,8 +288,9 @@ def study(
     """Run a named study (a grid of runs), resuming what its folder holds, then write its report.
 
     A folder holds one grid: one made with other settings is refused unless --force. Several
-    processes may run the same study into one folder at once; they share its runs."""
-    from fedleak.studies import build_study, run_study
+    processes may run the same study into one folder at once; they share its runs. A run that fails
+    is recorded (`fedleak runs list DIR --failed`) and retried by the next invocation."""
+    from fedleak.studies import build_study
 
     import json
 
@@ -250,12 +298,51 @@ def study(
     root_setting = [f"root={json.dumps(root)}"] if root is not None else []
     s = build_study(name, preset, config, [*root_setting, *(overrides or [])])
     folder = out or Path("studies") / f"{name}-{preset}"
-    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force)
-    shared = f", {outcome.elsewhere} by another process" if outcome.elsewhere else ""
-    console.print(f"{name}: {outcome.ran} runs done, {outcome.skipped} already there{shared}, "
-                  f"{outcome.seconds:.0f} s → {folder / 'report.html'}")
-    for hint in outcome.hints:
-        print(f"fedleak: note: {hint}", file=sys.stderr)
+    _run_study(s, preset, folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers)
+
+
+@app.command()
+def sweep(
+    grid: Annotated[list[str], typer.Option(
+        help="KEY=V1,V2: a config key and its values (repeat for more keys; the cells are their product). "
+             "Values are YAML; separate them with ';' when they hold commas, or give a YAML list KEY=[V1, V2]")],
+    images: Annotated[Optional[str], typer.Option(
+        help="one run per image index, e.g. 0-15 or 0,3,5-7 (default: the config's images)")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="run seeds, e.g. 0,1 or 0-4 (default: the config's seed)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config every run starts from")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override of that config: key.path=value")] = None,
+    root: Annotated[Optional[str], typer.Option(help="data folder (data.root)")] = None,
+    client_seed: Annotated[Optional[int], typer.Option(
+        help="derive every run's private client seed from this (a reproducible sweep)", min=0, max=MAX_SEED)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="sweep folder (default studies/sweep-HASH, the same for the same sweep: re-running resumes it)")] = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = None,
+    gpus_per_run: GpusOption = None,
+    workers: WorkersOption = None,
+    detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
+    force: Annotated[bool, typer.Option(help="use a folder made by another sweep, keeping only this one's runs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run `fedleak attack` over a grid of any config settings × images × seeds, as one study: one
+    results database (resumed when run again), a report with one table row per grid cell (n, mean
+    and 95 % CI of PSNR, SSIM, LPIPS), `fedleak runs export`.
+
+    Example: fedleak sweep --grid attack.tv=1e-3,1e-2 --grid client.defense=none,topk:sparsity=0.9 --images 0-15"""
+    import hashlib
+    import json
+
+    from fedleak.studies.sweep import build_sweep
+
+    sets = [*([f"data.root={json.dumps(root)}"] if root is not None else []), *(overrides or [])]
+    s = build_sweep(grid, images, seeds, config, sets, client_seed)
+    identity = s.settings.model_dump(mode="json")
+    if isinstance(identity["base"].get("data"), dict):  # the same sweep on moved data: the same folder
+        identity["base"]["data"].pop("root", None)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    folder = out or Path("studies") / f"sweep-{digest[:8]}"
+    _run_study(s, "custom", folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers)
 
 
 @app.command()
@@ -266,6 +353,60 @@ def report(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None
 
     with locked(folder):  # not while a study writing into the folder replaces the same files
         console.print(f"report → {write_report(folder)}")
+
+
+@app.command("inspect-model")
+def inspect_model_cmd(
+    path: Annotated[Optional[Path], typer.Argument(
+        help="weights to check: .safetensors or a torch state dict (.pt), e.g. the global model a server sent")] = None,
+    from_payload: Annotated[bool, typer.Option(
+        "--from-payload", help="check the model a run with these settings sends (its payload's model state)")] = False,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config (--from-payload)")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (--from-payload)")] = None,
+    server: Annotated[Optional[str], typer.Option(help="server threat model (--from-payload): honest | imprint:… | fishing:…")] = None,
+    model: Annotated[Optional[str], typer.Option(help="architecture (--from-payload)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset (--from-payload)")] = None,
+    root: Annotated[Optional[str], typer.Option(help="data folder (--from-payload)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="image side (--from-payload)")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(
+        help="classes of the model (which layer is the classifier; default: the last weight matrix)", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+) -> None:
+    """Check a model for imprint-like or fishing-like structure before training on it: exit 0 when
+    nothing is found, 3 when a layer looks built to leak."""
+    import json
+
+    from fedleak.errors import ConfigError
+    from fedleak.inspect import FLAGGED, inspect_state, sent_model
+
+    if (path is None) == (not from_payload):
+        raise ConfigError("give a weights file or --from-payload (one of them)")
+    if path is not None:
+        from fedleak.models.checkpoint import load_state
+
+        state, classes, what = load_state(path), num_classes, str(path)
+    else:
+        from fedleak.config import build_config
+        from fedleak.fl.server import server_flags
+
+        flags = {"model.name": model, "data.name": dataset, "data.root": root, "data.image_size": image_size,
+                 **server_flags(server)}
+        sent, classes = sent_model(build_config(config, flags, overrides))
+        state, classes, what = sent.state_dict(), num_classes or classes, "the model the run's server sends"
+    findings = inspect_state(state, classes)
+    if as_json:
+        print(json.dumps({"model": what, **findings.as_dict()}, indent=2, default=str))
+    else:
+        console.print(f"{what}: {findings.summary()}")
+        if findings.suspicious:
+            table = Table()
+            for col in ("looks like", "layer", "why"):
+                table.add_column(col, justify="left")
+            for f in findings.findings:
+                table.add_row(f.kind, f.layer, f.detail)
+            console.print(table)
+    if findings.suspicious:
+        raise typer.Exit(FLAGGED)
 
 
 @app.command("config")
@@ -285,9 +426,9 @@ def config_cmd(
              + (f": {about[0]}" if about else ""),
              "# every setting with its default; set one with --set attack.KEY=VALUE", "attack:", f"  name: {attack_name}"]
     for key, value in values.items():
-        text = _yaml({key: value}).strip().replace("\n", "\n  ")
+        first, *rest = _yaml({key: value}).strip().split("\n")  # a mapping value spans several lines
         about = " — ".join(filter(None, (_type_text(fields[key]), fields[key].description)))
-        lines.append(f"  {text}  # {about}")
+        lines += [f"  {first}  # {about}", *(f"  {line}" for line in rest)]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -315,15 +456,28 @@ def _db(folder: Path):
 
 
 @runs_app.command("list")
-def runs_list(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None:
-    """One line per finished run: key, name, PSNR, SSIM, seconds."""
+def runs_list(
+    folder: Annotated[Path, typer.Argument(help="study folder")],
+    failed: Annotated[bool, typer.Option("--failed", help="the runs that failed, with their errors")] = False,
+) -> None:
+    """One line per finished run: key, name, PSNR, SSIM, seconds (with --failed: each failed run's
+    error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
+    from rich.markup import escape  # run names hold grid values, which are no markup
+
     with _db(folder) as db:
-        records = db.records()
-    table = Table(title=f"{len(records)} runs in {folder}")
+        records, failures = db.records(), db.failures()
+    if failed:  # plain lines: errors are long, and their text is not markup
+        print(f"{len(failures)} failed run{'s' if len(failures) != 1 else ''} in {folder}"
+              + (" (the next study or sweep into it retries them)" if failures else ""))
+        for f in failures:
+            print(f"{f.key}  {f.study}  {f.name}  attempts {f.attempts}\n    {f.error}")
+        return
+    also = f" ({len(failures)} failed: --failed)" if failures else ""
+    table = Table(title=f"{len(records)} runs in {folder}{also}")
     for col in ("key", "study", "name", "PSNR", "SSIM", "seconds"):
         table.add_column(col, justify="right" if col in ("PSNR", "SSIM", "seconds") else "left")
     for r in records:
-        table.add_row(r.key, r.study, r.name, f"{r.metrics.get('psnr', float('nan')):.2f}",
+        table.add_row(r.key, r.study, escape(r.name), f"{r.metrics.get('psnr', float('nan')):.2f}",
                       f"{r.metrics.get('ssim', float('nan')):.3f}", f"{r.seconds:.1f}")
     console.print(table)
 
@@ -343,14 +497,18 @@ def runs_show(folder: Annotated[Path, typer.Argument(help="study folder")],
 @runs_app.command("export")
 def runs_export(
     folder: Annotated[Path, typer.Argument(help="study folder")],
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per run")] = True,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per run, its parameters and scalar metrics (the default)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON: every run in full, and the failed runs")] = False,
     out: Annotated[Optional[Path], typer.Option(help="file to write (default: standard output)")] = None,
 ) -> None:
-    """Export every run's parameters and scalar metrics."""
+    """Export every run's parameters and metrics."""
+    from fedleak.errors import ConfigError
     from fedleak.store import write_text_atomically
 
+    if as_csv and as_json:
+        raise ConfigError("choose one of --csv and --json")
     with _db(folder) as db:
-        text = db.to_csv()
+        text = db.to_json() if as_json else db.to_csv()
     if out:
         write_text_atomically(out, text)
     else:

@@ -137,6 +137,10 @@ class ClientSection(Section):
     local_steps: int = Field(1, ge=1, description="local SGD steps τ (fedavg)")
     local_batch_size: int | None = Field(None, ge=1, description="minibatch size (fedavg; default the batch)")
     shuffle_seed: int | None = Field(None, ge=0, lt=2**63, description="reshuffle each epoch with this public seed (fedavg)")
+    momentum: float = Field(0.0, ge=0, description="SGD momentum (fedavg; torch.optim.SGD, a fresh buffer each round)")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (fedavg; torch.optim.SGD's L2 term)")
+    epochs: int | None = Field(None, ge=1, description="local epochs over the batch (fedavg): sets local_steps to "
+                               "epochs × ⌈batch / local batch⌉")
     update_scale: Literal["delta", "delta/lr"] = Field("delta", description="send θ₀ − θ_τ or that over lr")
     defense: str | None = Field(None, description="obfuscation spec, e.g. topk:sparsity=0.9+noise:snr_db=10")
     seed: int | None = Field(None, ge=0, lt=2**63, description="the client's private seed: defense noise, data order, which "
@@ -148,6 +152,13 @@ class ClientSection(Section):
         from fedleak.defenses import check_spec
 
         return check_spec(v)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> ClientSection:
+        """``epochs`` and ``local_steps`` both say how long the round is: one of them, not both."""
+        if self.epochs is not None and "local_steps" in self.model_fields_set:
+            raise ValueError("set client.epochs or client.local_steps, not both")
+        return self
 
 
 class KnowledgeSection(Section):
@@ -180,7 +191,33 @@ class AttackSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ServerSection(Section):
+    """The server threat model: honest-but-curious (the default) or malicious with a named model
+    modification, e.g. ``imprint:bins=128`` or ``fishing:target=3`` (see :mod:`fedleak.fl.server`)."""
+
+    threat: Literal["honest", "malicious"] = Field("honest", description="honest | malicious")
+    modification: str | None = Field(None, description="what a malicious server changes in the model it sends: "
+                                     "imprint:bins=128 | fishing:target=0 (settings spelled out once validated)")
+
+    @field_validator("modification")
+    @classmethod
+    def _modification(cls, v: str | None) -> str | None:
+        from fedleak.fl.server import canonical
+
+        return None if v is None else canonical(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSection:
+        if self.threat == "malicious" and self.modification is None:
+            raise ValueError("a malicious server needs server.modification (e.g. imprint:bins=128)")
+        if self.threat == "honest" and self.modification is not None:
+            raise ValueError("an honest server modifies nothing: set server.threat=malicious (or --server SPEC)")
+        return self
+
+
 class RunConfig(Section):
+    device: str = Field("auto", description="where the run computes: auto | cpu | cuda | cuda:N | mps (auto: CUDA, "
+                        "else MPS, else CPU); the resolved device is recorded with the results")
     seed: int = Field(0, ge=0, lt=2**63, description="run seed, recorded with the results")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -188,7 +225,15 @@ class RunConfig(Section):
     knowledge: KnowledgeSection = Field(default_factory=KnowledgeSection)
     attack: AttackSection = Field(default_factory=AttackSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    server: ServerSection = Field(default_factory=ServerSection)
     out: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from fedleak.device import check_device
+
+        return check_device(v)
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
@@ -283,6 +328,22 @@ def _apply_default_job(tree: dict[str, Any]) -> None:
         tree["data"] = {**data, **DEFAULT_JOB["data"]}
 
 
+def _apply_server_attack(tree: dict[str, Any]) -> None:
+    """A malicious server's run that names no attack runs the attack its modification is for (imprint
+    → ``imprint``, fishing → ``fishing``); a bad spec is left for validation to report."""
+    server, attack = tree.get("server"), tree.get("attack", {})
+    if not isinstance(server, dict) or not isinstance(attack, dict) or attack.get("name") is not None:
+        return
+    spec = server.get("modification")
+    if isinstance(spec, str) and server.get("threat", "honest") == "malicious":
+        from fedleak.fl.server import default_attack
+
+        try:
+            tree["attack"] = {**attack, "name": default_attack(spec)}
+        except ConfigError:
+            return
+
+
 def _batch_from_index(config: RunConfig) -> RunConfig:
     """Explicit image indices without an explicit batch size set the batch: the indices are shared
     evenly by the clients whose batches are aggregated (indices = batch × clients)."""
@@ -311,6 +372,7 @@ def build_config(
     for text in overrides or []:
         apply_override(tree, *parse_override(text))
     _apply_default_job(tree)
+    _apply_server_attack(tree)
     try:
         config = RunConfig.model_validate(tree)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fedleak.data import ImageDataset
+from fedleak.device import device_of
 from fedleak.errors import ConfigError
 from fedleak.fl.client import normalize
 from fedleak.models.checkpoint import CheckpointInfo
@@ -30,8 +31,12 @@ class TrainSettings:
     batch_size: int = 64
     augment: bool = False
     seed: int = 0
+    device: str = "cpu"  # where to train: a ``device`` setting (auto | cpu | cuda[:N] | mps), resolved when set
 
     def __post_init__(self) -> None:
+        from fedleak.device import device_name, resolve_device
+
+        self.device = device_name(resolve_device(self.device))  # recorded resolved, in the checkpoint too
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("training needs epochs ≥ 1, batch size ≥ 1 and a positive lr")
 
@@ -54,7 +59,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     """A seeded (train, test) split of ``range(n)`` with ``fraction`` of the items in test."""
     if not 0 < fraction < 1:
         raise ConfigError(f"the test fraction must be in (0, 1), got {fraction}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu").tolist()  # host-side
     cut = max(1, int(round(n * fraction)))
     return sorted(order[cut:]), sorted(order[:cut])
 
@@ -62,11 +67,11 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Random horizontal flips and random crops after zero padding (per image)."""
     b, _, h, w = x.shape
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = torch.rand(b, generator=generator, device=generator.device) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).tolist()
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
@@ -89,9 +94,12 @@ def train(
     settings: TrainSettings,
     progress: bool = True,
 ) -> History:
-    """Train ``model`` in place; report test accuracy after each epoch."""
-    images, labels = train_data
-    generator = torch.Generator().manual_seed(settings.seed)
+    """Train ``model`` in place, on the device its parameters are on (data and random draws go
+    there); report test accuracy after each epoch."""
+    device = device_of(model)
+    images, labels = (t.to(device) for t in train_data)
+    test_data = tuple(t.to(device) for t in test_data)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(images) / settings.batch_size)
@@ -100,7 +108,7 @@ def train(
     start = time.perf_counter()
     for epoch in range(settings.epochs):
         model.train()
-        order = torch.randperm(len(images), generator=generator)
+        order = torch.randperm(len(images), generator=generator, device=device)
         total, seen = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
                    disable=not progress)
@@ -177,12 +185,15 @@ def train_target(
         if limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {limit}")
         g = torch.Generator().manual_seed(settings.seed)
-        train_idx = sorted(train_idx[i] for i in torch.randperm(len(train_idx), generator=g)[:limit].tolist())
+        pick = torch.randperm(len(train_idx), generator=g, device="cpu")[:limit].tolist()  # host-side indices
+        train_idx = sorted(train_idx[i] for i in pick)
     c, h, w = train_set.image_shape
     model = create_model(model_name, train_set.num_classes, c, (h, w), width=width, seed=settings.seed,
                          **(options or {}))
+    model.to(settings.device)
     history = train(model, materialize(train_set, train_idx), materialize(test, test_idx),
                     train_set.mean, train_set.std, settings, progress)
+    model.to("cpu")  # a checkpoint is written from host memory
     info = CheckpointInfo(
         architecture=model_name, num_classes=train_set.num_classes, in_channels=c,
         image_size=h if h == w else [h, w], width=1.0 if width is None else width, options=dict(options or {}), dataset=train_set.name, mean=train_set.mean,

@@ -85,6 +85,8 @@ class OptimizationConfig(AttackConfig):
     restarts: int = Field(1, ge=1, description="random restarts; the lowest matching loss wins")
     patience: int | None = Field(None, ge=1, description="early stop after this many stale steps")
     min_delta: float = Field(1e-4, ge=0, description="relative improvement that resets patience")
+    log_every: int = Field(10, ge=1, description="read the loss back to the host (progress, trace, early stopping) "
+                           "every N iterations only, so a GPU is not stalled each step (1: every step)")
 
     _cost = field_validator("cost")(lambda v: COSTS.check(v))
     _init = field_validator("init")(lambda v: INITS.check(v))

@@ -18,6 +18,7 @@ from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, Optimizatio
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.matching import GradientMatching
 from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, to_unit_range
+from fedleak.device import payload_device
 from fedleak.fl.payload import Payload
 
 JOINT = "joint"
@@ -49,13 +50,14 @@ class DLG(Attack):
         fixed = None if joint else recover_labels(payload, knowledge, cfg.labels)
         objective = GradientMatching(payload, knowledge, cfg.cost)
         b, k = payload.hyper.observed_images, knowledge.num_classes
-        generator = torch.Generator().manual_seed(seed)
+        device = payload_device(payload)
+        generator = torch.Generator(device=device).manual_seed(seed)
         trace = Trace(cfg.iterations * cfg.restarts)
         bar = tqdm(total=cfg.iterations * cfg.restarts, disable=not progress, desc=self.name, leave=False)
         candidates, losses, done = [], [], 0
         for restart in range(cfg.restarts):
             x = INITS.get(cfg.init)((b, *knowledge.input_shape), generator).requires_grad_(True)
-            logits = torch.randn(b, k, generator=generator).requires_grad_(True)
+            logits = torch.randn(b, k, generator=generator, device=device).requires_grad_(True)
             variables = [x, logits] if joint else [x]
             optimizer = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=cfg.inner_steps,
                                           history_size=cfg.history_size)
@@ -86,7 +88,7 @@ class DLG(Attack):
             losses.append(final if torch.isfinite(x).all() else math.nan)
             candidates.append((x.detach().clone(), final_labels.argmax(-1) if joint else final_labels))
         bar.close()
-        winner = best_restart(torch.tensor(losses))
+        winner = best_restart(torch.tensor(losses, device=device))
         images, labels = candidates[winner]
         return Reconstruction(
             images=to_unit_range(images, knowledge.mean, knowledge.std),

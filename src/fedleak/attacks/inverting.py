@@ -19,6 +19,7 @@ from fedleak.attacks.matching import GradientMatching, MatchingConfig
 from fedleak.attacks.optimization import (INITS, best_restart, box_bounds, optimize, step_milestones,
                                           to_unit_range)
 from fedleak.attacks.regularizers import REGULARIZERS
+from fedleak.device import generator, payload_device
 from fedleak.fl.payload import Payload
 
 
@@ -53,9 +54,10 @@ class InvertingGradients(Attack):
         priors = {"tv": cfg.tv, **cfg.regularizers} if cfg.tv else dict(cfg.regularizers)
         objective = GradientMatching(payload, knowledge, cfg.cost, cfg.layers, cfg.layer_count, priors,
                                      cfg.matching)
-        lower, upper = box_bounds(knowledge.mean, knowledge.std)
+        device = payload_device(payload)
+        lower, upper = box_bounds(knowledge.mean, knowledge.std, device)
         shape = (cfg.restarts, payload.hyper.observed_images, *knowledge.input_shape)
-        x = INITS.get(cfg.init)(shape, torch.Generator().manual_seed(seed)).requires_grad_(True)
+        x = INITS.get(cfg.init)(shape, generator(seed, device)).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr)
         milestones = step_milestones(cfg.iterations) if cfg.schedule == "step" else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
@@ -70,7 +72,8 @@ class InvertingGradients(Attack):
                     x.copy_(torch.maximum(torch.minimum(x, upper), lower))
             return match
 
-        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name)
+        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name,
+                               cfg.log_every)
         final = objective.matching_losses(x.detach(), labels)
         winner = best_restart(final)
         images = to_unit_range(x[winner], knowledge.mean, knowledge.std)

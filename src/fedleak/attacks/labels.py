@@ -74,7 +74,7 @@ def wainakh(payload: Payload, num_classes: int) -> Tensor:
         c = int(torch.argmin(sums))
         labels.append(c)
         sums[c] -= impact
-    return torch.tensor(sorted(labels), dtype=torch.long)
+    return torch.tensor(sorted(labels), dtype=torch.long, device=sums.device)
 
 
 @LABEL_METHODS.register("auto")

@@ -14,33 +14,36 @@ from fedleak.errors import FedleakError
 from fedleak.registry import Registry
 
 INITS: Registry = Registry("initialisation")
+"""``init(shape, generator) → tensor``: the starting candidate, drawn on the generator's device."""
 
 @INITS.register("randn")
 def _randn(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    return torch.randn(shape, generator=generator)
+    return torch.randn(shape, generator=generator, device=generator.device)
 
 
 @INITS.register("rand")
 def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    return torch.rand(shape, generator=generator)
+    return torch.rand(shape, generator=generator, device=generator.device)
 
 
 @INITS.register("zeros")
 def _zeros(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    return torch.zeros(shape)
+    return torch.zeros(shape, device=generator.device)
 
 
-def box_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """The valid pixel range [0, 1] expressed in the model's normalised input space."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+def box_bounds(mean: Sequence[float], std: Sequence[float],
+               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """The valid pixel range [0, 1] expressed in the model's normalised input space (built once, on
+    the ``device`` the candidate lives on)."""
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return (0 - m) / s, (1 - m) / s
 
 
 def to_unit_range(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalised model input → images clamped to [0, 1]."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+    """Normalised model input → images clamped to [0, 1] (on ``x``'s device)."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x.detach() * s + m).clamp(0, 1)
 
 
@@ -71,8 +74,10 @@ def finite_min(losses: Tensor) -> float:
 class Trace:
     """Matching loss against iteration and wall time, thinned to about ``points`` rows."""
 
-    def __init__(self, iterations: int, points: int = 500) -> None:
-        self.every = max(1, iterations // points)
+    def __init__(self, iterations: int, points: int = 500, every: int = 1) -> None:
+        # A row every ``every`` iterations at least (the host reads the loss only then), thinned further
+        # to about ``points`` rows.
+        self.every = every * max(1, iterations // (points * every))
         self.start = time.perf_counter()
         self.rows: list[dict[str, float]] = []
 
@@ -94,31 +99,39 @@ class EarlyStop:
         self.patience, self.min_delta = patience, min_delta
         self.best, self.stale = float("inf"), 0
 
-    def __call__(self, loss: float) -> bool:
+    def __call__(self, loss: float, steps: int = 1) -> bool:
+        """Whether to stop, given the best loss after ``steps`` more iterations (a check every N
+        iterations counts N stale iterations when the loss did not improve)."""
         if self.patience is None:
             return False
         if loss < self.best * (1 - self.min_delta) or self.best == float("inf"):
             self.best, self.stale = loss, 0
         else:
-            self.stale += 1
+            self.stale += steps
         return self.stale >= self.patience
 
 
 def optimize(step: Callable[[], Tensor], iterations: int, patience: int | None, min_delta: float,
-             progress: bool = False, desc: str = "attack") -> tuple[Trace, int]:
+             progress: bool = False, desc: str = "attack", log_every: int = 1) -> tuple[Trace, int]:
     """Call ``step`` (one optimiser step; it returns every trial's matching loss) up to
     ``iterations`` times, tracing the best and mean loss and stopping early on a plateau.
+    The losses are read back to the host (a synchronisation on a GPU) only every ``log_every``
+    iterations and at the last: that is when the trace, the progress bar and early stopping look.
     Returns the trace and the number of steps taken."""
-    trace, stop = Trace(iterations), EarlyStop(patience, min_delta)
+    trace, stop = Trace(iterations, every=log_every), EarlyStop(patience, min_delta)
     bar = tqdm(total=iterations, disable=not progress, desc=desc, unit="it", leave=False)
-    done = iterations
+    done, shown = iterations, 0
     for it in range(iterations):
         match = step()
+        last = it == iterations - 1
+        if it % log_every and not last:
+            continue  # no host synchronisation on this step
         best = finite_min(match)
-        trace.record(it, loss=best, mean_loss=float(match.mean()))
-        bar.update(1)
+        trace.record(it, last=last, loss=best, mean_loss=float(match.mean()))
+        bar.update(it + 1 - shown)
         bar.set_postfix(loss=f"{best:.4g}", refresh=False)
-        if stop(best):
+        steps, shown = it + 1 - shown, it + 1
+        if stop(best, steps):
             done = it + 1
             break
     bar.close()

@@ -86,14 +86,14 @@ class Prior:
 
     def __call__(self, low: Tensor, size: tuple[int, int]) -> Tensor:
         with torch.no_grad():
-            return self.net(low, size).clamp(0, 1)
+            return self.net.to(low.device)(low, size).clamp(0, 1)  # the prior runs where the attack ran
 
 
 def degrade(x: Tensor, scale: int, noise: float, generator: torch.Generator) -> Tensor:
     """Downsample by ``scale`` and add Gaussian noise with σ drawn uniformly in [0, noise] per image."""
     low = downsample(x, scale)
-    sigma = torch.rand(low.shape[0], 1, 1, 1, generator=generator) * noise
-    return (low + sigma * torch.randn(low.shape, generator=generator)).clamp(0, 1)
+    sigma = torch.rand(low.shape[0], 1, 1, 1, generator=generator, device=generator.device) * noise
+    return (low + sigma * torch.randn(low.shape, generator=generator, device=generator.device)).clamp(0, 1)
 
 
 @dataclass
@@ -107,8 +107,12 @@ class PriorSettings:
     lr: float = 1e-3
     seed: int = 0
     validation_fraction: float = 0.1
+    device: str = "cpu"  # where to train: a ``device`` setting (auto | cpu | cuda[:N] | mps), resolved when set
 
     def __post_init__(self) -> None:
+        from fedleak.device import device_name, resolve_device
+
+        self.device = device_name(resolve_device(self.device))
         if self.scale < 1 or self.width < 1 or self.depth < 2:
             raise ConfigError("the prior needs scale ≥ 1, width ≥ 1 and depth ≥ 2")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.noise < 0:
@@ -119,7 +123,7 @@ class PriorSettings:
 
 def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings) -> dict[str, float]:
     """Mean PSNR on held-out images degraded with a fixed seed: bicubic alone vs. the network."""
-    g = torch.Generator().manual_seed(settings.seed + 1)
+    g = torch.Generator(device=images.device).manual_seed(settings.seed + 1)
     low = degrade(images, settings.scale, settings.noise, g)
     size = tuple(images.shape[-2:])
     with torch.no_grad():
@@ -129,25 +133,28 @@ def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings)
 
 
 def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
-    """Train a restoration network on public ``images`` (N×C×H×W in [0, 1])."""
+    """Train a restoration network on public ``images`` (N×C×H×W in [0, 1]) on ``settings.device``;
+    the trained network is returned in host memory."""
     if images.shape[0] < 2:
         raise ConfigError("training a prior needs at least 2 public images")
     from fedleak.training import holdout_split
 
     torch.manual_seed(settings.seed)
-    g = torch.Generator().manual_seed(settings.seed)
+    device = torch.device(settings.device)
+    g = torch.Generator(device=device).manual_seed(settings.seed)
     train_idx, val_idx = holdout_split(images.shape[0], settings.validation_fraction, settings.seed)
+    images = images.to(device)
     train, val = images[train_idx], images[val_idx]
-    net = RestorationNet(images.shape[1], settings.width, settings.depth)
+    net = RestorationNet(images.shape[1], settings.width, settings.depth).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
     steps = settings.epochs * math.ceil(train.shape[0] / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     size = tuple(images.shape[-2:])
     bar = tqdm(total=steps, disable=not progress, desc="prior", unit="step", leave=False)
     for _ in range(settings.epochs):
-        for batch in torch.randperm(train.shape[0], generator=g).split(settings.batch_size):
+        for batch in torch.randperm(train.shape[0], generator=g, device=device).split(settings.batch_size):
             x = train[batch]
-            if torch.rand((), generator=g) < 0.5:  # horizontal flips double the public data
+            if torch.rand((), generator=g, device=device) < 0.5:  # horizontal flips double the public data
                 x = x.flip(-1)
             loss = F.mse_loss(net(degrade(x, settings.scale, settings.noise, g), size), x)
             optimizer.zero_grad()
@@ -157,7 +164,8 @@ def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
-    return net.eval(), evaluate_prior(net.eval(), val, settings)
+    validation = evaluate_prior(net.eval(), val, settings)
+    return net.cpu(), validation
 
 
 def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: PriorInfo) -> Path:

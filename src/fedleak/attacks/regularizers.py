@@ -60,7 +60,7 @@ def batch_norm_statistics(x: Tensor, context: PriorContext) -> Tensor:
     finally:
         for h in hooks:
             h.remove()
-    total = torch.zeros(())
+    total = x.new_zeros(())
     for (mean, var), (target_mean, target_var) in zip(seen, context.bn_targets):
         total = total + (mean - target_mean).pow(2).sum() + (var - target_var).pow(2).sum()
     return total

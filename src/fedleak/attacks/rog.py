@@ -20,6 +20,7 @@ from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
 from fedleak.attacks.optimization import INITS, best_restart, optimize
 from fedleak.attacks.priors import load_prior, upsample
+from fedleak.device import generator, payload_device
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
 
@@ -60,9 +61,10 @@ class ROG(Attack):
         n = payload.hyper.observed_images
         shape = (cfg.restarts, n, c, h // cfg.scale, w // cfg.scale)
         # The variable is a low-resolution image in pixel units [0, 1] (the paper's lr refers to them).
-        z = INITS.get(cfg.init)(shape, torch.Generator().manual_seed(seed)).requires_grad_(True)
-        mean = torch.tensor(knowledge.mean).view(1, 1, -1, 1, 1)
-        std = torch.tensor(knowledge.std).view(1, 1, -1, 1, 1)
+        device = payload_device(payload)
+        z = INITS.get(cfg.init)(shape, generator(seed, device)).requires_grad_(True)
+        mean = torch.tensor(knowledge.mean, device=device).view(1, 1, -1, 1, 1)
+        std = torch.tensor(knowledge.std, device=device).view(1, 1, -1, 1, 1)
 
         def image(low: torch.Tensor) -> torch.Tensor:
             """Low-resolution pixels → the model's normalised full-resolution input."""
@@ -82,7 +84,8 @@ class ROG(Attack):
                 z.clamp_(0, 1)  # the valid pixel range
             return match
 
-        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name)
+        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name,
+                               cfg.log_every)
         final = objective.matching_losses(image(z).detach(), labels)
         winner = best_restart(final)
         low = z[winner].detach()

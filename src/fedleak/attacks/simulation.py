@@ -53,10 +53,19 @@ def simulate_fedsgd(model, params, buffers, x, y, hyper, schedule, differentiate
 
 @SIMULATORS.register("fedavg")
 def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate):
-    current = dict(params)
+    """The local steps of ``torch.optim.SGD`` unrolled, with its arithmetic (dampening 0, no
+    Nesterov): d = ∇ + wd·θ; b = d on the first step, then μ·b + d; θ ← θ − lr·b (θ − lr·d without
+    momentum). The momentum buffer starts empty each round, as a client's fresh optimizer's does."""
+    current, velocity = dict(params), None
     for index in schedule:
         g = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index]), current)
-        current = {n: current[n] - hyper.lr * g[n] for n in current}
+        if hyper.weight_decay:
+            g = {n: torch.add(g[n], current[n], alpha=hyper.weight_decay) for n in current}
+        if hyper.momentum:
+            velocity = g if velocity is None else {n: torch.add(velocity[n] * hyper.momentum, g[n])
+                                                   for n in current}
+            g = velocity
+        current = {n: torch.add(current[n], g[n], alpha=-hyper.lr) for n in current}
     scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
     return {n: (params[n] - current[n]) / scale for n in params}
 
@@ -76,7 +85,8 @@ class Simulation:
         self._simulate = SIMULATORS.get(payload.hyper.protocol)
         # The local-step schedule is drawn once here: its shuffling (torch.randperm) cannot run
         # inside the vmap-ed update.
-        self.schedule = [torch.tensor(batch) for batch in payload.hyper.minibatches()]
+        device = next(iter(self.params.values())).device if self.params else None
+        self.schedule = [torch.tensor(batch, device=device) for batch in payload.hyper.minibatches()]
         self.defense = parse_defense(payload.hyper.defense)  # public: clipping is re-run on each update
 
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:

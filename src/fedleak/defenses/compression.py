@@ -60,7 +60,7 @@ class QSGD(Defense):
         s = self.config.levels
         scaled = t.abs() / norm * s
         low = torch.floor(scaled)
-        up = torch.rand(t.shape, generator=generator, dtype=t.dtype) < (scaled - low)
+        up = torch.rand(t.shape, generator=generator, dtype=t.dtype, device=t.device) < (scaled - low)
         return norm * torch.sign(t) * (low + up.to(t.dtype)) / s
 
 
@@ -143,5 +143,5 @@ class Prune(Defense):
         if self.config.ratio == 0 or t.numel() == 0:
             return t.clone()
         # numpy's percentile (linear interpolation) as DLG's release; torch.quantile caps the size.
-        threshold = float(np.percentile(t.detach().abs().double().numpy(), self.config.ratio * 100))
+        threshold = float(np.percentile(t.detach().abs().double().cpu().numpy(), self.config.ratio * 100))
         return torch.where(t.abs().double() >= threshold, t, torch.zeros_like(t))

@@ -36,7 +36,7 @@ class Noise(Defense):
         if self.config.snr_db == math.inf or t.numel() < 2:  # no noise, or no variance to scale it by
             return t.clone()
         sigma = (t.var(unbiased=False) / 10 ** (self.config.snr_db / 10)).sqrt()
-        return t + sigma * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+        return t + sigma * torch.randn(t.shape, generator=generator, dtype=t.dtype, device=t.device)
 
 
 class ClipConfig(DefenseConfig):

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import Tensor, nn
 
 from fedleak.defenses.base import DEFENSES, Defense, Gradient, Update
 from fedleak.errors import ConfigError
+from fedleak.specs import parse_spec
 
 
 def batch_gradient(model: nn.Module, inputs: Tensor, labels: Tensor) -> Update:
@@ -28,29 +28,9 @@ def batch_gradient(model: nn.Module, inputs: Tensor, labels: Tensor) -> Update:
 
 
 def _parse_stage(text: str) -> Defense:
-    name, _, body = text.strip().partition(":")
-    name = name.strip()
-    if not name:
+    if not text.strip():
         raise ConfigError(f"defense spec has an empty stage in {text!r}")
-    cls = DEFENSES.get(name)
-    settings: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in body.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip() or not value.strip():
-            raise ConfigError(f"defense {name!r}: expected key=value, got {item!r}")
-        if key.strip() in settings:
-            raise ConfigError(f"defense {name!r}: {key.strip()!r} is given twice")
-        settings[key.strip()] = value.strip()
-    try:
-        return cls(cls.Config.model_validate(settings))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(cls.Config.model_fields) or "none"
-            raise ConfigError(f"defense {name!r} has no setting {key!r} (settings: {known})") from None
-        msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        raise ConfigError(f"defense {name!r}: {key}: {msg} (got {err.get('input')!r})") from None
+    return parse_spec(text, DEFENSES, "defense")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ UPDATE_SCALES = ("delta", "delta/lr")
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """[0, 1] images → the model's input space, channel-wise ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - m) / s
 
 
@@ -33,6 +33,9 @@ class Client:
     batch-norm layers in eval (running statistics) or train (batch statistics) mode.
     ``defense_seed`` is the client's private seed: it seeds its defense noise and any other random
     draw of its round, and must not be derivable from anything the attacker is given.
+    FedAvg trains with ``torch.optim.SGD`` (``lr``, ``momentum``, ``weight_decay``); ``epochs``, when
+    set, makes the round that many passes over the batch (``local_steps`` = epochs × the number of
+    minibatches), as a PyTorch client's epoch loop over a data loader does.
     """
 
     def __init__(
@@ -49,6 +52,9 @@ class Client:
         update_scale: str = "delta",
         defense: str | None = None,
         defense_seed: int = 0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        epochs: int | None = None,
     ) -> None:
         if model_mode not in MODEL_MODES:
             raise ConfigError(f"model mode must be one of {', '.join(MODEL_MODES)}, got {model_mode!r}")
@@ -58,13 +64,19 @@ class Client:
             raise ConfigError("fedavg needs a positive local learning rate (client.lr)")
         if local_steps < 1 or (local_batch_size is not None and local_batch_size < 1):
             raise ConfigError("local steps and local batch size must be at least 1")
+        if epochs is not None and epochs < 1:
+            raise ConfigError("local epochs must be at least 1")
+        if momentum < 0 or weight_decay < 0:
+            raise ConfigError("momentum and weight decay must not be negative")
         self.protocol = PROTOCOLS.get(protocol)
         self.protocol_name = protocol
         self.model = model
         self.mean, self.std = tuple(mean), tuple(std)
         self.model_mode = model_mode
         self.training = dict(lr=lr, local_steps=local_steps, local_batch_size=local_batch_size,
-                             shuffle_seed=shuffle_seed, update_scale=update_scale)
+                             shuffle_seed=shuffle_seed, update_scale=update_scale, momentum=momentum,
+                             weight_decay=weight_decay)
+        self.epochs = epochs
         self.defense = parse_defense(defense)
         self.defense_seed = defense_seed
 
@@ -82,23 +94,28 @@ class Client:
         clients = self.defense.clients
         if data.images.shape[0] % clients:
             raise DataError(f"{data.images.shape[0]} images cannot be split among {clients} clients")
+        batch = int(data.images.shape[0]) // clients
+        training = dict(self.training)
+        if self.epochs is not None:  # every epoch walks the whole batch in minibatches
+            training["local_steps"] = self.epochs * -(-batch // (training["local_batch_size"] or batch))
         hyper = PublicHyperparameters(
             protocol=self.protocol_name,
-            batch_size=int(data.images.shape[0]) // clients,
+            batch_size=batch,
             model_mode=self.model_mode,
             defense=self.defense.spec,
             clients=clients,
-            **self.training,
+            **training,
         )
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        generator = torch.Generator().manual_seed(self.defense_seed)
+        device = data.images.device  # the defense's draws are made where the update lives
+        generator = torch.Generator(device=device).manual_seed(self.defense_seed)
         make_gradient = self.defense.gradient
         gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
         inputs = normalize(data.images, self.mean, self.std)
         updates, buffers = [], []
         # Any draw from torch's global generator during the round (e.g. dropout) is the client's
         # private randomness too: seeded from its own seed, never from the run's.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.defense_seed)
             for k in range(clients):
                 part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)

@@ -61,7 +61,7 @@ def shards(n: int, clients: int, seed: int) -> list[list[int]]:
     """An IID, seeded partition of ``range(n)`` into ``clients`` shards of (almost) equal size."""
     if n < clients:
         raise ConfigError(f"{n} training images cannot be shared among {clients} clients")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu").tolist()  # host-side
     return [sorted(order[k::clients]) for k in range(clients)]
 
 
@@ -83,9 +83,13 @@ def server_step(model: nn.Module, payloads: list[Payload], weights: list[float],
 def federated_train(model: nn.Module, images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor,
                     mean: tuple[float, ...], std: tuple[float, ...], settings: FederatedSettings,
                     progress: bool = False) -> FederatedHistory:
-    """Train ``model`` in place with FedAvg; returns test accuracy per round."""
+    """Train ``model`` in place with FedAvg, on the device its parameters are on (the data goes
+    there); returns test accuracy per round."""
+    from fedleak.device import device_of
     from fedleak.training import accuracy
 
+    device = device_of(model)
+    images, labels, test_images, test_labels = (t.to(device) for t in (images, labels, test_images, test_labels))
     start = time.perf_counter()
     parts = shards(len(images), settings.clients, settings.seed)
     history = FederatedHistory()

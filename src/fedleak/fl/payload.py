@@ -20,7 +20,9 @@ class PublicHyperparameters:
 
     FedAvg: ``local_steps`` SGD steps of ``lr`` on minibatches of ``local_batch_size``, walking
     through the batch in order (reshuffled each epoch with ``shuffle_seed`` when set); the update is
-    θ₀ − θ_τ, or (θ₀ − θ_τ)/lr when ``update_scale`` is ``"delta/lr"``. ``defense`` is the
+    θ₀ − θ_τ, or (θ₀ − θ_τ)/lr when ``update_scale`` is ``"delta/lr"``. The steps follow
+    ``torch.optim.SGD`` with ``momentum`` and ``weight_decay`` (a fresh momentum buffer each round, as
+    a client that builds its optimizer per round has). ``defense`` is the
     canonical defense spec; with aggregation the update is the mean over ``clients`` clients of
     ``batch_size`` images each.
     """
@@ -32,10 +34,13 @@ class PublicHyperparameters:
     local_steps: int = 1
     local_batch_size: int | None = None
     shuffle_seed: int | None = None
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     update_scale: str = "delta"
     defense: str | None = None
     clients: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    server: str = "honest"  # the server threat model: "honest", or the malicious modification's spec
 
     @property
     def observed_images(self) -> int:
@@ -43,14 +48,17 @@ class PublicHyperparameters:
         return self.batch_size * self.clients
 
     def minibatches(self) -> list[list[int]]:
-        """Indices of the client batch used at each local step (FedAvg), in order."""
+        """Indices of the client batch used at each local step (FedAvg), in order: each epoch walks
+        the batch in minibatches (the last one smaller when they do not divide it), reshuffled with
+        ``torch.randperm`` seeded ``shuffle_seed + epoch`` — PyTorch's ``DistributedSampler`` order
+        on one replica after ``set_epoch(epoch)``, so a plain PyTorch client can follow it."""
         size = self.local_batch_size or self.batch_size
         steps, epoch = [], 0
         while len(steps) < self.local_steps:
             order = list(range(self.batch_size))
             if self.shuffle_seed is not None:
                 g = torch.Generator().manual_seed(self.shuffle_seed + epoch)
-                order = torch.randperm(self.batch_size, generator=g).tolist()
+                order = torch.randperm(self.batch_size, generator=g, device="cpu").tolist()  # public, host-side
             for start in range(0, self.batch_size, size):
                 if len(steps) < self.local_steps:
                     steps.append(order[start : start + size])

@@ -31,14 +31,16 @@ def fedsgd(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperp
 @PROTOCOLS.register("fedavg")
 def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters,
            gradient: Gradient = batch_gradient) -> tuple[Tensors, Tensors]:
-    """FedAvg: τ local SGD steps on minibatches, returning θ₀ − θ_τ (or divided by the lr) and the
-    local model's buffers after training (in train mode, batch norm updated its running statistics).
-    Each step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
+    """FedAvg: τ local steps of ``torch.optim.SGD`` (lr, momentum, weight decay; a fresh optimizer,
+    so a fresh momentum buffer, each round) on minibatches, returning θ₀ − θ_τ (or divided by the lr)
+    and the local model's buffers after training (in train mode, batch norm updated its running
+    statistics). Each step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
     if hyper.lr is None or hyper.lr <= 0:
         raise ValueError("fedavg needs a positive local learning rate")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     start = {n: p.detach().clone() for n, p in named}
-    optimizer = torch.optim.SGD([p for _, p in named], lr=hyper.lr)
+    optimizer = torch.optim.SGD([p for _, p in named], lr=hyper.lr, momentum=hyper.momentum,
+                                weight_decay=hyper.weight_decay)
     for batch in hyper.minibatches():
         grads = gradient(model, inputs[batch], labels[batch])
         for n, p in named:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fedleak.device import device_of
 from fedleak.fl.client import normalize
 
 
@@ -26,6 +27,8 @@ class Classification:
 def classify(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Classification:
     """Classify [0, 1] images with ``model`` in eval mode (a copy's mode is not touched)."""
     was_training = model.training
+    device = device_of(model)  # a transfer model may sit elsewhere than the reconstructions
+    images, labels = images.to(device), labels.to(device)
     model.eval()
     try:
         with torch.no_grad():

@@ -50,18 +50,21 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     paired = rec[order]
     p, s = psnr(paired, orig), ssim(paired, orig)
     with torch.no_grad():
-        perceptual = {net: (m(paired, orig).tolist() if m is not None else None) for net, m in (lpips or {}).items()}
+        perceptual = {net: (m.to(paired.device)(paired, orig).tolist() if m is not None else None)
+                      for net, m in (lpips or {}).items()}
     indices = list(truth.indices) or [None] * len(orig)
-    rec_labels = reconstruction.labels[order] if reconstruction.labels.numel() == len(orig) else None
+    rec_labels = reconstruction.labels[order].tolist() if reconstruction.labels.numel() == len(orig) else None
+    # Back to Python numbers once, at the end (one host transfer per tensor, not one per image).
+    p_list, s_list, order_list, true_labels = p.tolist(), s.tolist(), order.tolist(), truth.labels.tolist()
     scores = [
         ImageScore(
             position=i,
             dataset_index=indices[i],
-            matched=int(order[i]),
-            label=int(truth.labels[i]),
+            matched=int(order_list[i]),
+            label=int(true_labels[i]),
             recovered_label=int(rec_labels[i]) if rec_labels is not None else -1,
-            psnr=float(p[i]),
-            ssim=float(s[i]),
+            psnr=float(p_list[i]),
+            ssim=float(s_list[i]),
             lpips={net: (v[i] if v is not None else None) for net, v in perceptual.items()},
         )
         for i in range(len(orig))
@@ -71,6 +74,6 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
         ssim=float(s.mean()),
         label_accuracy=label_accuracy(reconstruction.labels, truth.labels),
         images=scores,
-        order=order.tolist(),
+        order=order_list,
         lpips={net: (sum(v) / len(v) if v is not None else None) for net, v in perceptual.items()},
     )

@@ -21,12 +21,13 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(PSNR_CAP_MSE))
 
 
-def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, max_size: int | None = None) -> Tensor:
-    """Normalised 1-D Gaussian of radius ``int(truncate·σ + 0.5)`` (scipy's rule)."""
+def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, max_size: int | None = None,
+                    device: torch.device | str = "cpu") -> Tensor:
+    """Normalised 1-D Gaussian of radius ``int(truncate·σ + 0.5)`` (scipy's rule), on ``device``."""
     radius = int(truncate * sigma + 0.5)
     if max_size is not None:
         radius = min(radius, (max_size - 1) // 2)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     w = torch.exp(-0.5 * (t / sigma) ** 2)
     return w / w.sum()
 
@@ -36,7 +37,7 @@ def ssim(x: Tensor, y: Tensor, sigma: float = 1.5) -> Tensor:
     x = x.clamp(0, 1).double()
     y = y.clamp(0, 1).double()
     b, c, h, w = x.shape
-    g = gaussian_window(sigma, max_size=min(h, w))
+    g = gaussian_window(sigma, max_size=min(h, w), device=x.device)
     k = g.numel()
     kernel_h = g.view(1, 1, 1, k).expand(c, 1, 1, k)
     kernel_v = g.view(1, 1, k, 1).expand(c, 1, k, 1)

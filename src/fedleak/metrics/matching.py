@@ -13,11 +13,11 @@ def match_batch(reconstructions: Tensor, originals: Tensor) -> Tensor:
     original ``i``. A gradient does not reveal the order of a batch, so scoring must not assume it."""
     r = reconstructions.clamp(0, 1).flatten(1).double()
     o = originals.clamp(0, 1).flatten(1).double()
-    cost = torch.cdist(o, r).pow(2).numpy()
+    cost = torch.cdist(o, r).pow(2).cpu().numpy()  # the assignment itself is scipy's, on the host
     rows, cols = linear_sum_assignment(cost)
     order = np.empty(len(rows), dtype=np.int64)
     order[rows] = cols
-    return torch.from_numpy(order)
+    return torch.from_numpy(order).to(reconstructions.device)
 
 
 def label_accuracy(recovered: Tensor, true: Tensor) -> float:

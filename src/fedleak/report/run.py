@@ -17,6 +17,7 @@ import yaml
 from fedleak import __version__
 from fedleak.defenses import parse_defense
 from fedleak.metrics.baselines import no_leak_baselines
+from fedleak.metrics.recovery import recovery_summary
 from fedleak.pipeline import RunResult
 from fedleak.report.grid import image_grid, png_bytes
 from fedleak.report.html import data_uri, render
@@ -43,7 +44,16 @@ def summary(result: RunResult) -> dict[str, str]:
         "iterations": str(m["iterations"]),
         "attack s": f"{m['attack_seconds']:.1f}",
         "seed": str(m["seed"]),
+        **server_summary(result),
     }
+
+
+def server_summary(result: RunResult) -> dict[str, str]:
+    """Images recovered exactly (PSNR at the 100 dB cap) and, for a malicious server, its modification."""
+    rec = recovery_summary([s.psnr for s in result.evaluation.images])
+    server = result.payload.hyper.server
+    return {"exact": f"{rec['exact_images']}/{rec['images']}",
+            **({"server": server.partition(":")[0]} if server != "honest" else {})}
 
 
 def image_rows(result: RunResult) -> list[list[str]]:
@@ -164,7 +174,9 @@ def write_run(folder: Path, result: RunResult) -> None:
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     (folder / "config.yaml").write_text(config_yaml)
     base = baselines(result)
-    dump_json(folder / "metrics.json", {**result.metrics(), "baselines": base})
+    dump_json(folder / "metrics.json", {**result.metrics(), "server": result.payload.hyper.server,
+                                        "recovery": recovery_summary([s.psnr for s in result.evaluation.images]),
+                                        "baselines": base})
     dump_json(folder / "trace.json", result.reconstruction.trace)
     matched = result.reconstruction.images[result.evaluation.order]
     png = png_bytes(image_grid([result.truth.images, matched]))
@@ -176,7 +188,8 @@ def write_run(folder: Path, result: RunResult) -> None:
         title=f"{config['attack']['name']} on {config['model']['name']} · {result.dataset.name}",
         subtitle=f"protocol {hyper.protocol}, batch {hyper.batch_size}"
         + (f" × {hyper.clients} aggregated clients" if hyper.clients > 1 else "")
-        + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}",
+        + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}"
+        + (f"; MALICIOUS server: {hyper.server}" if hyper.server != "honest" else "; honest server"),
         defense_rows=defense_rows(result),
         summary=summary(result),
         baselines=baseline_rows(result, base),

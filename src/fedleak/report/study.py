@@ -40,21 +40,39 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")  # columns a metric's mean cell stands for
+CI_NOTE = ("x [a, b]: the mean over the runs (n = runs; (n = k) where only k runs have a value) and its "
+           "95 % confidence interval (Student t); one run has no interval (n/a).")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def stat_cell(row: dict[str, Any], c: str) -> str:
+    """A metric's cell: "mean [CI low, CI high]" (with its n where fewer runs had a value), or
+    "mean ± std" where a row gives only the spread."""
+    v = row.get(c, "")
+    if f"{c}_ci_low" in row:
+        if not _finite(v):
+            return _cell(v)
+        lo, hi, n = row[f"{c}_ci_low"], row.get(f"{c}_ci_high"), row.get(f"{c}_n")
+        text = f"{_cell(v)} [{_cell(lo)}, {_cell(hi)}]" if _finite(lo) and _finite(hi) else f"{_cell(v)} [n/a]"
+        return text + (f" (n = {n})" if n is not None and n != row.get("runs") else "")
+    std = row.get(f"{c}_std")
+    if _finite(v) and _finite(std):
+        return f"{_cell(v)} ± {_cell(std)}"
+    return _cell(v)
+
+
 def table_view(rows: list[dict[str, Any]], identity: set[str]) -> dict[str, Any]:
-    """The table as the page shows it: ``x`` and ``x_std`` merged into one "mean ± std" cell, and,
-    when that still leaves more than :data:`MAX_COLUMNS` columns and there are fewer rows than
-    columns, transposed — one column per row, headed by its values of the ``identity``
-    columns (grid coordinates) and of its text columns."""
+    """The table as the page shows it: ``x`` and its ``x_std``, ``x_n``, ``x_ci_low``, ``x_ci_high``
+    merged into one cell (:func:`stat_cell`), and, when that still leaves more than
+    :data:`MAX_COLUMNS` columns and there are fewer rows than columns, transposed — one column per
+    row, headed by its values of the ``identity`` columns (grid coordinates) and of its text columns."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    shown = [c for c in columns if not (c.endswith("_std") and c.removesuffix("_std") in columns)]
-
-    def cell(row: dict[str, Any], c: str) -> str:
-        v, std = row.get(c, ""), row.get(f"{c}_std")
-        if isinstance(v, float) and isinstance(std, float) and not (math.isnan(v) or math.isnan(std)):
-            return f"{_cell(v)} ± {_cell(std)}"
-        return _cell(v)
-
-    body = [[cell(r, c) for c in shown] for r in rows]
+    shown = [c for c in columns if not any(c.endswith(x) and c.removesuffix(x) in columns for x in STAT_SUFFIXES)]
+    body = [[stat_cell(r, c) for c in shown] for r in rows]
     if len(shown) <= MAX_COLUMNS or len(rows) >= len(shown):
         return {"pivoted": False, "columns": shown, "rows": body}
     keys = [c for c in shown if c in identity or all(isinstance(r.get(c), str) for r in rows)] or shown[:1]
@@ -104,7 +122,9 @@ def embedded(folder: Path, relative: str | None) -> dict[str, Any] | None:
 
 
 def setting_of(record: RunRecord) -> tuple:
-    return tuple((k, v) for k, v in record.params.items() if k not in IMAGE_AXES)
+    """A run's setting: its grid coordinates but the image's (a list or mapping as its JSON text)."""
+    return tuple((k, json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v)
+                 for k, v in record.params.items() if k not in IMAGE_AXES)
 
 
 def setting_labels(settings: list[tuple]) -> list[str]:
@@ -167,7 +187,8 @@ def write_report(folder: Path) -> Path:
             subtitle=f"preset {preset} · {len(records)} of {len(planned)} runs finished",
             description=(type(study).__doc__ or "").strip(),
             table=table_view(rows, identity),
-            notes=study.notes() + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
+            notes=study.notes() + ([CI_NOTE] if any(k.endswith("_ci_low") for r in rows for k in r) else [])
+            + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
             figures=figures,
             grid=settings_grid(folder, records),
             settings=json.dumps(study.settings.model_dump(mode="json"), indent=2),

@@ -10,6 +10,12 @@ Several processes may work on one study: before a run starts, its process *claim
 died (its pid is gone on this host) or that is older than ``stale_after`` seconds may be taken over,
 so a killed study never blocks the next one. A database is opened for reading without changing it:
 a file that is not a fedleak results database is refused, not converted.
+
+A run that raised is *failed*: a row in ``failures`` with its one-line error and how often it was
+tried, so a study goes on with its other runs and ``fedleak runs list --failed`` shows what went
+wrong. A failed run has no row in ``runs``, so a later invocation (an owner that started after the
+failure) claims and retries it; the invocations that saw it fail do not loop on it. Databases made
+before ``failures`` existed are read as they are (no failures) and gain the table on their next write.
 """
 
 from __future__ import annotations
@@ -55,13 +61,24 @@ CREATE TABLE IF NOT EXISTS claims (
     pid INTEGER NOT NULL,
     since REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    study TEXT NOT NULL,
+    name TEXT NOT NULL,
+    params TEXT NOT NULL,
+    config TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed REAL NOT NULL
+);
 """
 RUN_COLUMNS = ("key", "study", "name", "params", "config", "seed", "metrics", "artifacts", "seconds", "finished")
 STALE_AFTER = 24 * 3600.0  # a claim older than this is taken over even when its owner cannot be checked
 
 
 def run_key(study: str, config: dict[str, Any]) -> str:
-    """A stable id of a run: the study and its fully specified config, hashed."""
+    """A stable id of a run: the study and its fully specified config, hashed (the caller leaves out
+    what only says where things lie, such as ``data.root``: see :meth:`fedleak.pipeline.RunSpec.key`)."""
     text = json.dumps({"study": study, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -80,13 +97,29 @@ class RunRecord:
     finished: float = 0.0
 
 
+@dataclass
+class Failure:
+    """A run that raised: its coordinates, config and one-line error, and how often it was tried."""
+
+    key: str
+    study: str
+    name: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+    error: str
+    attempts: int = 1
+    failed: float = 0.0
+
+
 @dataclass(frozen=True)
 class Owner:
-    """Who holds a claim: a process on a host, with a token unique to this study invocation."""
+    """Who holds a claim: a process on a host, with a token unique to this study invocation and the
+    time the invocation started (failures recorded since then are not retried by it)."""
 
     host: str
     pid: int
     token: str
+    started: float = field(default_factory=time.time, compare=False)
 
     @classmethod
     def me(cls) -> Owner:
@@ -94,11 +127,13 @@ class Owner:
 
 
 class Claim(Enum):
-    """What :meth:`ResultsDB.claim` found: the run is finished, now ours, or another's."""
+    """What :meth:`ResultsDB.claim` found: the run is finished, now ours, another's, or failed
+    during this invocation (this one or another process sharing the folder tried it)."""
 
     DONE = "done"
     MINE = "mine"
     BUSY = "busy"
+    FAILED = "failed"
 
 
 def _process_alive(pid: int) -> bool:
@@ -166,6 +201,19 @@ def _record(row: tuple, path: Path) -> RunRecord:
         raise FedleakError(f"results database {path}: run {str(key)[:40]!r} is corrupt (a field of the wrong type)")
     return RunRecord(key=key, study=row[1], name=row[2], params=params, config=config, seed=row[5],
                      metrics=metrics, artifacts=artifacts, seconds=float(row[8]), finished=float(row[9]))
+
+
+def _failure(row: tuple, path: Path) -> Failure:
+    """A ``failures`` row as a :class:`Failure`; a damaged row is one clear error."""
+    try:
+        params, config = json.loads(row[3]), json.loads(row[4])
+        ok = isinstance(params, dict) and isinstance(config, dict) and all(isinstance(row[i], str) for i in (0, 1, 2, 5))
+    except (json.JSONDecodeError, TypeError):
+        ok = False
+    if not ok or not isinstance(row[6], int) or not isinstance(row[7], (int, float)):
+        raise FedleakError(f"results database {path}: failed run {str(row[0])[:40]!r} is corrupt")
+    return Failure(key=row[0], study=row[1], name=row[2], params=params, config=config, error=row[5],
+                   attempts=row[6], failed=float(row[7]))
 
 
 class ResultsDB:
@@ -264,11 +312,15 @@ class ResultsDB:
 
     @_guarded
     def claim(self, key: str, owner: Owner, stale_after: float = STALE_AFTER) -> Claim:
-        """Claim run ``key`` for ``owner`` unless it is finished or held by a live other owner (a
-        dead owner's claim, or one older than ``stale_after`` seconds, is taken over)."""
+        """Claim run ``key`` for ``owner`` unless it is finished, failed since ``owner`` started, or
+        held by a live other owner (a dead owner's claim, or one older than ``stale_after`` seconds,
+        is taken over)."""
         with self._write():
             if self.conn.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone():
                 return Claim.DONE
+            failed = self.conn.execute("SELECT failed FROM failures WHERE key = ?", (key,)).fetchone()
+            if failed and failed[0] >= owner.started:
+                return Claim.FAILED
             held = self.conn.execute("SELECT owner, host, pid, since FROM claims WHERE key = ?", (key,)).fetchone()
             now = time.time()
             if held and held[0] != owner.token and now - held[3] < stale_after \
@@ -280,10 +332,48 @@ class ResultsDB:
 
     @_guarded
     def finish(self, record: RunRecord, owner: Owner) -> None:
-        """Store a claimed run and drop its claim, in one commit."""
+        """Store a claimed run and drop its claim (and an earlier failure of it), in one commit."""
         with self._write():
             self._insert(record)
             self.conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (record.key, owner.token))
+            self.conn.execute("DELETE FROM failures WHERE key = ?", (record.key,))
+
+    @_guarded
+    def fail(self, failure: Failure, owner: Owner) -> Failure:
+        """Record that a claimed run raised (counting the attempt) and drop its claim, in one commit;
+        returns the stored failure."""
+        with self._write():
+            before = self.conn.execute("SELECT attempts FROM failures WHERE key = ?", (failure.key,)).fetchone()
+            failure.attempts = (before[0] if before else 0) + 1
+            failure.failed = time.time()
+            self.conn.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (failure.key, failure.study, failure.name, json.dumps(failure.params), json.dumps(failure.config),
+                 failure.error, failure.attempts, failure.failed))
+            self.conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (failure.key, owner.token))
+        return failure
+
+    @_guarded
+    def failures(self, study: str | None = None) -> list[Failure]:
+        """The failed runs (none in a database made before failures were recorded)."""
+        if "failures" not in self._tables():
+            return []
+        query = "SELECT * FROM failures" + (" WHERE study = ?" if study else "") + " ORDER BY failed"
+        return [_failure(r, self.path) for r in self.conn.execute(query, (study,) if study else ()).fetchall()]
+
+    @_guarded
+    def rekey(self, moves: Iterable[tuple[str, str, dict[str, str]]]) -> int:
+        """Give finished runs new keys (and artifact paths): ``(old, new, artifacts)`` each, in one
+        commit; a move whose new key is already taken is skipped. Returns how many moved."""
+        moved = 0
+        with self._write():
+            for old, new, artifacts in moves:
+                if self.conn.execute("SELECT 1 FROM runs WHERE key = ?", (new,)).fetchone():
+                    continue
+                moved += self.conn.execute("UPDATE runs SET key = ?, artifacts = ? WHERE key = ?",
+                                           (new, json.dumps(artifacts), old)).rowcount
+                self.conn.execute("DELETE FROM claims WHERE key = ?", (old,))
+        return moved
 
     @_guarded
     def release(self, owner: Owner) -> None:
@@ -304,6 +394,8 @@ class ResultsDB:
             gone = [k for (k,) in self.conn.execute("SELECT key FROM runs") if k not in keep]
             self.conn.executemany("DELETE FROM runs WHERE key = ?", [(k,) for k in gone])
             self.conn.executemany("DELETE FROM claims WHERE key = ?", [(k,) for k in gone])
+            self.conn.executemany("DELETE FROM failures WHERE key = ?",
+                                  [(k,) for (k,) in self.conn.execute("SELECT key FROM failures") if k not in keep])
         return gone
 
     @_guarded
@@ -323,6 +415,15 @@ class ResultsDB:
             raise FedleakError(f"no run {key[:40]!r} in {self.path}" if not found else
                                f"{key!r} matches {len(found)} runs; give more characters")
         return found[0]
+
+    def to_json(self, study: str | None = None) -> str:
+        """Every run (key, study, name, seed, parameters, config, metrics, artifacts, seconds,
+        finished) and every failed run, as one JSON document."""
+        import dataclasses
+
+        return json.dumps({"runs": [dataclasses.asdict(r) for r in self.records(study)],
+                           "failed": [dataclasses.asdict(f) for f in self.failures(study)]},
+                          indent=1, default=str) + "\n"
 
     def to_csv(self, study: str | None = None) -> str:
         """One line per run: key, study, name, seed, its parameters and scalar metrics as columns."""

@@ -1,13 +1,25 @@
-"""Aggregation helpers shared by the studies: group stored runs and summarise their metrics."""
+"""Aggregation helpers shared by the studies: group stored runs and summarise their metrics.
+
+Every summarised metric gets the columns ``m`` (mean), ``m_std`` (sample standard deviation),
+``m_n`` (how many runs had a value: LPIPS without weights, say, has none) and ``m_ci_low`` /
+``m_ci_high``, a 95 % confidence interval of the mean from Student's t distribution
+(mean ± t₀.₉₇₅,ₙ₋₁ · s/√n). One run gives no interval (NaN, shown as n/a): a reader should see that
+a single number carries no error bar, not a zero-width one. Rates (a fraction of successes) get a
+Wilson score interval instead (:func:`proportion`).
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fedleak.store import RunRecord
+
+CONFIDENCE = 0.95
+STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")  # the columns beside a metric's mean
 
 
 def value(record: RunRecord, key: str) -> Any:
@@ -15,30 +27,101 @@ def value(record: RunRecord, key: str) -> Any:
     return record.params[key] if key in record.params else record.metrics.get(key)
 
 
+def _finite(values: Iterable[Any]) -> list[float]:
+    """The numbers among ``values`` (``None``, NaN, and non-numbers such as n/a dropped)."""
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isnan(v):
+            out.append(float(v))
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, spread and 95 % t-interval of a sample (NaN where undefined)."""
+
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+    def columns(self, name: str) -> dict[str, Any]:
+        return {name: self.mean, f"{name}_std": self.std, f"{name}_n": self.n,
+                f"{name}_ci_low": self.ci_low, f"{name}_ci_high": self.ci_high}
+
+
+def t_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> Summary:
+    """The sample's mean with a two-sided Student-t confidence interval; ``n < 2`` has none."""
+    from scipy.stats import t
+
+    vals = _finite(values)
+    n = len(vals)
+    if not n:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(vals)
+    if n == 1:
+        return Summary(1, mean, 0.0, math.nan, math.nan)
+    std = statistics.stdev(vals)
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+def stats(name: str, values: Iterable[Any]) -> dict[str, Any]:
+    """The table columns of one metric: mean, std, n and the 95 % interval."""
+    return t_interval(values).columns(name)
+
+
+def proportion(name: str, successes: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The table columns of a rate ``successes / n``: the rate, ``n`` and its Wilson score interval
+    (which, unlike the normal approximation, stays inside [0, 1] and is sensible for small n)."""
+    if n <= 0:
+        return {name: math.nan, f"{name}_n": 0, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan}
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return {name: p, f"{name}_n": n, f"{name}_ci_low": max(0.0, center - half),
+            f"{name}_ci_high": min(1.0, center + half)}
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return float("nan"), float("nan")
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    s = t_interval(values)
+    return s.mean, s.std
 
 
 def group(records: Sequence[RunRecord], by: Sequence[str]) -> dict[tuple, list[RunRecord]]:
     """Records grouped by the values of ``by``, groups in the order they first appear."""
     groups: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        groups.setdefault(tuple(value(r, k) for k in by), []).append(r)
+        groups.setdefault(tuple(_hashable(value(r, k)) for k in by), []).append(r)
     return groups
+
+
+def _hashable(v: Any) -> Any:
+    """Grid values may be lists or mappings (e.g. ``model.options``): group them by their JSON text."""
+    if isinstance(v, (list, dict)):
+        import json
+
+        return json.dumps(v, sort_keys=True)
+    return v
 
 
 def summarize(records: Sequence[RunRecord], by: Sequence[str], metrics: Sequence[str],
               extra: Callable[[list[RunRecord]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per group: the ``by`` values, ``runs``, and mean and standard deviation of each metric."""
+    """One row per group: the ``by`` values, ``runs`` (n), and each metric's mean, standard
+    deviation, count and 95 % confidence interval (see the module docstring)."""
     rows = []
     for key, members in group(records, by).items():
         row: dict[str, Any] = dict(zip(by, key))
         row["runs"] = len(members)
         for m in metrics:
-            row[m], row[f"{m}_std"] = mean_std(value(r, m) for r in members)
+            row.update(stats(m, (value(r, m) for r in members)))
         if extra is not None:
             row.update(extra(members))
         rows.append(row)

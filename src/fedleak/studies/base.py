@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedleak.registry import Registry
 from fedleak.store import RunRecord
@@ -40,6 +40,15 @@ class StudySettings(BaseModel):
     attack: dict[str, Any] = Field(default_factory=lambda: {"name": "ig", "iterations": 300})
     client: dict[str, Any] = Field(default_factory=dict, description="client section overrides")
     knowledge: dict[str, Any] = Field(default_factory=dict, description="knowledge section overrides")
+    device: str = Field("auto", description="where every run computes: auto | cpu | cuda | cuda:N | mps "
+                        "(resolved by each run and recorded in its metrics)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from fedleak.device import check_device
+
+        return check_device(v)
     client_seed: int | None = Field(None, description="derive every run's private client seed from this "
                                     "(reproducible studies); unset: each run draws a fresh one, recorded in its metrics")
 
@@ -61,6 +70,7 @@ class StudySettings(BaseModel):
             # Where the data lies is no coordinate: the same study elsewhere gets the same seeds.
             coordinates = {k: v for k, v in flags.items() if k != "data.root"}
             flags["client.seed"] = self.derived_seed(self.client_seed, coordinates)
+        flags["device"] = self.device  # where, not what: no coordinate, so no part of the derived seed
         return flags
 
     @staticmethod

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from fedleak.metrics.classify import classify, recognition_rates
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import group, mean_std
+from fedleak.studies.aggregate import group, proportion, stats
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
 
 
@@ -55,11 +55,14 @@ def rate_rows(records: list[RunRecord], by: list[str], prefix: str = "") -> list
     for key, members in group(records, by).items():
         cls = [r.metrics[prefix or "classification"] for r in members]
         row: dict[str, Any] = dict(zip(by, key))
-        row.update(recognition_rates([(c["recon_correct"], c["original_correct"]) for c in cls]))
-        row["confidence"], row["confidence_std"] = mean_std(v for c in cls for v, ok in
-                                                            zip(c["recon_confidence"], c["recon_correct"]) if ok)
-        row["psnr"], row["psnr_std"] = mean_std(r.metrics["psnr"] for r in members)
-        row["ssim"], _ = mean_std(r.metrics["ssim"] for r in members)
+        groups = [(c["recon_correct"], c["original_correct"]) for c in cls]
+        row.update(recognition_rates(groups))
+        recons = [ok for corrects, _ in groups for ok in corrects]  # the rates with their Wilson intervals
+        row.update(proportion("rate_a", sum(recons), len(recons)))
+        row.update(proportion("rate_b", sum(any(c) for c, _ in groups), len(groups)))
+        row.update(stats("confidence", (v for c in cls for v, ok in zip(c["recon_confidence"], c["recon_correct"]) if ok)))
+        row.update(stats("psnr", (r.metrics["psnr"] for r in members)))
+        row.update(stats("ssim", (r.metrics["ssim"] for r in members)))
         rows.append(row)
     return rows
 

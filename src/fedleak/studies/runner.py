@@ -1,8 +1,14 @@
-"""Run a study: plan its grid, skip what the results database already holds, run the rest with one
-overall progress bar, then build the report. Each finished run is committed on its own, so a crash
-or Ctrl-C loses nothing finished and re-running resumes. Runs are claimed in the database before
-they start, so several processes on one folder share the grid instead of each doing all of it; the
-folder itself (one grid per folder) is :mod:`fedleak.studies.folder`."""
+"""Run a study: plan its grid, skip what the results database already holds, execute the rest on a
+backend (here, or as Ray tasks) with one overall progress bar, then build the report.
+
+Only this driver writes the folder: every run is a :class:`~fedleak.pipeline.RunSpec` executed by the
+backend, and each outcome is committed on its own as it arrives — its images written, then its row —
+so a crash, a SIGKILL or Ctrl-C loses nothing finished and re-running resumes without redoing it.
+Runs are claimed in the database before they are handed over, so several drivers on one folder share
+the grid instead of each doing all of it. A run that raises is recorded as failed with its one-line
+error and the others go on; the next invocation retries it. The folder itself (one grid per folder)
+is :mod:`fedleak.studies.folder`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import copy
 import functools
 import shutil
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +27,13 @@ from tqdm.auto import tqdm
 
 from fedleak.config import RunConfig, apply_override, build_config, describe_validation_error, parse_override, read_yaml
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.registry import Registry
-from fedleak.store import Claim, Owner, ResultsDB, RunRecord, locked, run_key, write_atomically
+from fedleak.pipeline import RUN_KINDS, Outcome, RunSpec
+from fedleak.store import Claim, Failure, Owner, ResultsDB, RunRecord, locked, run_key, write_atomically
+from fedleak.studies.backends import Backend, LocalBackend
 from fedleak.studies.base import STUDIES, PlannedRun, Study
 from fedleak.studies.folder import DB_NAME, STUDY_FILE, create, prepare, read_meta, study_meta, write_meta
 
-RunKind = Callable[[Study, PlannedRun, RunConfig, Path, Callable, bool], tuple[dict[str, Any], dict[str, str]]]
-RUN_KINDS: Registry[RunKind] = Registry("run kind")
+__all__ = ["RUN_KINDS", "Planned", "StudyOutcome", "build_study", "load_study", "plan", "preflight", "run_study"]
 
 
 def build_study(name: str, preset: str = "cpu", file: str | Path | None = None,
@@ -50,16 +57,26 @@ def build_study(name: str, preset: str = "cpu", file: str | Path | None = None,
 class Planned:
     run: PlannedRun
     config: RunConfig
-    key: str
+    spec: RunSpec
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
 
 
 def plan(study: Study) -> list[Planned]:
-    """Every run with its validated config and database key (all checked before any work)."""
+    """Every run with its validated config and run spec (all checked before any work)."""
+    settings = study.settings.model_dump(mode="json")
     planned = []
     for run in study.plan():
         config = build_config(flags=run.flags)
-        tree = {"kind": run.kind, "config": config.model_dump(mode="json"), "extra": run.extra}
-        planned.append(Planned(run, config, run_key(study.name, tree)))
+        spec = RunSpec(config=config.model_dump(mode="json"), study=study.name, settings=settings, name=run.name,
+                       params=run.params, kind=run.kind, extra=run.extra, flags=run.flags)
+        planned.append(Planned(run, config, spec))
+    keys = [p.key for p in planned]
+    if len(set(keys)) != len(keys):
+        twice = next(p.run.name for p in planned if keys.count(p.key) > 1)
+        raise ConfigError(f"the grid holds the same run twice ({twice}): its settings repeat a value")
     return planned
 
 
@@ -74,6 +91,7 @@ def preflight(planned: list[Planned], loader: Callable) -> None:
     seen: set[str] = set()
     for p in planned:
         c = p.config
+        RUN_KINDS.get(p.run.kind)
         checks = {
             f"data:{c.data.model_dump_json()}:{split}": functools.partial(
                 loader, c.data.name, c.data.root, split=split, image_size=c.data.image_size,
@@ -101,18 +119,23 @@ class StudyOutcome:
     seconds: float
     hints: list[str] = field(default_factory=list)  # e.g. what LPIPS weights to place where
     elsewhere: int = 0  # runs another process sharing the folder finished meanwhile
+    failed: list[Failure] = field(default_factory=list)  # runs that raised in this invocation
+    backend: str = "local"
 
 
 def run_study(study: Study, preset: str, out: Path, progress: bool = True, detail: bool = False,
-              force: bool = False) -> StudyOutcome:
-    """Run every planned run not yet in ``out``'s database, then write the report.
+              force: bool = False, backend: Backend | None = None) -> StudyOutcome:
+    """Run every planned run not yet in ``out``'s database on ``backend`` (default: here, one after
+    another), then write the report.
 
     Everything that can be checked is checked before ``out`` is touched: the settings, every run's
     data, model and attack (:func:`preflight`), and that ``out`` is new or holds this same grid
-    (another grid only with ``force``, which keeps just the runs of this one). Runs are claimed in
-    the database before they start, so several processes on one folder share the grid; each waits
-    for the others' runs and writes the complete report. A study that fails before any run of it is
-    committed removes the folder it created."""
+    (another grid only with ``force``, which keeps just the runs of this one; the same grid with its
+    data somewhere else is the same grid). Runs are claimed in the database before they start, so
+    several processes on one folder share the grid; each waits for the others' runs and writes the
+    complete report. A run that raises is recorded as failed (:attr:`StudyOutcome.failed`) and the
+    others go on. A study that fails before any run of it is recorded, or whose every run fails,
+    removes the folder it created (the latter raises a :class:`FedleakError` with the first error)."""
     from fedleak.data import load_dataset
     from fedleak.report.study import write_report
 
@@ -121,91 +144,189 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
     loader = functools.lru_cache(maxsize=4)(load_dataset)
     preflight(planned, loader)
     meta = study_meta(study.name, preset, study.settings.model_dump(mode="json"))
-    created = prepare(out, meta, force)
-    if created and not create(out, meta):  # another process made it just now: it must hold this grid
-        created = prepare(out, meta, force)
+    created = prepare(out, _as_stored(out, meta, type(study)), force)
+    backend = backend or LocalBackend()
     owner = Owner.me()
     try:
+        backend.start(loader)  # e.g. joining a cluster: before any folder is made
+        if created and not create(out, meta):  # another process made it just now: it must hold this grid
+            created = prepare(out, _as_stored(out, meta, type(study)), force)
         out.mkdir(parents=True, exist_ok=True)
         with ResultsDB(out / DB_NAME) as db:
+            _adopt_old_keys(db, study, planned, out)
             if force:
                 for key in db.keep_only(p.key for p in planned):
                     shutil.rmtree(out / "runs" / key, ignore_errors=True)
             write_meta(out, meta)
-            counts, hints = _run_pending(study, planned, out, db, owner, loader, progress, detail)
+            counts, hints, failed = _run_pending(study, planned, out, db, owner, backend, progress, detail)
     except BaseException:
         if created:
             _remove_if_unused(out, owner)
         raise
+    finally:
+        backend.close()
+    if created and failed and not counts["ran"] and _remove_if_unused(out, owner, failures_count=False):
+        first = failed[0]
+        raise FedleakError(f"every run failed, so {str(out)!r} was not kept (first: {first.name}: {first.error})")
     with locked(out):  # processes sharing the folder finish at about the same time: one writes at a time
         write_report(out)
     return StudyOutcome(out, len(planned), counts["ran"], counts["skipped"], time.perf_counter() - start,
-                        hints, counts["elsewhere"])
+                        hints, counts["elsewhere"], failed, backend.describe())
+
+
+def _as_stored(out: Path, meta: dict[str, Any], cls: type[Study]) -> dict[str, Any]:
+    """``meta`` as the folder would compare it: where the folder's ``study.json`` differs from it
+    only in settings that say where things lie or run (:attr:`Study.locations`: the data root, the
+    device), those
+    take the folder's values — moving the data is no other grid; the new values are written after."""
+    try:
+        old = read_meta(out)
+    except (FedleakError, OSError):
+        return meta
+    stored = copy.deepcopy(meta)
+    for dotted in getattr(cls, "locations", ("root", "device")):
+        *parents, leaf = dotted.split(".")
+        new_node, old_node = stored.get("settings"), old.get("settings")
+        for part in parents:
+            new_node = new_node.get(part) if isinstance(new_node, dict) else None
+            old_node = old_node.get(part) if isinstance(old_node, dict) else None
+        if isinstance(new_node, dict) and isinstance(old_node, dict):
+            if leaf in old_node:
+                new_node[leaf] = old_node[leaf]
+            else:  # a folder written before the setting existed
+                new_node.pop(leaf, None)
+    return stored
+
+
+def _legacy_keys(records: list[RunRecord], study: Study, planned: list[Planned]) -> dict[str, Planned]:
+    """Old key → planned run, for the records of a database written before keys left ``data.root``
+    out. A record is matched only when its stored config, with its own data root put back into the
+    plan's, hashes to its old key exactly."""
+    known = {p.key for p in planned}
+    by_name = {p.run.name: p for p in planned}
+    found = {}
+    for record in records:
+        p = by_name.get(record.name)
+        if record.key in known or p is None:
+            continue
+        stored = record.config.get("data")
+        config = copy.deepcopy(p.spec.config)
+        config["data"]["root"] = stored.get("root") if isinstance(stored, dict) else None
+        if run_key(study.name, {"kind": p.spec.kind, "config": config, "extra": p.spec.extra}) == record.key:
+            found[record.key] = p
+    return found
+
+
+def _adopt_old_keys(db: ResultsDB, study: Study, planned: list[Planned], out: Path) -> None:
+    """Give the runs of an older database (:func:`_legacy_keys`) the keys they have now — folder
+    ``runs/<key>`` and artifact paths too — so resuming such a study redoes nothing."""
+    records = db.records(study.name)
+    by_key = {r.key: r for r in records}
+    moves = []
+    for old_key, p in _legacy_keys(records, study, planned).items():
+        old, new = out / "runs" / old_key, out / "runs" / p.key
+        if old.is_dir() and not new.exists():
+            old.rename(new)
+        artifacts = {k: v.replace(f"runs/{old_key}/", f"runs/{p.key}/", 1) for k, v in by_key[old_key].artifacts.items()}
+        moves.append((old_key, p.key, artifacts))
+    if moves:
+        db.rekey(moves)
 
 
 POLL_SECONDS = 1.0  # how often a process waiting for another's runs looks again
 
 
-def _run_pending(study: Study, planned: list[Planned], out: Path, db: ResultsDB, owner: Owner,
-                 loader: Callable, progress: bool, detail: bool) -> tuple[dict[str, int], list[str]]:
-    """Claim and run each unfinished run; runs another live process holds are waited for."""
-    pending = [p for p in planned if not db.has(p.key)]
+def _run_pending(study: Study, planned: list[Planned], out: Path, db: ResultsDB, owner: Owner, backend: Backend,
+                 progress: bool, detail: bool) -> tuple[dict[str, int], list[str], list[Failure]]:
+    """Claim each unfinished run and hand it to the backend, keeping at most ``backend.capacity`` in
+    flight; commit outcomes as they arrive. Runs another live process holds are waited for."""
+    pending = deque(p for p in planned if not db.has(p.key))
     counts = {"ran": 0, "skipped": len(planned) - len(pending), "elsewhere": 0}
     hints: dict[str, None] = {}
+    failed: list[Failure] = []
+    in_flight: dict[Hashable, Planned] = {}
+    waiting: list[Planned] = []
     with tqdm(total=len(planned), initial=counts["skipped"], disable=not progress, desc=study.name,
               unit="run") as bar:
         try:
-            while pending:
-                waiting = []
-                for p in pending:
+            while pending or in_flight or waiting:
+                while pending and len(in_flight) < backend.capacity:
+                    p = pending.popleft()
                     state = db.claim(p.key, owner)
                     if state is Claim.BUSY:
                         waiting.append(p)
-                        continue
-                    if state is Claim.MINE:
-                        bar.set_postfix_str(p.run.name, refresh=True)
-                        metrics = _run_one(study, p, out, db, owner, loader, detail)
-                        hints.update(dict.fromkeys(metrics.get("hints", [])))
-                    counts["ran" if state is Claim.MINE else "elsewhere"] += 1
-                    bar.update(1)
-                pending = waiting
-                if pending:
-                    bar.set_postfix_str(f"waiting for {len(pending)} runs of another process", refresh=True)
+                    elif state is Claim.MINE:
+                        in_flight[backend.submit(p.spec, detail)] = p
+                    else:  # finished, or failed meanwhile, by another process sharing the folder
+                        counts["elsewhere"] += int(state is Claim.DONE)
+                        bar.update(1)
+                if in_flight:
+                    names = [q.run.name for q in in_flight.values()]
+                    bar.set_postfix_str(names[0] if len(names) == 1 else f"{len(names)} running", refresh=True)
+                    for ticket, outcome in backend.collect(timeout=POLL_SECONDS if waiting else None):
+                        p = in_flight.pop(ticket)
+                        if outcome.ok:
+                            _commit(study, p, outcome, out, db, owner)
+                            hints.update(dict.fromkeys(outcome.metrics.get("hints", [])))
+                            counts["ran"] += 1
+                        else:
+                            failed.append(db.fail(Failure(p.key, study.name, p.run.name, p.run.params,
+                                                          p.spec.config, outcome.error or "failed"), owner))
+                        bar.update(1)
+                elif waiting:
+                    bar.set_postfix_str(f"waiting for {len(waiting)} runs of another process", refresh=True)
                     time.sleep(POLL_SECONDS)
+                if waiting and not pending:  # look at the other process's runs again
+                    pending.extend(waiting)
+                    waiting.clear()
         finally:
             try:
                 db.release(owner)
             except FedleakError:  # best effort: a dead owner's claims are taken over anyway
                 pass
-    return counts, list(hints)
+    return counts, list(hints), failed
 
 
-def _run_one(study: Study, p: Planned, out: Path, db: ResultsDB, owner: Owner, loader: Callable,
-             detail: bool) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    metrics, artifacts = RUN_KINDS.get(p.run.kind)(study, p.run, p.config, out / "runs" / p.key, loader, detail)
+def _commit(study: Study, p: Planned, outcome: Outcome, out: Path, db: ResultsDB, owner: Owner) -> None:
+    """Write a finished run's files (its folder appears whole or not at all), then its row."""
+    artifacts = {}
+    if outcome.artifacts:
+        folder = out / "runs" / p.key
+
+        def fill(tmp: Path) -> None:
+            for name, data in outcome.artifacts.items():
+                if Path(name).name != name or name.startswith("."):
+                    raise FedleakError(f"run {p.run.name}: artifact name {name!r} is not a plain file name")
+                (tmp / name).write_bytes(data)
+                artifacts[Path(name).stem] = f"runs/{p.key}/{name}"
+
+        write_atomically(folder, fill)
+    metrics = dict(outcome.metrics)
+    metrics["ran_on"] = {"host": outcome.host, "pid": outcome.pid}
     db.finish(RunRecord(key=p.key, study=study.name, name=p.run.name, params=p.run.params,
-                        config=p.config.model_dump(mode="json"), seed=p.config.seed, metrics=metrics,
-                        artifacts=artifacts, seconds=time.perf_counter() - t0), owner)
-    return metrics
+                        config=p.spec.config, seed=p.config.seed, metrics=metrics,
+                        artifacts=artifacts, seconds=outcome.seconds), owner)
 
 
-def _remove_if_unused(out: Path, owner: Owner) -> None:
-    """Remove the folder this study created if it holds no finished run and no other process's
-    claim — nothing of value: a failed or interrupted first attempt leaves no empty study behind."""
+def _remove_if_unused(out: Path, owner: Owner, failures_count: bool = True) -> bool:
+    """Remove the folder this study created if it holds no finished run (nor, with
+    ``failures_count``, a failed one) and no other process's claim — nothing of value: an
+    interrupted or wholly failed first attempt leaves no empty study behind. Returns whether it went."""
     if (out / DB_NAME).exists():
         try:
             with ResultsDB(out / DB_NAME) as db:
-                if db.count() or db.busy_elsewhere(owner):
-                    return
+                if db.count() or (failures_count and db.failures()) or db.busy_elsewhere(owner):
+                    return False
         except FedleakError:  # a database this call could not even set up holds nothing
             pass
     shutil.rmtree(out, ignore_errors=True)
+    return True
 
 
 def load_study(folder: Path) -> tuple[Study, str, list[Planned], list[RunRecord]]:
-    """Re-create a study from its folder and pick its planned runs' records from the database.
-    The folder is read as a file someone else made: anything damaged is one :class:`FedleakError`."""
+    """Re-create a study from its folder and pick its planned runs' records from the database, in
+    plan order (whatever order a backend finished them in). The folder is read as a file someone
+    else made: anything damaged is one :class:`FedleakError`."""
     if not (folder / STUDY_FILE).is_file() or not (folder / DB_NAME).is_file():
         raise ConfigError(f"{str(folder)!r} is not a study folder (no {STUDY_FILE} and {DB_NAME})")
     meta = read_meta(folder)
@@ -216,35 +337,17 @@ def load_study(folder: Path) -> tuple[Study, str, list[Planned], list[RunRecord]
         raise ConfigError(f"{folder / STUDY_FILE}: {describe_validation_error(exc, prefix='settings.')}") from None
     planned = plan(study)
     with ResultsDB(folder / DB_NAME, create=False) as db:
-        by_key = {r.key: r for r in db.records(study.name)}
+        stored = db.records(study.name)
+    by_key = {r.key: r for r in stored}
+    for old_key, p in _legacy_keys(stored, study, planned).items():  # an older database, read as it is
+        by_key.setdefault(p.key, by_key[old_key])
     records = [by_key[p.key] for p in planned if p.key in by_key]
     return study, meta["preset"], planned, records
 
 
-def save_images(folder: Path, result: Any) -> dict[str, str]:
-    """Originals and their matched reconstructions as PNG files; returns their relative paths."""
-    from fedleak.report.grid import image_grid, png_bytes
+def failures_summary(failed: list[Failure], folder: Path, limit: int = 1) -> str:
+    """One line about the runs that failed: how many, the first error(s), what to do."""
+    first = "; ".join(f"{f.name}: {f.error}" for f in failed[:limit])
+    return (f"{len(failed)} run{'s' if len(failed) != 1 else ''} failed (first: {first}); "
+            f"`fedleak runs list {folder} --failed` lists them, running the study again retries them")
 
-    matched = result.reconstruction.images[result.evaluation.order]
-    paths = {}
-
-    def fill(tmp: Path) -> None:  # the folder appears whole or not at all
-        for i in range(len(matched)):
-            for kind, image in (("original", result.truth.images[i]), ("reconstruction", matched[i])):
-                name = f"{kind}-{i}.png"
-                (tmp / name).write_bytes(png_bytes(image_grid([image[None]], scale=4, pad=0)))
-                paths[f"{kind}-{i}"] = f"runs/{folder.name}/{name}"
-
-    write_atomically(folder, fill)
-    return paths
-
-
-@RUN_KINDS.register("attack")
-def attack_run(study: Study, run: PlannedRun, config: RunConfig, folder: Path, loader: Callable,
-               detail: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    from fedleak.pipeline import run as run_attack
-
-    result = run_attack(config, progress=detail, loader=loader)
-    metrics = result.metrics()
-    metrics.update(study.measure(result, run))
-    return metrics, save_images(folder, result)

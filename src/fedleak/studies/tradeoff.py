@@ -1,23 +1,20 @@
 """Privacy against utility under additive noise (``dp-tradeoff``): for each SNR, the test accuracy after
 FedAvg training with that noise on every client update, beside how well an attack reconstructs one
-client's images from an update with the same noise."""
+client's images from an update with the same noise. (The ``fl-train`` run kind that trains is in
+:mod:`fedleak.pipeline`, beside ``attack``.)"""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 
-from fedleak.config import RunConfig
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import mean_std, summarize, value
+from fedleak.studies.aggregate import stats, summarize, value
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
-from fedleak.studies.runner import RUN_KINDS
 from fedleak.studies.sweeps import image_runs, quality
 
 NO_NOISE = "inf"
@@ -89,9 +86,9 @@ class TradeoffStudy(Study):
         rows = summarize(leakage, ["snr_db"], quality(leakage))
         for row in rows:
             runs = [r for r in utility if r.params["snr_db"] == row["snr_db"]]
-            row["test_accuracy"], row["test_accuracy_std"] = mean_std(value(r, "test_accuracy") for r in runs)
+            row.update(stats("test_accuracy", (value(r, "test_accuracy") for r in runs)))
             # The last rounds' mean: one round's accuracy can swing by several points.
-            row["accuracy_last3"], _ = mean_std(statistics.fmean(r.metrics["accuracy_per_round"][-3:]) for r in runs)
+            row.update(stats("accuracy_last3", (statistics.fmean(r.metrics["accuracy_per_round"][-3:]) for r in runs)))
         return rows
 
     def figures(self) -> list[Figure]:
@@ -122,30 +119,3 @@ class TradeoffStudy(Study):
                 f"{s.rounds} rounds of {s.local_epochs} local epoch(s) (lr {s.fl_lr}, batch {s.fl_batch_size}); "
                 f"accuracy on {s.test_images} test images. Leakage: the attack on one client's update with the same "
                 f"noise (images {s.images})."]
-
-
-@RUN_KINDS.register("fl-train")
-def fl_train_run(study: Study, run: PlannedRun, config: RunConfig, folder: Path, loader: Callable,
-                 detail: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """FedAvg training of the configured model with the run's defense; returns its test accuracy."""
-    from fedleak.fl.federated import FederatedSettings, federated_train
-    from fedleak.pipeline import build_target, resolve_checkpoint
-
-    config, info = resolve_checkpoint(config)
-    d, x = config.data, run.extra
-    kwargs = dict(image_size=d.image_size, channels=d.channels, **d.options)
-    train = loader(d.name, d.root, split="train", **kwargs)
-    test = loader(d.name, d.root, split="test", **kwargs)
-    torch.manual_seed(config.seed)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    train_idx = sorted(pick[: x["train_images"]])
-    test_idx = list(range(min(x["test_images"], len(test))))
-    target = build_target(config, train, info)
-    settings = FederatedSettings(clients=x["fl_clients"], rounds=x["rounds"], local_epochs=x["local_epochs"],
-                                 lr=x["fl_lr"], batch_size=x["fl_batch_size"], defense=config.client.defense,
-                                 seed=config.seed)
-    history = federated_train(target.model, train.images(train_idx), train.label_of(train_idx),
-                              test.images(test_idx), test.label_of(test_idx), target.mean, target.std, settings,
-                              progress=detail)
-    return {"test_accuracy": history.final_accuracy, "accuracy_per_round": history.test_accuracy,
-            "fl_seconds": round(history.seconds, 3), "defense": config.client.defense}, {}

@@ -1,0 +1,1 @@
+"""A Flower app whose ServerApp audits what it receives with fedleak (see README.md)."""

@@ -1,0 +1,113 @@
+"""Any fedleak attack on the gradient a fishing server isolated (Wen et al., ICML 2022).
+
+Under class fishing (:mod:`fedleak.fl.modifications`) the update below the classifier is the gradient
+of the target-class images alone; the classifier's own rows still mix every image (the zeroed rows'
+weight gradients are (p_k − y_k)·features of all images), so they are left out. The classifier's
+target bias says how many target images stand behind the update: ∂L/∂b_target = (1/N) Σ_j (p_j − y_j)
+≈ −n/N with p ≈ 0. The inner attack (IG by default) then reconstructs those n images with their
+label known — the server chose it — from that isolated update, as if the client had sent a batch of
+n. The other observed images are not reconstructed; they come back as the mean colour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+
+from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
+from fedleak.attacks.base import build_attack, target_model
+from fedleak.attacks.labels import recover_labels
+from fedleak.attacks.optimization import to_unit_range
+from fedleak.device import payload_device
+from fedleak.errors import FedleakError
+from fedleak.fl.payload import Payload
+
+
+INNER = {"name": "ig", "iterations": 400}  # the inner attack unless the run names another
+
+
+class FishingAttackConfig(AttackConfig):
+    attack: dict[str, Any] = Field(default_factory=lambda: dict(INNER),
+                                   description="the attack run on the isolated gradient: name and its settings "
+                                   "(settings without a name add to the default, IG with 400 iterations)")
+
+    @field_validator("attack")
+    @classmethod
+    def _inner(cls, v: dict[str, Any]) -> dict[str, Any]:
+        v = {**INNER, **v} if "name" not in v else v
+        if v["name"] == "fishing":
+            raise ValueError("attack.attack must name another attack, e.g. {name: ig}")
+        build_attack(v["name"], {k: x for k, x in v.items() if k != "name"})  # its settings, checked now
+        return v
+
+
+def isolated_count(payload: Payload, bias_update: float) -> int:
+    """How many target-class images the classifier's target bias update stands for (at least 1): the
+    FedSGD gradient is −n/N; a FedAvg one-step Δ is lr times that (unless sent as Δ/lr)."""
+    h = payload.hyper
+    scale = h.lr if h.protocol == "fedavg" and h.update_scale == "delta" and h.lr else 1.0
+    n = round(-bias_update / scale * h.observed_images)
+    return int(min(max(n, 1), h.observed_images))
+
+
+def other_labels(payload: Payload, knowledge: AttackerKnowledge, target: int, n: int, rest: int) -> torch.Tensor:
+    """Labels for the ``rest`` images not reconstructed: the batch's recovered labels (known, or
+    Wainakh et al.'s count) with ``n`` copies of the target class taken out."""
+    try:
+        every = recover_labels(payload, knowledge, "auto").tolist()
+    except FedleakError:  # no class stands out: nothing better than the target class to say
+        every = []
+    for _ in range(n):
+        if target in every:
+            every.remove(target)
+    every = (every + [target] * rest)[:rest]
+    return torch.tensor(every, dtype=torch.long, device=payload_device(payload))
+
+
+@ATTACKS.register("fishing")
+class FishingAttack(Attack):
+    """Wen et al.'s fishing: an inner attack on the gradient of the isolated target class."""
+
+    Config = FishingAttackConfig
+    config: FishingAttackConfig
+    name = "fishing"
+
+    def run(
+        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
+    ) -> Reconstruction:
+        from fedleak.fl.modifications import Fishing, classifier_of
+        from fedleak.fl.server import modification_of
+
+        start = time.perf_counter()
+        fishing = modification_of(payload.hyper.server)
+        if not isinstance(fishing, Fishing):
+            raise FedleakError("the fishing attack needs a fishing server (--server fishing:target=C); "
+                               f"this payload's server is {payload.hyper.server!r}")
+        target = fishing.config.target
+        name, _ = classifier_of(target_model(payload, knowledge), knowledge.num_classes)
+        prefix = f"{name}." if name else ""
+        head = {prefix + "weight", prefix + "bias"}
+        if prefix + "bias" not in payload.update:
+            raise FedleakError(f"the update holds no gradient of the classifier's bias ({prefix}bias)")
+        n = isolated_count(payload, float(payload.update[prefix + "bias"][target]))
+        isolated = dataclasses.replace(
+            payload, update={k: v for k, v in payload.update.items() if k not in head},
+            hyper=dataclasses.replace(payload.hyper, batch_size=n, clients=1))
+        device = payload_device(payload)
+        told = dataclasses.replace(knowledge, labels=torch.full((n,), target, dtype=torch.long, device=device))
+        inner = build_attack(self.config.attack["name"], {k: v for k, v in self.config.attack.items() if k != "name"})
+        found = inner.run(isolated, told, seed=seed, progress=progress)
+        rest = payload.hyper.observed_images - n
+        shape = knowledge.input_shape
+        mean_colour = to_unit_range(torch.zeros(rest, *shape, device=device), knowledge.mean, knowledge.std)
+        return Reconstruction(
+            images=torch.cat([found.images, mean_colour]),
+            labels=torch.cat([found.labels, other_labels(payload, knowledge, target, n, rest)]),
+            matching_loss=found.matching_loss, restart_losses=found.restart_losses, iterations=found.iterations,
+            seconds=time.perf_counter() - start,
+            trace=[*found.trace, {"isolated_images": n, "target_class": target}],
+        )

@@ -1,0 +1,148 @@
+"""``leakage_gate``: a client mod that checks its own update before it leaves.
+
+After the ClientApp trained, the gate rebuilds what the server will see — the global arrays and
+train config it received, the arrays it is about to send — runs a short attack on it within a time
+budget, and scores the reconstruction against the client's own batch (which never leaves the
+node). The scores go into the reply's metrics (``fedleak-psnr``, ``fedleak-psnr-gain``,
+``fedleak-ssim``, ``fedleak-label-accuracy``, ``fedleak-risk``, ``fedleak-attack-seconds``), so the
+server's aggregated train metrics show them. With a ``threshold`` the gate refuses to send an update
+whose chosen score is above it: the reply becomes an error (``MOD_FAILED_PRECONDITION``), which
+Flower's strategies count as a failure and leave out of the aggregate. A gate that cannot score
+(no recorded batch, arrays that do not fit the model) refuses too: it fails closed.
+
+Mods run outermost first: list the gate first (``ClientApp(mods=[gate, obfuscation])``) so that it
+scores the update as it finally leaves, after any defense mod. Give every client the gate: FedAvg
+requires all replies' metrics to hold the same keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.supercore import log
+from torch import nn
+
+from fedleak.attacks.base import AttackerKnowledge
+from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
+from fedleak.errors import ConfigError
+from fedleak.fl.payload import ClientData
+from fedleak.integrations.flower.batches import is_train, recorded_batch
+from fedleak.integrations.flower.records import (TrainKeys, build_payload, only, public_hyperparameters, refusal,
+                                                 state_dict)
+from fedleak.models.external import check_attackable
+from fedleak.registry import Registry
+
+BatchSource = Callable[[Message, Context], ClientData]
+PROBE_ITERATIONS = 5  # a first short run measures the time per iteration for the budget
+PREFIX = "fedleak-"
+
+GATE_SCORES: Registry[Callable[[AuditRecord], float]] = Registry("gate score")
+GATE_SCORES.register("psnr")(lambda r: r.evaluation.psnr)
+GATE_SCORES.register("psnr-gain")(lambda r: r.evaluation.psnr - r.baseline["psnr"])
+GATE_SCORES.register("ssim")(lambda r: r.evaluation.ssim)
+GATE_SCORES.register("label-accuracy")(lambda r: r.evaluation.label_accuracy)
+GATE_SCORES.register("risk")(lambda r: r.risk)
+
+
+def scores(record: AuditRecord) -> dict[str, float]:
+    """Every gate score of ``record`` plus the attack's time, as reply metrics (finite floats)."""
+    out = {f"{PREFIX}{name}": float(GATE_SCORES.get(name)(record)) for name in GATE_SCORES}
+    out[f"{PREFIX}attack-seconds"] = float(record.reconstruction.seconds)
+    return {k: (v if math.isfinite(v) else -1.0) for k, v in out.items()}
+
+
+def within_budget(attack: AuditAttack, budget_s: float | None, run: Callable[[Any], AuditRecord]) -> AuditRecord:
+    """``run(attack instance)`` with as many iterations as fit in ``budget_s`` seconds (at most the
+    configured number): a first run of :data:`PROBE_ITERATIONS` measures the pace. Attacks without an
+    iteration count run as configured."""
+    full = attack.build()
+    iterations = getattr(full.config, "iterations", None)
+    if budget_s is None or iterations is None or iterations <= PROBE_ITERATIONS:
+        return run(full)
+    probe = run(attack.build(iterations=PROBE_ITERATIONS))
+    pace = probe.seconds / PROBE_ITERATIONS
+    fits = min(iterations, int((budget_s - probe.seconds) / pace)) if pace > 0 else iterations
+    return probe if fits <= PROBE_ITERATIONS else run(attack.build(iterations=fits))
+
+
+def leakage_gate(
+    model: nn.Module | Callable[[], nn.Module],
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    attack: str | Mapping[str, Any] | None = None,
+    budget_s: float | None = 30.0,
+    threshold: float | None = None,
+    score: str = "psnr",
+    batch: BatchSource | None = None,
+    keys: TrainKeys = TrainKeys(),
+    known: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Mod:
+    """A client mod that scores each outgoing train reply's leakage and, with ``threshold``,
+    withholds a reply whose ``score`` (one of psnr, psnr-gain, ssim, label-accuracy, risk) is above
+    it. ``model``, ``num_classes`` and ``mean``/``std`` are the client's own model and normalisation;
+    ``attack`` as for the audit (default IG, 200 iterations, cut to fit ``budget_s`` seconds);
+    ``batch`` returns the examples this round trained on (default: what the train function gave
+    :func:`~fedleak.integrations.flower.record_batch`). ``keys``/``known`` read the train config as
+    the server's audit does."""
+    GATE_SCORES.get(score)
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError("the gate's threshold must be a finite number")
+    if budget_s is not None and budget_s <= 0:
+        raise ConfigError("the gate's time budget must be positive")
+    chosen = audit_attack(attack if attack is not None else {"name": "ig", "iterations": 200})
+    architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
+    if not isinstance(architecture, nn.Module):
+        raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
+    source = batch or recorded_batch
+    checked: set[tuple[int, ...]] = set()
+
+    def assess(message: Message, reply: Message, context: Context) -> AuditRecord:
+        data = source(message, context)
+        shape = tuple(data.images.shape[1:])
+        if shape not in checked:
+            check_attackable(copy.deepcopy(architecture), shape, num_classes)
+            checked.add(shape)
+        knowledge = AttackerKnowledge(architecture, shape, num_classes, tuple(mean), tuple(std))  # type: ignore[arg-type]
+        sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
+        returned = state_dict(only(reply.content, ArrayRecord, "the reply"), architecture, "the reply")
+        config = next(iter(message.content.config_records.values()), ConfigRecord())
+        hyper, assumptions = public_hyperparameters(config, len(data.labels), architecture, keys, known)
+        payload, more = build_payload(sent, returned, hyper, architecture)
+        server_round = int(config.get("server-round", 0))
+        return within_budget(chosen, budget_s, lambda attack_: audit_update(
+            payload, knowledge, attack_, round=server_round, client=str(context.node_id), seed=seed,
+            assumptions=assumptions + more, truth=data))
+
+    def gate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(message, context)
+        if not is_train(message) or reply.has_error():
+            return reply
+        try:
+            record = assess(message, reply, context)
+        except Exception as exc:  # fail closed: an update the gate could not check does not leave
+            return refusal(message, f"fedleak leakage gate could not score the update, so it was withheld: {exc}")
+        values = scores(record)
+        value = values[f"{PREFIX}{score}"]
+        if threshold is not None and value > threshold:
+            return refusal(message, f"fedleak leakage gate withheld the update: {score} {value:.3g} > threshold "
+                                    f"{threshold:g} (an attack reconstructed the batch in {record.reconstruction.seconds:.1f} s)")
+        metrics = list(reply.content.metric_records.values())
+        if metrics:
+            for k, v in values.items():
+                metrics[0][k] = v
+        else:
+            reply.content["metrics"] = MetricRecord(values)
+        log(INFO, "fedleak leakage gate: %s %.3g, risk %.2f (%.1f s)", score, value, record.risk,
+            record.reconstruction.seconds)
+        return reply
+
+    return gate

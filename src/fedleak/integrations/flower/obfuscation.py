@@ -1,0 +1,74 @@
+"""``obfuscation_mod``: any fedleak update defense, applied by a Flower client to what it sends.
+
+The client's update Δ = θ_global − θ_trained (its trainable parameters) goes through the defense's
+update stages (``topk:sparsity=0.9``, ``quantize:bits=4``, ``noise:snr_db=10``, ``clip:c=1``, …)
+and the reply carries θ_global − φ(Δ); buffers travel as they are. The spec is given to the mod, or
+— like Flower's ``fixedclipping_mod`` takes its norm from the server — read from the train config
+(``fedleak-defense``), which also tells the server's audit what the clients do. Noise is drawn from
+the client's own private seed (OS entropy unless given). Defenses that change how the client trains
+(DP-SGD) or that aggregate are no update transform and are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from torch import nn
+
+from fedleak.defenses import DefensePipeline, parse_defense
+from fedleak.errors import ConfigError
+from fedleak.integrations.flower.batches import is_train
+from fedleak.integrations.flower.records import TrainKeys, only, refusal, state_dict, state_names
+
+
+def update_defense(spec: str | None) -> DefensePipeline:
+    """``spec`` parsed, with update stages only (no DP-SGD gradient stage, no aggregation)."""
+    pipeline = parse_defense(spec)
+    kinds = {s.stage for s in pipeline.stages}
+    if kinds - {"update"}:
+        raise ConfigError(f"defense {spec!r}: a client mod can only transform the update it sends "
+                          f"(no {', '.join(sorted(kinds - {'update'}))} stage)")
+    return pipeline
+
+
+def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None = None,
+                    keys: TrainKeys = TrainKeys(), seed: int | None = None) -> Mod:
+    """A client mod applying defense ``spec`` (or the train config's ``keys.defense`` entry when
+    ``spec`` is None; no defense when neither is set) to each train reply's update. ``model`` (a
+    module or a function building one) says which arrays are trainable parameters."""
+    architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
+    fixed = update_defense(spec) if spec is not None else None
+    trainable = [n for n, p in architecture.named_parameters() if p.requires_grad]
+
+    def obfuscate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(message, context)
+        if not is_train(message) or reply.has_error():
+            return reply
+        try:
+            config = next(iter(message.content.config_records.values()), ConfigRecord())
+            pipeline = fixed if fixed is not None else update_defense(config.get(keys.defense))
+            if not pipeline.stages:
+                return reply
+            sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
+            record_key, record = next((k, r) for k, r in reply.content.items() if isinstance(r, ArrayRecord))
+            names = state_names(record, architecture, "the reply")
+            returned = state_dict(record, architecture, "the reply")
+            generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
+            update = pipeline.on_client({n: sent[n] - returned[n] for n in trainable}, generator)
+            arrays = {}
+            for key, name in names.items():
+                value = sent[name] - update[name] if name in update else returned[name]
+                arrays[key] = Array(np.asarray(value.to(returned[name].dtype).numpy()))
+            reply.content[record_key] = ArrayRecord(arrays)
+        except Exception as exc:  # an update the defense could not treat does not leave untreated
+            return refusal(message, f"fedleak obfuscation mod could not apply the defense, so the update was "
+                                    f"withheld: {exc}")
+        return reply
+
+    return obfuscate

@@ -1,0 +1,127 @@
+"""Where a study's runs execute: ``local`` (in this process, one after another) or ``ray`` (tasks on
+a local or remote Ray cluster, several at once). A backend only executes :class:`~fedleak.pipeline.RunSpec`
+s and hands back :class:`~fedleak.pipeline.Outcome` s; claiming runs, committing results and the
+progress bar stay with the driver (:mod:`fedleak.studies.runner`), whatever the backend.
+
+A new backend is one class with :meth:`Backend.submit` and :meth:`Backend.collect` and one
+``@BACKENDS.register`` factory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedleak.config import describe_validation_error
+from fedleak.errors import ConfigError
+from fedleak.pipeline import Outcome, RunSpec, attempt
+from fedleak.registry import Registry
+
+
+class BackendOptions(BaseModel):
+    """How runs are placed: which cluster, what each run reserves, how many at once."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    address: str | None = Field(None, description="cluster to join (ray: 'auto', 'HOST:6379' or 'ray://HOST:10001')")
+    cpus_per_run: int = Field(1, ge=1, description="CPU cores each run reserves (and uses as torch threads)")
+    gpus_per_run: float = Field(0.0, ge=0, description="GPUs each run reserves (0.5: two runs share one GPU)")
+    workers: int | None = Field(None, ge=1, description="at most this many runs at once (default: what the resources hold)")
+
+
+class Backend(ABC):
+    """Executes run specs; ``capacity`` is how many may be in flight at once."""
+
+    name: ClassVar[str] = "backend"
+    capacity: int = 1
+
+    def start(self, loader: Callable) -> None:
+        """Get ready (connect, start workers); ``loader`` is the driver's cached dataset loader."""
+
+    @abstractmethod
+    def submit(self, spec: RunSpec, detail: bool = False) -> Hashable:
+        """Hand one run over; returns a ticket that :meth:`collect` gives back with its outcome."""
+
+    @abstractmethod
+    def collect(self, timeout: float | None = None) -> list[tuple[Hashable, Outcome]]:
+        """The submitted runs that have finished: at least one, unless ``timeout`` seconds pass first."""
+
+    def close(self) -> None:
+        """Stop: runs still in flight are cancelled (their claims are released by the driver)."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalBackend(Backend):
+    """Each run in this process when collected, one at a time (a run's own progress bar works)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[int, RunSpec, bool]] = deque()
+        self._loader: Callable | None = None
+        self._count = 0
+
+    def start(self, loader: Callable) -> None:
+        self._loader = loader
+
+    def submit(self, spec: RunSpec, detail: bool = False) -> Hashable:
+        self._count += 1
+        self._queue.append((self._count, spec, detail))
+        return self._count
+
+    def collect(self, timeout: float | None = None) -> list[tuple[Hashable, Outcome]]:
+        if not self._queue:
+            return []
+        ticket, spec, detail = self._queue.popleft()
+        kwargs = {"loader": self._loader} if self._loader is not None else {}
+        return [(ticket, attempt(spec, detail=detail, **kwargs))]
+
+    def close(self) -> None:
+        self._queue.clear()
+
+    def describe(self) -> str:
+        return "local"
+
+
+BackendFactory = Callable[[BackendOptions, set[str]], Backend]
+BACKENDS: Registry[BackendFactory] = Registry("backend")
+
+
+@BACKENDS.register("local")
+def _local(options: BackendOptions, given: set[str]) -> Backend:
+    if given - {"workers"} or (options.workers or 1) > 1:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given))
+        raise ConfigError(f"the local backend runs one run at a time in this process: {names} apply only to --backend ray")
+    return LocalBackend()
+
+
+@BACKENDS.register("ray")
+def _ray(options: BackendOptions, given: set[str]) -> Backend:
+    try:
+        from fedleak.integrations.ray import RayBackend
+    except ImportError as exc:
+        raise ConfigError(f"the ray backend needs Ray ({exc}): pip install 'fedleak[ray]'") from None
+    return RayBackend(address=options.address, cpus_per_run=options.cpus_per_run,
+                      gpus_per_run=options.gpus_per_run, workers=options.workers)
+
+
+def make_backend(name: str = "local", **options: Any) -> Backend:
+    """The backend ``name`` with ``options`` (those left ``None`` take their defaults), checked."""
+    factory = BACKENDS.get(name)
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        checked = BackendOptions.model_validate(given)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, prefix="backend.")) from None
+    return factory(checked, set(given))
