@@ -213,26 +213,46 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str], architecture: str = "the model") -> nn.Module:
-    """Load ``path`` into ``model`` strictly; a mismatch is one line naming what differs."""
-    state = load_state(path)
+    """Load ``path`` into ``model`` strictly; a mismatch is one line naming the first tensor that differs.
+
+    A state dict in torchvision's or timm's layout (a user's ImageNet ResNet or DenseNet) is renamed to
+    fedleak's module names first (:mod:`fedleak.models.layouts`). Only ``num_batches_tracked`` may be
+    absent (old torchvision files predate it; the model keeps its own). A classifier with another
+    number of classes than the dataset is an error, never silently replaced."""
+    from fedleak.models.layouts import translate
+
+    state, origin, layout = translate(load_state(path), model, architecture)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    as_given = (lambda k: f"{origin[k]!r} (as {k!r})" if origin.get(k, k) != k else repr(origin.get(k, k)))
+    where = f"checkpoint {path} ({layout} layout)" if layout else f"checkpoint {path}"
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]!r})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
-        raise FedleakError(f"checkpoint {path} does not fit {architecture}: {', '.join(parts)}")
+            parts.append(f"{len(unexpected)} unexpected (e.g. {as_given(unexpected[0])})")
+        raise FedleakError(f"{where} does not fit {architecture}: {', '.join(parts)}")
+    head = _head_weight(model)
     for k, v in state.items():
         if v.shape != own[k].shape:
+            if k == head and v.shape[1:] == own[k].shape[1:]:
+                raise FedleakError(
+                    f"{where} does not fit {architecture}: its classifier {as_given(k)} has {v.shape[0]} classes, "
+                    f"the dataset {own[k].shape[0]}; attack it on a dataset with {v.shape[0]} classes")
             raise FedleakError(
-                f"checkpoint {path} does not fit {architecture}: {k!r} is {tuple(v.shape)}, "
+                f"{where} does not fit {architecture}: {as_given(k)} is {tuple(v.shape)}, "
                 f"the model expects {tuple(own[k].shape)}"
             )
-    model.load_state_dict(state)
+    model.load_state_dict({**{k: v for k, v in own.items() if k not in state}, **state})
     return model
+
+
+def _head_weight(model: nn.Module) -> str | None:
+    """The state-dict key of the model's last linear layer's weight (its classifier), if any."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{names[-1]}.weight" if names else None
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:
