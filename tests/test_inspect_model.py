@@ -2,19 +2,18 @@
 is — untrained at several seeds and shapes, and after a little training — and the CLI says so."""
 
 import json
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fedleak.cli import main
 from fedleak.config import build_config
 from fedleak.fl.server import MODIFICATIONS, server_flags
 from fedleak.inspect import FLAGGED, Findings, inspect_model, inspect_state, sent_model
 from fedleak.models import create_model
 from fedleak.models.checkpoint import save_tensors
 from fedleak.models.registry import MODELS
+from tests.test_cli import fedleak as cli
 
 SHAPES = [(10, 3, 32), (2, 1, 16)]  # (classes, channels, side)
 SMALL = {"data.name": "samples", "data.image_size": 12, "model.width": 0.125}
@@ -85,16 +84,6 @@ def test_findings_read_from_weights_alone():
     assert isinstance(findings, Findings) and findings.checked == len([k for k, v in state.items()
                                                                        if k.endswith("weight") and v.ndim >= 2])
     json.dumps(findings.as_dict())  # plain data (no infinities)
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, *capsys.readouterr()
 
 
 def test_inspect_model_command(tmp_path, monkeypatch, capsys):

@@ -2,7 +2,6 @@
 model in configs, payloads and reports, and the secure-aggregation study — on 12-px faces."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ import torch.nn.functional as F
 import yaml
 
 from fedleak.attacks import build_attack
-from fedleak.cli import main
 from fedleak.config import build_config
 from fedleak.data import load_dataset
 from fedleak.errors import ConfigError, FedleakError
@@ -19,6 +17,7 @@ from fedleak.fl.modifications import Imprinted, classifier_of
 from fedleak.fl.server import MODIFICATIONS, apply_server, parse_modification, server_flags
 from fedleak.metrics.recovery import is_exact, recovery_summary
 from fedleak.pipeline import build_target, run
+from tests.test_cli import fedleak as cli
 
 FACES = {"data.name": "samples", "data.options": {"subset": "faces"}, "data.image_size": 12,
          "model.name": "convnet", "model.width": 0.125, "model.options": {"norm": "none"}}
@@ -103,16 +102,6 @@ def test_server_config_is_validated_and_canonical():
     ]:
         with pytest.raises(ConfigError, match=message):
             build_config(overrides=overrides)
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    return code, *capsys.readouterr()
 
 
 def test_a_malicious_setting_shows_in_config_metrics_and_report(tmp_path, monkeypatch, capsys):
