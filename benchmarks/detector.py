@@ -5,7 +5,9 @@ trained on CIFAR-10 and MNIST from ../shared/data (a few epochs on a few thousan
 with momentum and weight decay). Malicious models: every modification fedleak's server builds, at
 several settings, on every registered family. Prints a table and writes JSON.
 
-    python benchmarks/detector.py [--root ../shared/data] [--seeds 5] [--json benchmarks/detector.json]
+    python benchmarks/detector.py [--root ../shared/data] [--seeds 5] [--device auto] [--json benchmarks/detector.json]
+
+Models are built, trained and inspected on ``--device`` (the counts do not depend on it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fedleak.config import build_config
+from fedleak.device import device_name, resolve_device
 from fedleak.fl.server import server_flags
 from fedleak.inspect import Thresholds, aligned_rows, classifier, inspect_model, sent_model, weight_matrices
 from fedleak.models import create_model
@@ -55,13 +58,13 @@ def margins(model: torch.nn.Module, classes: int) -> dict[str, float]:
             "bias_gap": float(b.max() - b.min()) if b is not None else 0.0}
 
 
-def untrained(seeds: int) -> list[dict]:
+def untrained(seeds: int, device: torch.device) -> list[dict]:
     rows = []
     for name in MODELS.names():
         for classes, channels, side in SHAPES:
             for seed in range(seeds):
                 try:
-                    model = create_model(name, classes, channels, side, width=0.25, seed=seed)
+                    model = create_model(name, classes, channels, side, width=0.25, seed=seed).to(device)
                 except Exception:  # this family cannot take this shape
                     break
                 f = inspect_model(model, classes)
@@ -70,12 +73,13 @@ def untrained(seeds: int) -> list[dict]:
     return rows
 
 
-def trained(root: str) -> list[dict]:
+def trained(root: str, device: torch.device) -> list[dict]:
     rows = []
     for name, dataset, channels in TRAINED:
         start = time.perf_counter()
         run = train_target(name, dataset, root, 0.25, {}, 16, channels, None, 3000,
-                           TrainSettings(epochs=3, lr=0.05, batch_size=64, seed=0), progress=False)
+                           TrainSettings(epochs=3, lr=0.05, batch_size=64, seed=0, device=device_name(device)),
+                           progress=False)
         f = inspect_model(run.model, run.info.num_classes)
         rows.append({"model": name, "dataset": dataset, "trained": True, "test_accuracy": run.info.test_accuracy,
                      "seconds": round(time.perf_counter() - start, 1), "flagged": f.suspicious,
@@ -83,12 +87,12 @@ def trained(root: str) -> list[dict]:
     return rows
 
 
-def malicious(root: str) -> list[dict]:
+def malicious(root: str, device: torch.device) -> list[dict]:
     rows = []
     for name in MODELS.names():
         for spec in MALICIOUS:
             flags = {"data.name": "cifar10", "data.root": root, "data.image_size": 32, "model.name": name,
-                     "model.width": 0.125, **server_flags(spec)}
+                     "model.width": 0.125, "device": device_name(device), **server_flags(spec)}
             model, classes = sent_model(build_config(flags=flags))
             f = inspect_model(model, classes)
             rows.append({"model": name, "modification": spec, "flagged": f.suspicious, "kinds": f.kinds,
@@ -100,11 +104,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--json", default="benchmarks/detector.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    honest = untrained(args.seeds) + trained(args.root)
-    evil = malicious(args.root)
+    device = resolve_device(args.device)
+    honest = untrained(args.seeds, device) + trained(args.root, device)
+    evil = malicious(args.root, device)
     summary = {
         "untrained_models": sum(not r["trained"] for r in honest),
         "untrained_flagged": sum(r["flagged"] for r in honest if not r["trained"]),
@@ -116,6 +122,7 @@ def main() -> None:
         **{f"honest_max_{k}": max(r[k] for r in honest)
            for k in ("aligned_share", "alignment_q10", "dominance", "bias_gap")},
         "thresholds": vars(Thresholds()),
+        "device": device_name(device),
     }
     print(f"{'set':<22}{'models':>8}{'flagged':>9}")
     print(f"{'honest, untrained':<22}{summary['untrained_models']:>8}{summary['untrained_flagged']:>9}")

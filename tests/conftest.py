@@ -69,3 +69,15 @@ def folder_root(tmp_path: Path) -> Path:
             Image.fromarray(a).save(root / person / f"{k}.pgm")
     (root / "s1" / "notes.txt").write_text("not an image")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every ``gpu``-marked test skips, with the reason, where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray")
 from fedleak.integrations.ray import RayBackend  # noqa: E402  (needs Ray)
 
 TINY = ["image_size=8", "model=lenet", "width=1.0"]
-VOLATILE = ("seconds", "attack_seconds", "fl_seconds", "ran_on")  # where and how long, not what
+VOLATILE = ("seconds", "attack_seconds", "fl_seconds", "ran_on", "peak_memory")  # where, how long, how much memory: not what
 
 
 @pytest.fixture(scope="module")

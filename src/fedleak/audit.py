@@ -47,6 +47,7 @@ from fedleak.attacks.base import Attack, AttackerKnowledge, Reconstruction, buil
 from fedleak.attacks.labels import last_layer_weight_grad
 from fedleak.attacks.simulation import Simulation
 from fedleak.config import AttackSection, KnowledgeSection, describe_validation_error, read_yaml
+from fedleak.device import device_name
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.client import normalize
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
@@ -145,6 +146,7 @@ class AuditRecord:
             "restart_losses": rec.restart_losses, "iterations": rec.iterations,
             "recovered_labels": labels, "labels": ", ".join(map(str, labels)),
             "attack_seconds": round(rec.seconds, 3), "seconds": round(self.seconds, 3),
+            "device": device_name(rec.images.device),  # where the attack ran
             "hyper": asdict(self.hyper), "assumptions": list(self.assumptions),
             "hints": [f"Assumed (not sent by the server): {a}" for a in self.assumptions],
             "preview": {"reconstruction": _preview(self.images), "labels": self.labels_shown()[:PREVIEW_IMAGES],

@@ -65,6 +65,11 @@ def attack(
     model: Annotated[Optional[str], typer.Option(help="architecture, or package.module:factory")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="trained weights to attack")] = None,
     width: Annotated[Optional[float], typer.Option(help="model width multiplier")] = None,
+    mean: Annotated[Optional[str], typer.Option(
+        help="the clients' normalisation mean per channel, e.g. 0.5,0.5,0.5, with --std (a fedleak checkpoint's "
+             "recorded values come first; unset: your model's declared, an ImageNet checkpoint's card, else the "
+             "dataset's; docs/models.md)")] = None,
+    std: Annotated[Optional[str], typer.Option(help="the clients' normalisation std per channel, e.g. 0.5,0.5,0.5")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="client batch size")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="client protocol: fedsgd | fedavg")] = None,
     local_steps: Annotated[Optional[int], typer.Option(help="FedAvg local steps τ")] = None,
@@ -101,6 +106,7 @@ def attack(
     flags = {
         "data.name": dataset, "data.root": root, "data.index": index, "data.classes": classes,
         "data.image_size": image_size, "data.channels": channels, "model.name": model, "model.width": width,
+        "model.mean": mean, "model.std": std,
         "model.checkpoint": str(checkpoint) if checkpoint else None, "client.batch_size": batch_size,
         "client.protocol": protocol, "client.local_steps": local_steps, "client.defense": defense,
         "attack.name": attack_name, "attack.prior": str(prior) if prior else None, "attack.iterations": iterations, "attack.restarts": restarts,
@@ -243,10 +249,17 @@ GpusOption = Annotated[Optional[float], typer.Option(
     help="GPUs each Ray run reserves; 0.5 lets two runs share a GPU [0]", callback=_finite)]
 WorkersOption = Annotated[Optional[int], typer.Option(
     help="at most N runs at once on Ray (default: as many as the cluster's CPUs and GPUs hold)")]
+StudyDeviceOption = Annotated[Optional[str], typer.Option(
+    help="where every run computes: auto | cpu | cuda | cuda:N | mps [auto]; not part of a run's identity, "
+         "so a folder started on one device resumes on another")]
+BatchOption = Annotated[Optional[int], typer.Option(
+    help="local backend: attack up to N runs together in one batched optimisation (those sharing model and "
+         "attack settings: fills a GPU) [1]")]
 
 
 def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, force: bool, backend: str,
-               address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, workers: int | None) -> None:
+               address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, workers: int | None,
+               batch: int | None = None) -> None:
     """Run a study on the chosen backend, print what happened; failed runs end it with one error line."""
     from fedleak.errors import FedleakError
     from fedleak.studies import run_study
@@ -254,7 +267,7 @@ def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, for
     from fedleak.studies.runner import failures_summary
 
     engine = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
-                          workers=workers)
+                          workers=workers, batch=batch)
     outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force, backend=engine)
     shared = f", {outcome.elsewhere} by another process" if outcome.elsewhere else ""
     failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
@@ -274,11 +287,13 @@ def study(
     root: Annotated[Optional[str], typer.Option(help="data folder (the study's root setting)")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
     out: Annotated[Optional[Path], typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
+    device: StudyDeviceOption = None,
     backend: BackendOption = "local",
     address: AddressOption = None,
     cpus_per_run: CpusOption = None,
     gpus_per_run: GpusOption = None,
     workers: WorkersOption = None,
+    batch: BatchOption = None,
     detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
     force: Annotated[bool, typer.Option(
         help="use a folder made with other settings: its study.json is replaced, and of its finished runs only "
@@ -296,9 +311,10 @@ def study(
 
     # --root is the override root=…, quoted so that the path stays a string; a later --set wins.
     root_setting = [f"root={json.dumps(root)}"] if root is not None else []
-    s = build_study(name, preset, config, [*root_setting, *(overrides or [])])
+    device_setting = [f"device={json.dumps(device)}"] if device is not None else []
+    s = build_study(name, preset, config, [*root_setting, *device_setting, *(overrides or [])])
     folder = out or Path("studies") / f"{name}-{preset}"
-    _run_study(s, preset, folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers)
+    _run_study(s, preset, folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
 
 
 @app.command()
@@ -312,6 +328,7 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config every run starts from")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override of that config: key.path=value")] = None,
     root: Annotated[Optional[str], typer.Option(help="data folder (data.root)")] = None,
+    device: StudyDeviceOption = None,
     client_seed: Annotated[Optional[int], typer.Option(
         help="derive every run's private client seed from this (a reproducible sweep)", min=0, max=MAX_SEED)] = None,
     out: Annotated[Optional[Path], typer.Option(
@@ -321,6 +338,7 @@ def sweep(
     cpus_per_run: CpusOption = None,
     gpus_per_run: GpusOption = None,
     workers: WorkersOption = None,
+    batch: BatchOption = None,
     detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
     force: Annotated[bool, typer.Option(help="use a folder made by another sweep, keeping only this one's runs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -335,14 +353,16 @@ def sweep(
 
     from fedleak.studies.sweep import build_sweep
 
-    sets = [*([f"data.root={json.dumps(root)}"] if root is not None else []), *(overrides or [])]
+    sets = [*([f"data.root={json.dumps(root)}"] if root is not None else []),
+            *([f"device={json.dumps(device)}"] if device is not None else []), *(overrides or [])]
     s = build_sweep(grid, images, seeds, config, sets, client_seed)
     identity = s.settings.model_dump(mode="json")
     if isinstance(identity["base"].get("data"), dict):  # the same sweep on moved data: the same folder
         identity["base"]["data"].pop("root", None)
+    identity["base"].pop("device", None)  # and on another device
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     folder = out or Path("studies") / f"sweep-{digest[:8]}"
-    _run_study(s, "custom", folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers)
+    _run_study(s, "custom", folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
 
 
 @app.command()
@@ -364,13 +384,17 @@ def inspect_model_cmd(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config (--from-payload)")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (--from-payload)")] = None,
     server: Annotated[Optional[str], typer.Option(help="server threat model (--from-payload): honest | imprint:… | fishing:…")] = None,
-    model: Annotated[Optional[str], typer.Option(help="architecture (--from-payload)")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="architecture (--from-payload; with a weights file: whose model card to show)")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="dataset (--from-payload)")] = None,
     root: Annotated[Optional[str], typer.Option(help="data folder (--from-payload)")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="image side (--from-payload)")] = None,
     num_classes: Annotated[Optional[int], typer.Option(
         help="classes of the model (which layer is the classifier; default: the last weight matrix)", min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+    device: Annotated[Optional[str], typer.Option(
+        help="where the checks (and --from-payload's model and modification) run: auto | cpu | cuda | cuda:N | mps "
+             "[auto, or the config's]")] = None,
 ) -> None:
     """Check a model for imprint-like or fishing-like structure before training on it: exit 0 when
     nothing is found, 3 when a layer looks built to leak."""
@@ -378,25 +402,37 @@ def inspect_model_cmd(
 
     from fedleak.errors import ConfigError
     from fedleak.inspect import FLAGGED, inspect_state, sent_model
+    from fedleak.models.cards import file_card, named_card
+
+    from fedleak.device import device_name, resolve_device
 
     if (path is None) == (not from_payload):
         raise ConfigError("give a weights file or --from-payload (one of them)")
     if path is not None:
         from fedleak.models.checkpoint import load_state
 
-        state, classes, what = load_state(path), num_classes, str(path)
+        where = resolve_device(device or "auto")
+        state, classes, what = {k: v.to(where) for k, v in load_state(path).items()}, num_classes, str(path)
+        card = file_card(path) or named_card(model)  # the checkpoint's architecture, else the one --model names
     else:
         from fedleak.config import build_config
         from fedleak.fl.server import server_flags
+        from fedleak.pipeline import resolve_checkpoint
 
         flags = {"model.name": model, "data.name": dataset, "data.root": root, "data.image_size": image_size,
-                 **server_flags(server)}
-        sent, classes = sent_model(build_config(config, flags, overrides))
+                 "device": device, **server_flags(server)}
+        run_config = build_config(config, flags, overrides)
+        sent, classes = sent_model(run_config)
         state, classes, what = sent.state_dict(), num_classes or classes, "the model the run's server sends"
+        card = named_card(resolve_checkpoint(run_config)[0].model.name)
     findings = inspect_state(state, classes)
     if as_json:
-        print(json.dumps({"model": what, **findings.as_dict()}, indent=2, default=str))
+        on = device_name(next(iter(state.values())).device) if state else "cpu"
+        card_json = {"model": card[0], **card[1].as_dict()} if card else None
+        print(json.dumps({"model": what, "device": on, "card": card_json, **findings.as_dict()}, indent=2, default=str))
     else:
+        if card:
+            console.print(f"model card ({card[0]}): {card[1].summary()}", markup=False, highlight=False)
         console.print(f"{what}: {findings.summary()}")
         if findings.suspicious:
             table = Table()
@@ -411,12 +447,20 @@ def inspect_model_cmd(
 
 @app.command("config")
 def config_cmd(
-    attack_name: Annotated[str, typer.Argument(metavar="ATTACK", help="attack or preset name, e.g. ig, rog, ig-limchan")],
+    attack_name: Annotated[str, typer.Argument(
+        metavar="NAME", help="attack or preset name, e.g. ig, rog, ig-limchan; a model name, e.g. resnet18; "
+                             "or models (every model's card)")],
 ) -> None:
     """Print an attack's settings as YAML: each with its default (a preset's values where it sets
-    them), type and description. Set them with --set attack.KEY=VALUE or a config file's attack section."""
+    them), type and description. Set them with --set attack.KEY=VALUE or a config file's attack section.
+    For a model: its config section, options and card (input size, normalisation); `models` lists every card."""
     from fedleak.attacks import ATTACKS, build_attack
+    from fedleak.models import MODELS
+    from fedleak.models.cards import describe_model, describe_models
 
+    if attack_name == "models" or attack_name in MODELS:  # models are named apart from attacks
+        sys.stdout.write(describe_models() if attack_name == "models" else describe_model(attack_name))
+        return
     attack = build_attack(attack_name)
     values = attack.config.model_dump(mode="json")
     fields = type(attack.config).model_fields

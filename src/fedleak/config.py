@@ -118,6 +118,30 @@ class ModelSection(Section):
     seed: int | None = Field(None, ge=0, lt=2**63, description="initialisation seed (the run seed when unset)")
     mode: Literal["eval", "train"] = Field("eval", description="batch-norm mode on the client")
     options: dict[str, Any] = Field(default_factory=dict, description="builder-specific options")
+    mean: tuple[float, ...] | None = Field(None, description="per-channel normalisation mean on [0, 1] pixels, e.g. "
+                                           "0.5,0.5,0.5 (unset: see fedleak.models.normalization for the order)")
+    std: tuple[float, ...] | None = Field(None, description="per-channel normalisation std (> 0), with model.mean")
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        """``0.5,0.5,0.5`` (the command line's form) or one number → a list."""
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _normalization(self) -> ModelSection:
+        """mean and std come together, one value per channel (1 or 3) each, every std positive."""
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set model.mean and model.std together (one value per channel each)")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                raise ValueError(f"model.mean and model.std need one value per channel (1 or 3) each, "
+                                 f"got {len(self.mean)} and {len(self.std)}")
+            if min(self.std) <= 0:
+                raise ValueError(f"every model.std value must be positive, got {min(self.std):g}")
+        return self
 
     @model_validator(mode="after")
     def _resolve_width(self) -> ModelSection:
@@ -235,6 +259,14 @@ class RunConfig(Section):
 
         return check_device(v)
 
+    @model_validator(mode="after")
+    def _normalization_channels(self) -> RunConfig:
+        """An explicit normalisation has one value per channel of the images the run reads."""
+        mean, channels = self.model.mean, self.data.channels
+        if mean is not None and channels is not None and len(mean) != channels:
+            raise ValueError(f"model.mean and model.std have {len(mean)} value(s) but data.channels is {channels}")
+        return self
+
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """One line naming the first offending key and what is wrong with it; keys and echoed values
@@ -245,7 +277,7 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     if err["type"] == "value_error":
-        return f"config {key}: {_cut(str(err['ctx']['error']), 300)}"
+        return f"config{' ' + key if key else ''}: {_cut(str(err['ctx']['error']), 300)}"  # no key: the whole config
     got = f" (got {short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
     return f"config {key}: {err['msg']}{got}"
 

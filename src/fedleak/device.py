@@ -9,7 +9,10 @@ else MPS, else the CPU. Asking for a device this machine lacks is a one-line :cl
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -106,3 +109,32 @@ def payload_device(payload: object) -> torch.device:
     for tensor in getattr(payload, "update", {}).values():
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """Measure the block's peak memory on ``device``; the dict it yields is filled on exit with
+    ``bytes`` and ``kind``: on CUDA the peak of tensor memory allocated during the block
+    (``torch.cuda.max_memory_allocated``, reset at entry), elsewhere the process's peak resident set
+    so far (``ru_maxrss``: an upper bound that includes everything before the block)."""
+    found: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield found
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            found.update(bytes=int(torch.cuda.max_memory_allocated(device)), kind="cuda-allocated")
+        else:
+            found.update(bytes=_peak_rss(), kind="process-peak-rss")
+
+
+def _peak_rss() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux

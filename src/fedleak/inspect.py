@@ -84,14 +84,19 @@ CHECKS: Registry[Check] = Registry("model check")
 
 def weight_matrices(state: Mapping[str, Tensor]) -> Weights:
     """Every floating-point weight of two or more dimensions as a matrix (one row per output unit:
-    a convolution's filters flattened) with the bias of the same module, in state order."""
+    a convolution's filters flattened) with the bias of the same module, in state order; in float64
+    (float32 on MPS, which has none) on the device the weights are on."""
     out: Weights = {}
     for name, t in state.items():
         if not name.endswith("weight") or t.ndim < 2 or not torch.is_floating_point(t):
             continue
         bias = state.get(name[: -len("weight")] + "bias")
-        out[name] = (t.detach().double().flatten(1), bias.detach().double() if bias is not None else None)
+        out[name] = (_wide(t).flatten(1), _wide(bias) if bias is not None else None)
     return out
+
+
+def _wide(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32 if t.device.type == "mps" else torch.float64)
 
 
 def aligned_rows(matrix: Tensor, limits: Thresholds) -> tuple[float, int]:
@@ -188,14 +193,19 @@ FLAGGED = 3  # exit code of ``fedleak inspect-model`` when a layer looks built t
 
 def sent_model(config: Any, loader: Callable[..., Any] | None = None) -> tuple[nn.Module, int]:
     """The global model a run with ``config`` (a :class:`~fedleak.config.RunConfig`) sends — the
-    payload's model state, after the server's modification — and its number of classes."""
+    payload's model state, after the server's modification — and its number of classes. It is built
+    on the config's ``device``, as the run builds it (the modification and its public images there)."""
     from fedleak.data import load_dataset
+    from fedleak.device import resolve_device
     from fedleak.fl.server import apply_server
     from fedleak.pipeline import build_target, resolve_checkpoint
 
     load = loader or load_dataset
+    device = resolve_device(config.device)
     config, info = resolve_checkpoint(config)
     d = config.data
     dataset = load(d.name, d.root, split=d.split, image_size=d.image_size, channels=d.channels, **d.options)
-    target = apply_server(config, build_target(config, dataset, info), dataset, load)
+    target = build_target(config, dataset, info)
+    target.model.to(device)
+    target = apply_server(config, target, dataset, load)
     return target.model, dataset.num_classes

@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +30,18 @@ import torch
 from torch import nn
 
 from fedleak.attacks import AttackerKnowledge, Reconstruction, build_attack
+from fedleak.attacks.optimization import matmul_precision
 from fedleak.config import RunConfig
 from fedleak.defenses import parse_defense
-from fedleak.device import device_name, resolve_device
+from fedleak.device import device_name, peak_memory, resolve_device
 from fedleak.data import ImageDataset, load_dataset, pick_indices
 from fedleak.fl import Client, ClientData, Payload
 from fedleak.fl.server import apply_server, record_server
 from fedleak.metrics import Evaluation, evaluate, lpips_scorers
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import create_model
-from fedleak.models.checkpoint import CheckpointInfo, load_weights, read_info
+from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info
+from fedleak.models.normalization import Evidence, resolve_normalization
 from fedleak.models.external import check_attackable, is_external
 from fedleak.registry import Registry
 from fedleak.store import run_key
@@ -61,6 +63,8 @@ class RunResult:
     privacy: dict[str, Any] = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)  # e.g. what LPIPS weights to place where
     target: Target | None = None  # the global model and its normalisation (for the auditor's side)
+    memory: dict[str, Any] = field(default_factory=dict)  # the attack's peak memory (fedleak.device.peak_memory)
+    batch: int = 1  # how many runs' attacks shared one batched optimisation with this one
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -80,12 +84,15 @@ class RunResult:
             "restart_losses": rec.restart_losses,
             "iterations": rec.iterations,
             "attack_seconds": round(rec.seconds, 3),
+            "attack_batch": self.batch,
+            "peak_memory": self.memory,
             "seconds": round(self.seconds, 3),
             "seed": self.config.seed,
             "device": self.config.device,
             "client_seed": self.config.client.seed,
             "defense": self.payload.hyper.defense,
             "privacy": self.privacy,
+            "normalization": self.target.normalization() if self.target is not None else None,
             "images": [vars(s) for s in ev.images],
             "hints": self.hints,
         }
@@ -93,11 +100,17 @@ class RunResult:
 
 @dataclass
 class Target:
-    """The model a run attacks and the normalisation its clients apply."""
+    """The model a run attacks and the normalisation its clients apply (``source``: where that came
+    from, see :mod:`fedleak.models.normalization`)."""
 
     model: nn.Module
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = "dataset"
+
+    def normalization(self) -> dict[str, Any]:
+        """``{mean, std, source}`` as recorded in ``metrics.json``."""
+        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
 
 
 def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | None]:
@@ -129,7 +142,10 @@ def load_data(config: RunConfig, loader: Callable[..., ImageDataset] = load_data
 def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo | None = None,
                  model: nn.Module | None = None) -> Target:
     """The global model: a given module, or the configured architecture (sized for the dataset's real
-    height and width), with checkpoint weights."""
+    height and width), with checkpoint weights; and its normalisation, from the first source that has
+    one: the fedleak checkpoint's > ``model.mean``/``model.std`` > a bring-your-own module's declared
+    values > the model card's when a torchvision/timm state dict was loaded > the dataset's
+    (:func:`fedleak.models.normalization.resolve_normalization`)."""
     c, h, w = dataset.image_shape
     if info is not None and info.num_classes != dataset.num_classes:
         raise ConfigError(
@@ -141,19 +157,38 @@ def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo 
         seed = config.model.seed if config.model.seed is not None else config.seed
         target = create_model(config.model.name, dataset.num_classes, c, (h, w), width=config.model.width,
                               seed=seed, **config.model.options)
-    if config.model.checkpoint:
-        load_weights(target, config.model.checkpoint, config.model.name)
-    if model is not None or is_external(config.model.name) or (config.model.checkpoint and info is None):
+    layout = load_into(target, config.model.checkpoint, config.model.name) if config.model.checkpoint else ""
+    own = model is not None or is_external(config.model.name)  # a bring-your-own module
+    if own or (config.model.checkpoint and info is None):
         check_attackable(target, dataset.image_shape, dataset.num_classes)
-    if info is not None and info.mean:
-        return Target(target, tuple(info.mean), tuple(info.std))
-    return Target(target, dataset.mean, dataset.std)
+    m = config.model
+    norm = resolve_normalization(Evidence(
+        channels=c, dataset=(dataset.mean, dataset.std),
+        checkpoint=(info.mean, info.std) if info is not None else None,
+        configured=(m.mean, m.std) if m.mean is not None and m.std is not None else None,
+        module=target if own else None, card_name=m.name if layout and not own else None))
+    return Target(target, norm.mean, norm.std, norm.source)
 
 
-def run(config: RunConfig, progress: bool = False, model: nn.Module | None = None,
-        loader: Callable[..., ImageDataset] = load_dataset) -> RunResult:
-    """Execute one attack run described by ``config``; ``model`` (optional) is the user's own module.
-    Many runs on one dataset can pass a caching ``loader`` (same signature as ``load_dataset``)."""
+@dataclass
+class Prepared:
+    """A run up to the attack: the client has computed its payload; the attacker's side (``attack``,
+    ``payload``, ``knowledge``) is ready; the private ``truth`` waits for evaluation."""
+
+    config: RunConfig
+    attack: Any
+    dataset: ImageDataset
+    truth: ClientData
+    target: Target
+    client: Client
+    payload: Payload
+    knowledge: AttackerKnowledge
+    start: float
+
+
+def prepare(config: RunConfig, model: nn.Module | None = None,
+            loader: Callable[..., ImageDataset] = load_dataset) -> Prepared:
+    """Everything of :func:`run` before the attack: data, target model, the client's update."""
     start = time.perf_counter()
     device = resolve_device(config.device)  # once; everything below takes its device from the model and data
     config = config.model_copy(update={"device": device_name(device)})  # the resolved device is recorded
@@ -172,14 +207,18 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
     truth = ClientData(dataset.images(indices).to(device), dataset.label_of(indices).to(device), tuple(indices))
 
     target = build_target(config, dataset, info, model)
-    target = apply_server(config, target, dataset, loader)  # a malicious server's modified model (fl.server)
+    # the normalisation the run uses, written out so that config.yaml reproduces it (its source: metrics.json)
+    written = config.model.model_copy(update={"mean": target.mean, "std": target.std})
+    config = config.model_copy(update={"model": written})
     target.model.to(device)
+    target = apply_server(config, target, dataset, loader)  # a malicious server's modified model, made on the device
     c = config.client
     client = Client(target.model, target.mean, target.std, c.protocol, config.model.mode, lr=c.lr,
                     local_steps=c.local_steps, local_batch_size=c.local_batch_size,
                     shuffle_seed=c.shuffle_seed, update_scale=c.update_scale, defense=c.defense,
                     defense_seed=client_seed, momentum=c.momentum, weight_decay=c.weight_decay, epochs=c.epochs)
-    payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
+    with matmul_precision("fp32"):  # the client computes in full fp32 (no TF32 on CUDA): the truth is exact
+        payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
 
     knowledge = AttackerKnowledge(
         architecture=copy.deepcopy(target.model),
@@ -190,22 +229,66 @@ def run(config: RunConfig, progress: bool = False, model: nn.Module | None = Non
         labels=truth.labels.clone() if config.knowledge.labels else None,
         bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )
-    reconstruction = attack.run(payload, knowledge, seed=config.seed, progress=progress)
-    scorers, hints = lpips_scorers(config.metrics.lpips, config.metrics.lpips_weights)
-    evaluation = evaluate(reconstruction, truth, scorers)
+    return Prepared(config, attack, dataset, truth, target, client, payload, knowledge, start)
+
+
+def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str, Any] | None = None,
+           batch: int = 1) -> RunResult:
+    """Evaluate a prepared run's reconstruction against its private truth."""
+    p = prepared
+    scorers, hints = lpips_scorers(p.config.metrics.lpips, p.config.metrics.lpips_weights)
+    evaluation = evaluate(reconstruction, p.truth, scorers)
     return RunResult(
-        config=config,
-        attack_settings=attack.config.model_dump(mode="json"),
-        dataset=dataset,
-        truth=truth,
-        payload=payload,
+        config=p.config,
+        attack_settings=p.attack.config.model_dump(mode="json"),
+        dataset=p.dataset,
+        truth=p.truth,
+        payload=p.payload,
         reconstruction=reconstruction,
         evaluation=evaluation,
-        seconds=time.perf_counter() - start,
-        privacy=client.privacy(payload.hyper),
+        seconds=time.perf_counter() - p.start,
+        privacy=p.client.privacy(p.payload.hyper),
         hints=hints,
-        target=target,
+        target=p.target,
+        memory=memory or {},
+        batch=batch,
     )
+
+
+def run(config: RunConfig, progress: bool = False, model: nn.Module | None = None,
+        loader: Callable[..., ImageDataset] = load_dataset) -> RunResult:
+    """Execute one attack run described by ``config``; ``model`` (optional) is the user's own module.
+    Many runs on one dataset can pass a caching ``loader`` (same signature as ``load_dataset``)."""
+    return run_many([config], progress, model, loader)[0]
+
+
+def batch_key(prepared: Prepared) -> str:
+    """Runs whose attacks can share one batched optimisation: the same attack with the same settings
+    and seed-independent config on the same device (the attack then checks the model state and
+    public hyperparameters itself, see :func:`fedleak.attacks.engine.groups`)."""
+    return repr((prepared.config.attack.name, prepared.attack.config.model_dump(mode="json"),
+                 prepared.config.device))
+
+
+def run_many(configs: Sequence[RunConfig], progress: bool = False, model: nn.Module | None = None,
+             loader: Callable[..., ImageDataset] = load_dataset) -> list[RunResult]:
+    """Execute several attack runs, attacking together those that can share one batched optimisation
+    (:meth:`~fedleak.attacks.base.Attack.run_many`: e.g. many clients of one round, or the cells of
+    a study with one model and attack setting). Each result is the run's own, as :func:`run` would
+    give it (up to float rounding); its ``attack_seconds`` and peak memory are the shared batch's."""
+    prepared = [prepare(c, model, loader) for c in configs]
+    batches: dict[str, list[int]] = {}
+    for i, p in enumerate(prepared):
+        batches.setdefault(batch_key(p), []).append(i)
+    results: dict[int, RunResult] = {}
+    for members in batches.values():
+        ps = [prepared[i] for i in members]
+        device = resolve_device(ps[0].config.device)
+        with peak_memory(device) as memory:
+            recs = ps[0].attack.run_many([p.payload for p in ps], [p.knowledge for p in ps],
+                                         [p.config.seed for p in ps], progress)
+        results.update({i: finish(p, r, memory, len(ps)) for i, p, r in zip(members, ps, recs)})
+    return [results[i] for i in range(len(prepared))]
 
 
 # ---------------------------------------------------------------------------------------- the run unit
@@ -248,6 +331,11 @@ class RunSpec:
         if isinstance(config.get("data"), dict):
             config["data"]["root"] = None  # where the data lies is no part of the run
         config.pop("device", None)  # nor where it runs: a study started on a CPU resumes on a GPU
+        model = config.get("model")
+        if isinstance(model, dict):  # an unset normalisation (the default) leaves keys as they were before it existed
+            for key in ("mean", "std"):
+                if model.get(key) is None:
+                    model.pop(key, None)
         return {"kind": self.kind, "config": config, "extra": self.extra}
 
     @property
@@ -323,7 +411,7 @@ def image_files(result: RunResult) -> dict[str, bytes]:
     from fedleak.report.grid import image_grid, png_bytes
 
     matched = result.reconstruction.images[result.evaluation.order]
-    return {f"{kind}-{i}.png": png_bytes(image_grid([image[None]], scale=4, pad=0))
+    return {f"{kind}-{i}.png": png_bytes(image_grid([image[None]], pad=0))
             for i in range(len(matched))
             for kind, image in (("original", result.truth.images[i]), ("reconstruction", matched[i]))}
 
@@ -333,16 +421,61 @@ def content_digest(images: torch.Tensor) -> str:
     return hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-@RUN_KINDS.register("attack")
-def attack_kind(study: Study | None, spec: RunSpec, loader: Callable[..., ImageDataset],
-                detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """One attack run (:func:`run`), with the study's own measurements and the images."""
-    result = run(spec.run_config(), progress=detail, loader=loader)
+def _attack_outcome(study: Study | None, spec: RunSpec, result: RunResult) -> tuple[dict[str, Any], dict[str, bytes]]:
     metrics = result.metrics()
     metrics["dataset"] = {**spec.dataset, "content": content_digest(result.truth.images)}
     if study is not None:
         metrics.update(study.measure(result, spec.planned()))
     return metrics, image_files(result)
+
+
+@RUN_KINDS.register("attack")
+def attack_kind(study: Study | None, spec: RunSpec, loader: Callable[..., ImageDataset],
+                detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """One attack run (:func:`run`), with the study's own measurements and the images."""
+    return _attack_outcome(study, spec, run(spec.run_config(), progress=detail, loader=loader))
+
+
+BatchedKind = Callable[[list["Study | None"], list[RunSpec], Callable[..., ImageDataset], bool],
+                       list[tuple[dict[str, Any], dict[str, bytes]]]]
+BATCHED_KINDS: Registry[BatchedKind] = Registry("batched run kind")
+"""Run kinds that execute many specs together better than one by one (the attacks' batched
+optimisation); a kind not listed here runs its specs one after another."""
+
+
+@BATCHED_KINDS.register("attack")
+def attack_kind_many(studies: list[Study | None], specs: list[RunSpec], loader: Callable[..., ImageDataset],
+                     detail: bool) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Several attack runs through :func:`run_many` (one batched optimisation where they allow it)."""
+    results = run_many([spec.run_config() for spec in specs], progress=detail, loader=loader)
+    return [_attack_outcome(study, spec, result) for study, spec, result in zip(studies, specs, results)]
+
+
+def attempt_many(specs: Sequence[RunSpec], loader: Callable[..., ImageDataset] = load_dataset,
+                 detail: bool = False) -> list[Outcome]:
+    """:func:`attempt` for several specs, those of a batched kind executed together. When a batch
+    raises, its specs are attempted one by one, so each failing run gets its own one-line error and
+    the others their results."""
+    outcomes: dict[int, Outcome] = {}
+    kinds: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        kinds.setdefault(spec.kind if spec.kind in BATCHED_KINDS and len(specs) > 1 else f"{i}:single", []).append(i)
+    for kind, members in kinds.items():
+        if kind.endswith(":single"):
+            outcomes[members[0]] = attempt(specs[members[0]], loader, detail)
+            continue
+        start = time.perf_counter()
+        group = [specs[i] for i in members]
+        try:
+            done = BATCHED_KINDS.get(kind)([study_of(s) for s in group], group, loader, detail)
+        except Exception:  # noqa: BLE001 - find the failing run(s): one at a time
+            outcomes.update({i: attempt(specs[i], loader, detail) for i in members})
+            continue
+        seconds = round(time.perf_counter() - start, 3)
+        for i, spec, (metrics, artifacts) in zip(members, group, done):
+            metrics.setdefault("dataset", spec.dataset)
+            outcomes[i] = Outcome(spec.key, metrics, artifacts, seconds)
+    return [outcomes[i] for i in range(len(specs))]
 
 
 @RUN_KINDS.register("fl-train")

@@ -65,14 +65,19 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 
 
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random horizontal flips and random crops after zero padding (per image)."""
-    b, _, h, w = x.shape
-    flip = torch.rand(b, generator=generator, device=generator.device) < 0.5
+    """Random horizontal flips and random crops after zero padding (per image), drawn with
+    ``generator`` on its device and cut by one gather there (no per-image loop, no host read)."""
+    b, c, h, w = x.shape
+    device = generator.device
+    flip = torch.rand(b, generator=generator, device=device) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    rows = (dy.view(b, 1) + torch.arange(h, device=device)).view(b, 1, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w, device=device)).view(b, 1, 1, w)
+    return padded[torch.arange(b, device=device).view(b, 1, 1, 1), torch.arange(c, device=device).view(1, c, 1, 1),
+                  rows, cols]
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ def main(grid: Grid, context: Context) -> None:
             FedAvg(fraction_evaluate=0.0),
             model=build_model, input_shape=(3, 32, 32), num_classes=10, mean=mean, std=std,
             attack={"name": "ig", "iterations": int(cfg["attack-iterations"]), "matching": "auto"},
-            rounds=rounds, evaluation=shared, out=out / variant, overwrite=True,
+            rounds=rounds, evaluation=shared, out=out / variant, overwrite=True, device=str(cfg["device"]),
         )
         strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model().state_dict()),
                        num_rounds=int(cfg["num-server-rounds"]), train_config=config)

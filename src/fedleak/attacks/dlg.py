@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, to_unit_range
+from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, matmul_precision, to_unit_range
 from fedleak.device import payload_device
 from fedleak.fl.payload import Payload
 
@@ -45,6 +45,10 @@ class DLG(Attack):
     def run(
         self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
     ) -> Reconstruction:
+        with matmul_precision(self.config.precision):
+            return self._run(payload, knowledge, seed, progress)
+
+    def _run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int, progress: bool) -> Reconstruction:
         cfg = self.config
         joint = cfg.labels == JOINT and knowledge.labels is None
         fixed = None if joint else recover_labels(payload, knowledge, cfg.labels)

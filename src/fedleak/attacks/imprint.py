@@ -48,13 +48,31 @@ def imprint_block(model: nn.Module) -> tuple[str, nn.Module]:
 
 def bin_images(weight_grad: Tensor, bias_grad: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
     """Per bin (rows in ascending threshold order): the image a bin's gradient difference stands for
-    (``ΔW_i / Δb_i``, flattened) and ``Δb_i``, both in float64."""
-    order = torch.argsort(thresholds)
-    gw, gb = weight_grad.double()[order], bias_grad.double()[order]
+    (``ΔW_i / Δb_i``, flattened) and ``Δb_i``, both in float64 (float32 on MPS), on the update's device."""
+    from fedleak.fl.modifications import exact_dtype
+
+    wide = exact_dtype(weight_grad.device)
+    order = torch.argsort(thresholds.to(weight_grad.device))
+    gw, gb = weight_grad.to(wide)[order], bias_grad.to(wide)[order]
     dw = gw - torch.cat([gw[1:], torch.zeros_like(gw[:1])])
     db = gb - torch.cat([gb[1:], torch.zeros_like(gb[:1])])
     safe = torch.where(db == 0, torch.ones_like(db), db)
     return dw / safe.unsqueeze(1), db
+
+
+def pick_bins(candidates: Tensor, db: Tensor, wanted: int, empty: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``wanted`` reconstructions (flattened, normalised): the candidates of the non-empty bins
+    with the largest ``|Δb|``, best first, then zeros (the mean colour) where too few bins are
+    filled; with the mask of filled bins and, per reconstruction, whether a bin gave it. Shapes do
+    not depend on values: no host read, so it runs as it is on any device."""
+    strength = db.abs()
+    filled = (strength > empty * strength.max()) & (strength > 0)
+    score = torch.where(filled, strength, torch.full_like(strength, -1.0))  # empty bins sort last
+    top = torch.argsort(score, descending=True, stable=True)[:wanted]
+    found, chosen = filled[top], candidates[top]
+    x = torch.zeros(wanted, candidates.shape[1], dtype=candidates.dtype, device=candidates.device)
+    x[: top.numel()] = torch.where(found.unsqueeze(1), chosen, torch.zeros_like(chosen))
+    return x, filled, found
 
 
 @ATTACKS.register("imprint")
@@ -77,18 +95,11 @@ class ImprintRecovery(Attack):
         if missing:
             raise FedleakError(f"the update holds no gradient of the imprint layer ({missing[0]!r})")
         candidates, db = bin_images(payload.update[keys[0]], payload.update[keys[1]], -block.encoder.bias.detach())
-        strength = db.abs()
-        filled = (strength > self.config.empty * strength.max()) & (strength > 0)
-        wanted = payload.hyper.observed_images
-        best = [int(i) for i in torch.argsort(strength, descending=True, stable=True) if filled[i]][:wanted]
-        shape = knowledge.input_shape
-        x = torch.zeros(wanted, *shape, dtype=torch.float64, device=candidates.device)  # normalised zeros: the dataset's mean colour
-        if best:
-            x[: len(best)] = candidates[best].view(len(best), *shape)
-        images = to_unit_range(x.float(), knowledge.mean, knowledge.std)
+        x, filled, found = pick_bins(candidates, db, payload.hyper.observed_images, self.config.empty)
+        images = to_unit_range(x.view(-1, *knowledge.input_shape).float(), knowledge.mean, knowledge.std)
         labels = recover_labels(payload, knowledge, self.config.labels)
         return Reconstruction(
             images=images, labels=labels, matching_loss=0.0, restart_losses=[0.0], iterations=0,
             seconds=time.perf_counter() - start,
-            trace=[{"bins": int(db.numel()), "filled_bins": int(filled.sum()), "recovered": len(best)}],
+            trace=[{"bins": int(db.numel()), "filled_bins": int(filled.sum()), "recovered": int(found.sum())}],
         )

@@ -1,67 +1,116 @@
-"""Gradient-matching costs: distance between the simulated and the observed update (a lookup table)."""
+"""Gradient-matching costs and views: how a simulated update is compared with the observed one.
+
+Both are split into a *prepare* step, run once per observed update (the targets flattened into one
+vector, their norm), and an *evaluate* step in the hot loop, so that the loop does no work that
+depends on the targets alone and no Python loop over tensors: the selected layers are flattened into
+one vector and compared with one dot product. The prepared state is a plain tree of tensors, so the
+states of many payloads stack along a leading dimension and ``vmap`` over it (one batched
+optimisation attacks many payloads, see :mod:`fedleak.attacks.engine`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fedleak.registry import Registry
 
-Cost = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
+State = dict[str, Any]  # a tree of tensors (dicts and lists)
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """The tensors as one vector (one concatenation: the hot loop's only copy of the update)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A distance between two updates given as flat vectors: ``prepare(observed) → state`` once,
+    ``evaluate(simulated, state) → scalar`` each step. Calling a cost on two lists of tensors
+    compares them directly (flattened)."""
+
+    prepare: Callable[[Tensor], State]
+    evaluate: Callable[[Tensor, State], Tensor]
+
+    def __call__(self, grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+        return self.evaluate(flatten(grads), self.prepare(flatten(targets)))
+
 
 COSTS: Registry[Cost] = Registry("cost")
 
 
-@COSTS.register("cosine")
-def cosine(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
-    """1 − cosine similarity of the two updates, each flattened across all given layers."""
-    dot = sum((g * t).sum() for g, t in zip(grads, targets))
-    gnorm = sum(g.pow(2).sum() for g in grads)
-    tnorm = sum(t.pow(2).sum() for t in targets)
-    return 1 - dot / (gnorm.sqrt() * tnorm.sqrt()).clamp_min(torch.finfo(gnorm.dtype).tiny)
+def _cosine_evaluate(g: Tensor, state: State) -> Tensor:
+    dot = torch.dot(g, state["target"])
+    norms = torch.linalg.vector_norm(g) * state["norm"]
+    return 1 - dot / norms.clamp_min(torch.finfo(g.dtype).tiny)
 
 
-@COSTS.register("l2")
-def l2(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
-    """Squared Euclidean distance summed over all given layers (DLG)."""
-    return sum((g - t).pow(2).sum() for g, t in zip(grads, targets))
+COSTS.register("cosine")(Cost(
+    prepare=lambda t: {"target": t, "norm": torch.linalg.vector_norm(t)},
+    evaluate=_cosine_evaluate,
+))
+"""1 − cosine similarity of the two updates, each flattened across all given layers (the target's
+norm computed once)."""
+
+COSTS.register("l2")(Cost(
+    prepare=lambda t: {"target": t},
+    evaluate=lambda g, state: (g - state["target"]).pow(2).sum(),
+))
+"""Squared Euclidean distance summed over all given layers (DLG)."""
 
 
 View = Callable[[Sequence[Tensor]], list[Tensor]]
-Matching = Callable[[Sequence[Tensor]], tuple[View, list[Tensor]]]
+
+
+@dataclass(frozen=True)
+class Matching:
+    """How simulated and observed updates are put side by side before the cost.
+
+    ``prepare(observed tensors) → (state, compared)``: what the view needs (built from the observed
+    update and the public defense spec only) and the tensors the simulated update is compared with;
+    ``view(simulated tensors, state)`` is applied to each simulated update. Calling a matching on
+    the observed tensors gives ``(view, compared)`` with the state bound."""
+
+    prepare: Callable[[Sequence[Tensor]], tuple[State, list[Tensor]]]
+    view: Callable[[Sequence[Tensor], State], list[Tensor]]
+
+    def __call__(self, targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
+        state, compared = self.prepare(targets)
+        return (lambda grads: self.view(grads, state)), compared
+
 
 MATCHINGS: Registry[Matching] = Registry("matching")
-"""How simulated and observed updates are put side by side before the cost: given the observed
-tensors, a matching returns a view applied to each simulated update and the targets it is compared
-with. The attacker may build views from what it observes and from the public defense spec only."""
 
 
-@MATCHINGS.register("plain")
-def plain(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
-    """Compare the updates as they are."""
-    return list, list(targets)
+MATCHINGS.register("plain")(Matching(
+    prepare=lambda targets: ({}, list(targets)),
+    view=lambda grads, state: list(grads),
+))
+"""Compare the updates as they are."""
+
+MATCHINGS.register("masked")(Matching(
+    prepare=lambda targets: ({"masks": [(t != 0).to(t.dtype) for t in targets]}, list(targets)),
+    view=lambda grads, state: [g * m for g, m in zip(grads, state["masks"])],
+))
+"""Compare only the coordinates a sparsifier kept (the non-zero entries of the observed update):
+the zeros top-k or pruning wrote carry no information about the gradient there."""
 
 
-@MATCHINGS.register("masked")
-def masked(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
-    """Compare only the coordinates a sparsifier kept (the non-zero entries of the observed update):
-    the zeros top-k or pruning wrote carry no information about the gradient there."""
-    masks = [(t != 0).to(t.dtype) for t in targets]
-    return (lambda grads: [g * m for g, m in zip(grads, masks)]), list(targets)
+def _soft_sign(grads: Sequence[Tensor], state: State) -> list[Tensor]:
+    return [torch.tanh(g / g.abs().mean().detach().clamp_min(1e-12)) for g in grads]
 
 
-@MATCHINGS.register("sign")
-def sign_aware(targets: Sequence[Tensor]) -> tuple[View, list[Tensor]]:
-    """For signSGD: compare a smooth sign of the simulated update, tanh(g / mean|g|), with the
-    observed signs (any per-tensor scale removed), so the magnitudes the client discarded do not
-    enter the cost and the gradient still flows."""
-
-    def soft_sign(grads: Sequence[Tensor]) -> list[Tensor]:
-        return [torch.tanh(g / g.abs().mean().detach().clamp_min(1e-12)) for g in grads]
-
-    return soft_sign, [torch.sign(t) for t in targets]
+MATCHINGS.register("sign")(Matching(
+    prepare=lambda targets: ({}, [torch.sign(t) for t in targets]),
+    view=_soft_sign,
+))
+"""For signSGD: compare a smooth sign of the simulated update, tanh(g / mean|g|), with the observed
+signs (any per-tensor scale removed), so the magnitudes the client discarded do not enter the cost
+and the gradient still flows."""
 
 
 def check_matching(name: str) -> str:

@@ -4,7 +4,8 @@ simulated gradient, and a loss trace."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -118,21 +119,71 @@ def optimize(step: Callable[[], Tensor], iterations: int, patience: int | None, 
     The losses are read back to the host (a synchronisation on a GPU) only every ``log_every``
     iterations and at the last: that is when the trace, the progress bar and early stopping look.
     Returns the trace and the number of steps taken."""
-    trace, stop = Trace(iterations, every=log_every), EarlyStop(patience, min_delta)
+    traces, done = optimize_group(lambda active: step()[None], 1, iterations, patience, min_delta, progress,
+                                  desc, log_every)
+    return traces[0], done[0]
+
+
+def optimize_group(step: Callable[[list[int]], Tensor], count: int, iterations: int, patience: int | None,
+                   min_delta: float, progress: bool = False, desc: str = "attack",
+                   log_every: int = 1) -> tuple[list[Trace], list[int]]:
+    """:func:`optimize` for ``count`` independent payloads optimised together: ``step(active)`` makes
+    one optimiser step for the payloads still running (``active``, indices in order) and returns
+    their trials' matching losses (len(active)×R). Each payload has its own trace and early stopping;
+    a payload that stops leaves ``active`` (its candidates must then stay as they are). All
+    payloads' losses come back to the host together, every ``log_every`` iterations and at the last.
+    Returns each payload's trace and number of steps taken."""
+    traces = [Trace(iterations, every=log_every) for _ in range(count)]
+    stops = [EarlyStop(patience, min_delta) for _ in range(count)]
+    done, active = [iterations] * count, list(range(count))
     bar = tqdm(total=iterations, disable=not progress, desc=desc, unit="it", leave=False)
-    done, shown = iterations, 0
+    shown = 0
     for it in range(iterations):
-        match = step()
+        match = step(active)
         last = it == iterations - 1
         if it % log_every and not last:
             continue  # no host synchronisation on this step
-        best = finite_min(match)
-        trace.record(it, last=last, loss=best, mean_loss=float(match.mean()))
-        bar.update(it + 1 - shown)
-        bar.set_postfix(loss=f"{best:.4g}", refresh=False)
-        steps, shown = it + 1 - shown, it + 1
-        if stop(best, steps):
-            done = it + 1
+        rows = match.detach().cpu()  # one transfer for every payload
+        steps, shown, still = it + 1 - shown, it + 1, []
+        bests = []
+        for row, p in zip(rows, active):
+            best = finite_min(row)
+            bests.append(best)
+            traces[p].record(it, last=last, loss=best, mean_loss=float(row.mean()))
+            if stops[p](best, steps):
+                done[p] = it + 1
+            else:
+                still.append(p)
+        bar.update(steps)
+        finite = [b for b in bests if b == b]
+        bar.set_postfix(loss=f"{min(finite) if finite else float('nan'):.4g}", refresh=False)
+        active = still
+        if not active:
             break
     bar.close()
-    return trace, done
+    return traces, done
+
+
+PRECISIONS: dict[str, tuple[bool, str]] = {
+    "fp32": (False, "highest"),
+    "tf32": (True, "high"),
+}
+"""``attack.precision`` → (TF32 allowed in cuBLAS/cuDNN, ``torch.set_float32_matmul_precision``)."""
+
+
+@contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+    """Run the block with float32 matrix products and convolutions in full fp32 (``fp32``) or, on
+    NVIDIA GPUs from Ampere on, in TF32 (``tf32``: 10-bit mantissa inputs, fp32 accumulation — much
+    faster, slightly less exact). The previous settings are restored afterwards. On a CPU both are
+    plain fp32."""
+    tf32, matmul = PRECISIONS[name]
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    cuda.allow_tf32, cudnn.allow_tf32 = tf32, tf32
+    torch.set_float32_matmul_precision(matmul)
+    try:
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])

@@ -25,6 +25,8 @@ class PriorContext:
     buffers: dict[str, Tensor]
     bn_targets: list[tuple[Tensor, Tensor]] | None = None
     bn_layers: list[nn.Module] = field(default_factory=list)
+    seen: list[tuple[Tensor, Tensor]] | None = None  # this trial's batch statistics, read from its
+    # simulated forward pass (None: the bn prior runs its own forward)
 
 
 Regularizer = Callable[[Tensor, PriorContext], Tensor]
@@ -49,9 +51,21 @@ def l2_norm(x: Tensor, context: PriorContext | None = None) -> Tensor:
 @REGULARIZERS.register("bn")
 def batch_norm_statistics(x: Tensor, context: PriorContext) -> Tensor:
     """GradInversion / DeepInversion: Σ over BN layers of ‖μ(x) − μ_client‖² + ‖σ²(x) − σ²_client‖²,
-    the client's batch statistics being declared attacker knowledge."""
+    the client's batch statistics being declared attacker knowledge. The statistics of ``x`` come
+    from the simulated update's own forward pass when it saw the whole batch (``context.seen``),
+    otherwise from a forward pass of their own."""
     if context.bn_targets is None:
         raise FedleakError("the bn prior needs the client's batch-norm statistics (knowledge.bn_stats=true)")
+    seen = context.seen if context.seen is not None else forward_statistics(x, context)
+    total = x.new_zeros(())
+    for (mean, var), (target_mean, target_var) in zip(seen, context.bn_targets):
+        total = total + (mean - target_mean).pow(2).sum() + (var - target_var).pow(2).sum()
+    return total
+
+
+def forward_statistics(x: Tensor, context: PriorContext) -> list[tuple[Tensor, Tensor]]:
+    """The batch statistics at each BN layer in a forward pass of ``x`` (when the simulated update
+    had none over the whole batch)."""
     seen: list[tuple[Tensor, Tensor]] = []
     hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(batch_statistics(args[0])))
              for m in context.bn_layers]
@@ -60,7 +74,4 @@ def batch_norm_statistics(x: Tensor, context: PriorContext) -> Tensor:
     finally:
         for h in hooks:
             h.remove()
-    total = x.new_zeros(())
-    for (mean, var), (target_mean, target_var) in zip(seen, context.bn_targets):
-        total = total + (mean - target_mean).pow(2).sum() + (var - target_var).pow(2).sum()
-    return total
+    return seen

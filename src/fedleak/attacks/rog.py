@@ -3,7 +3,7 @@
 The variable is a low-resolution image (H/s × W/s, s = 2 or 4) that is bicubic-upsampled into the
 model; the simulated update (FedSGD, or FedAvg's local steps unrolled) is matched to the observed,
 decompressed one with squared L2 (cosine optional) under Adam, lr 0.05 decaying along a cosine to
-0.005, for about 100 iterations. Restarts run batched; the lowest matching loss wins. A learned
+0.005, for about 100 iterations. Restarts (and many payloads, via ``run_many``) run batched; the lowest matching loss wins. A learned
 prior (``fedleak train-prior``) can then restore detail.
 
 Beyond the paper, ``matching`` compares only the coordinates a sparsifier kept (``masked``) or the
@@ -12,14 +12,17 @@ signs a signSGD client sent (``sign``); ``auto`` picks from the payload's public
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import Field, field_validator
 
 from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, Reconstruction
 from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
-from fedleak.attacks.optimization import INITS, best_restart, optimize
-from fedleak.attacks.priors import load_prior, upsample
+from fedleak.attacks.engine import Variable, groups, optimize_variable
+from fedleak.attacks.optimization import INITS, best_restart, matmul_precision
+from fedleak.attacks.priors import Prior, load_prior, upsample
 from fedleak.device import generator, payload_device
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
@@ -45,8 +48,23 @@ class ROG(Attack):
     def run(
         self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
     ) -> Reconstruction:
+        return self.run_many([payload], [knowledge], [seed], progress)[0]
+
+    def run_many(self, payloads: Sequence[Payload], knowledges: Sequence[AttackerKnowledge],
+                 seeds: Sequence[int], progress: bool = False) -> list[Reconstruction]:
         cfg = self.config
         prior = load_prior(cfg.prior) if cfg.prior else None
+        results: dict[int, Reconstruction] = {}
+        with matmul_precision(cfg.precision):
+            for members in groups(payloads, knowledges, cfg.layers, cfg.layer_count):
+                done = self._group([payloads[i] for i in members], [knowledges[i] for i in members],
+                                   [seeds[i] for i in members], prior, progress)
+                results.update(zip(members, done))
+        return [results[i] for i in range(len(payloads))]
+
+    def _group(self, payloads: list[Payload], knowledges: list[AttackerKnowledge], seeds: list[int],
+               prior: Prior | None, progress: bool) -> list[Reconstruction]:
+        cfg, knowledge = self.config, knowledges[0]
         c, h, w = knowledge.input_shape
         if prior is not None and (prior.info.channels != c or prior.info.scale != cfg.scale):
             raise ConfigError(
@@ -55,39 +73,33 @@ class ROG(Attack):
             )
         if h // cfg.scale < 1 or w // cfg.scale < 1:
             raise ConfigError(f"scale {cfg.scale} is too large for {h}×{w} images")
-        labels = recover_labels(payload, knowledge, cfg.labels)
-        objective = GradientMatching(payload, knowledge, cfg.cost, cfg.layers, cfg.layer_count,
+        labels = torch.stack([recover_labels(p, k, cfg.labels) for p, k in zip(payloads, knowledges)])
+        objective = GradientMatching(payloads, knowledges, cfg.cost, cfg.layers, cfg.layer_count,
                                      {"tv": cfg.tv}, cfg.matching)
-        n = payload.hyper.observed_images
+        n = payloads[0].hyper.observed_images
         shape = (cfg.restarts, n, c, h // cfg.scale, w // cfg.scale)
         # The variable is a low-resolution image in pixel units [0, 1] (the paper's lr refers to them).
-        device = payload_device(payload)
-        z = INITS.get(cfg.init)(shape, generator(seed, device)).requires_grad_(True)
-        mean = torch.tensor(knowledge.mean, device=device).view(1, 1, -1, 1, 1)
-        std = torch.tensor(knowledge.std, device=device).view(1, 1, -1, 1, 1)
+        device = payload_device(payloads[0])
+        init = INITS.get(cfg.init)
+        z = torch.stack([init(shape, generator(seed, device)) for seed in seeds]).requires_grad_(True)
+        mean = torch.tensor(knowledge.mean, device=device).view(-1, 1, 1)
+        std = torch.tensor(knowledge.std, device=device).view(-1, 1, 1)
 
         def image(low: torch.Tensor) -> torch.Tensor:
-            """Low-resolution pixels → the model's normalised full-resolution input."""
-            return (upsample(low.flatten(0, 1), (h, w)).view(cfg.restarts, n, c, h, w) - mean) / std
+            """Low-resolution pixels (P×R×B×C×h×w) → the model's normalised full-resolution input."""
+            lead = low.shape[:3]
+            return ((upsample(low.flatten(0, 2), (h, w)) - mean) / std).view(*lead, c, h, w)
 
         optimizer = torch.optim.Adam([z], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.iterations, eta_min=cfg.lr_min)
-
-        def step() -> torch.Tensor:
-            x = image(z)
-            gx, match = objective.image_gradients(x.detach(), labels)
-            optimizer.zero_grad()
-            x.backward(gx)  # chain rule through the upsampling to the low-resolution variable
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                z.clamp_(0, 1)  # the valid pixel range
-            return match
-
-        trace, done = optimize(step, cfg.iterations, cfg.patience, cfg.min_delta, progress, self.name,
-                               cfg.log_every)
-        final = objective.matching_losses(image(z).detach(), labels)
-        winner = best_restart(final)
-        low = z[winner].detach()
-        images = prior(low, (h, w)) if prior is not None else upsample(low, (h, w)).clamp(0, 1)
-        return Reconstruction.from_restarts(images, labels, final, winner, trace, done)
+        variable = Variable(z, to_input=image, project=lambda value: value.clamp_(0, 1))  # the valid pixel range
+        outcomes = optimize_variable(objective, variable, labels, optimizer, scheduler, cfg.iterations,
+                                     cfg.patience, cfg.min_delta, cfg.chunk, progress, self.name, cfg.log_every)
+        reconstructions = []
+        for p, outcome in enumerate(outcomes):
+            winner = best_restart(outcome.final)
+            low = z[p, winner].detach()
+            images = prior(low, (h, w)) if prior is not None else upsample(low, (h, w)).clamp(0, 1)
+            reconstructions.append(Reconstruction.from_restarts(images, labels[p], outcome.final, winner,
+                                                                outcome.trace, outcome.iterations))
+        return reconstructions

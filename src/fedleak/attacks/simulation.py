@@ -7,7 +7,8 @@ pure function of the candidates, so it can be differentiated and ``vmap``-ed ove
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,49 +17,72 @@ from torch.func import functional_call, grad
 
 from fedleak.attacks.base import AttackerKnowledge, target_model
 from fedleak.defenses import parse_defense
-from fedleak.fl.payload import Payload, PublicHyperparameters
+from fedleak.fl.payload import Payload
+from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
 from fedleak.registry import Registry
 
 Params = dict[str, Tensor]
-Differentiate = Callable[[Callable[[Params], Tensor], Params], Params]
+Statistics = list[tuple[Tensor, Tensor]]  # (mean, variance) at each batch-norm layer, in module order
+Loss = Callable[[Params], tuple[Tensor, Any]]  # params → (loss, aux)
+Differentiate = Callable[[Loss, Params], tuple[Params, Any]]
 Schedule = list[Tensor]  # index tensor of the client batch at each local step (FedAvg)
-Simulator = Callable[[nn.Module, Params, Params, Tensor, Tensor, PublicHyperparameters, Schedule, Differentiate],
-                     Params]
+Simulator = Callable[..., tuple[Params, "Statistics | None"]]
+"""``simulate(model, params, buffers, x, y, hyper, schedule, differentiate, observe) → (update, stats)``:
+the client's update for candidates ``x``; with ``observe`` (the model's batch-norm layers), also the
+batch statistics of the forward pass over the whole batch ``x`` where the protocol makes one (``None``
+otherwise), so the BN prior needs no second forward."""
 
 
-def functional_grad(loss: Callable[[Params], Tensor], params: Params) -> Params:
-    """∇ via ``torch.func.grad``: composes with ``vmap`` (batched restarts)."""
-    return grad(loss)(params)
+def functional_grad(loss: Loss, params: Params) -> tuple[Params, Any]:
+    """∇ via ``torch.func.grad`` (with the loss's aux): composes with ``vmap`` (batched restarts)."""
+    return grad(loss, has_aux=True)(params)
 
 
-def autograd_grad(loss: Callable[[Params], Tensor], params: Params) -> Params:
+def autograd_grad(loss: Loss, params: Params) -> tuple[Params, Any]:
     """∇ via ``torch.autograd.grad(create_graph=True)``: about 1.5× faster for a single trial on CPU,
     but cannot run under ``vmap``."""
     leaves = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in params.items()}
-    grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
-    return dict(zip(leaves, grads))
+    value, aux = loss(leaves)
+    grads = torch.autograd.grad(value, list(leaves.values()), create_graph=True)
+    return dict(zip(leaves, grads)), aux
 
 SIMULATORS: Registry[Simulator] = Registry("protocol simulation")
 
 
-def _loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
-    # Hard labels are class indices; soft labels (DLG's joint optimisation) are probabilities.
-    return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+def _loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
+          observe: Sequence[nn.Module] = ()) -> tuple[Tensor, Statistics]:
+    """Cross-entropy of the model on ``x`` and, for each module of ``observe``, the per-channel batch
+    statistics of its input in this forward pass (read by hooks, no second forward). Hard labels are
+    class indices; soft labels (DLG's joint optimisation) are probabilities."""
+    seen: Statistics = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(batch_statistics(args[0])))
+             for m in observe]
+    try:
+        logits = functional_call(model, (params, buffers), (x,))
+    finally:
+        for h in hooks:
+            h.remove()
+    return F.cross_entropy(logits, y), seen
 
 
 @SIMULATORS.register("fedsgd")
-def simulate_fedsgd(model, params, buffers, x, y, hyper, schedule, differentiate):
-    return differentiate(lambda p: _loss(model, p, buffers, x, y), params)
+def simulate_fedsgd(model, params, buffers, x, y, hyper, schedule, differentiate, observe=()):
+    update, seen = differentiate(lambda p: _loss(model, p, buffers, x, y, observe), params)
+    return update, (seen if observe else None)
 
 
 @SIMULATORS.register("fedavg")
-def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate):
+def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate, observe=()):
     """The local steps of ``torch.optim.SGD`` unrolled, with its arithmetic (dampening 0, no
     Nesterov): d = ∇ + wd·θ; b = d on the first step, then μ·b + d; θ ← θ − lr·b (θ − lr·d without
-    momentum). The momentum buffer starts empty each round, as a client's fresh optimizer's does."""
-    current, velocity = dict(params), None
-    for index in schedule:
-        g = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index]), current)
+    momentum). The momentum buffer starts empty each round, as a client's fresh optimizer's does.
+    The batch statistics are those of the first step when it sees the whole batch."""
+    current, velocity, stats = dict(params), None, None
+    for step, index in enumerate(schedule):
+        watch = observe if step == 0 and len(index) == len(x) else ()
+        g, seen = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index], watch), current)
+        if watch:
+            stats = seen
         if hyper.weight_decay:
             g = {n: torch.add(g[n], current[n], alpha=hyper.weight_decay) for n in current}
         if hyper.momentum:
@@ -67,7 +91,7 @@ def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate
             g = velocity
         current = {n: torch.add(current[n], g[n], alpha=-hyper.lr) for n in current}
     scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
-    return {n: (params[n] - current[n]) / scale for n in params}
+    return {n: (params[n] - current[n]) / scale for n in params}, stats
 
 
 class Simulation:
@@ -88,6 +112,7 @@ class Simulation:
         device = next(iter(self.params.values())).device if self.params else None
         self.schedule = [torch.tensor(batch, device=device) for batch in payload.hyper.minibatches()]
         self.defense = parse_defense(payload.hyper.defense)  # public: clipping is re-run on each update
+        self.bn_layers = batch_norm_layers(model)
 
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
         """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
@@ -95,10 +120,21 @@ class Simulation:
         holds K client batches one after another and the update is the mean of theirs. The leading
         simulable defense stages (clipping) are re-run as the client runs them: those before the
         aggregation on each client's update, those after it on the mean."""
+        return self.update_and_statistics(x, y, batched)[0]
+
+    def update_and_statistics(self, x: Tensor, y: Tensor, batched: bool = False,
+                              observe: bool = False) -> tuple[Params, Statistics | None]:
+        """:meth:`update` and, with ``observe``, the batch-norm statistics of ``x`` read from the
+        simulated forward pass (``None`` where no forward pass sees the whole of ``x``: aggregated
+        clients, FedAvg minibatches)."""
         differentiate = functional_grad if batched else autograd_grad
         k, b = self.hyper.clients, self.hyper.batch_size
-        updates = [self.defense.simulate_client(
-            self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b], y[i * b:(i + 1) * b],
-                           self.hyper, self.schedule, differentiate)) for i in range(k)]
+        watch = self.bn_layers if observe and k == 1 else ()
+        updates, stats = [], None
+        for i in range(k):
+            update, seen = self._simulate(self.model, self.params, self.buffers, x[i * b:(i + 1) * b],
+                                          y[i * b:(i + 1) * b], self.hyper, self.schedule, differentiate, watch)
+            updates.append(self.defense.simulate_client(update))
+            stats = seen if watch else None
         mean = updates[0] if k == 1 else {n: sum(u[n] for u in updates) / k for n in self.params}
-        return self.defense.simulate_server(mean)
+        return self.defense.simulate_server(mean), stats

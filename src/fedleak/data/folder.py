@@ -88,10 +88,11 @@ def load_folder(
         return prepare(read_image(files[i]), image_size, channels, square=crop)
 
     first = read(0)
-    picks = np.linspace(0, len(files) - 1, num=min(_STATS_SAMPLE, len(files))).astype(int)
-    sample = []
-    for i in picks:
-        image = read(int(i))
+
+    def read_checked(i: int) -> torch.Tensor:
+        """Image ``i``, refused with one line when it does not match the first image: the statistics
+        below see a sample of the folder, so any other image is checked when it is read."""
+        image = read(i)
         if image.shape[0] != first.shape[0]:
             raise DataError(
                 f"{files[i]} has {image.shape[0]} channel(s) but {files[0]} has {first.shape[0]}: the folder "
@@ -103,14 +104,16 @@ def load_folder(
                 f"{files[i]} is {tuple(image.shape[1:])} but {files[0]} is {tuple(first.shape[1:])}; "
                 "pass an image size (--image-size N, or data.image_size=[H, W]) to resize them all"
             )
-        sample.append(image)
-    mean, std = channel_stats(torch.stack(sample))
+        return image
+
+    picks = np.linspace(0, len(files) - 1, num=min(_STATS_SAMPLE, len(files))).astype(int)
+    mean, std = channel_stats(torch.stack([read_checked(int(i)) for i in picks]))
     return ImageDataset(
         name=f"folder:{root.name}",
         labels=torch.tensor(labels, dtype=torch.long),
         classes=[d.name for d in class_dirs],
         mean=mean,
         std=std,
-        read=read,
+        read=read_checked,
         image_shape=tuple(first.shape),  # type: ignore[arg-type]
     )

@@ -11,7 +11,6 @@ import math
 from fractions import Fraction
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -34,9 +33,9 @@ class Quantize(Defense):
     config: QuantizeConfig
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
+        # An all-zero tensor stays zero (sign 0); scale 1 there only avoids 0/0 — no host read to branch on.
         scale = t.abs().max()
-        if scale == 0:
-            return t.clone()
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         levels = 2 ** (self.config.bits - 1) - 1
         return torch.sign(t) * torch.round(t.abs() / scale * levels) * (scale / levels)
 
@@ -54,11 +53,11 @@ class QSGD(Defense):
     config: QSGDConfig
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
+        # An all-zero tensor comes out zero (norm 0 multiplies it); norm 1 in the division only avoids
+        # 0/0 — no host read to branch on, so every tensor takes one draw from the generator.
         norm = t.norm()
-        if norm == 0:
-            return t.clone()
         s = self.config.levels
-        scaled = t.abs() / norm * s
+        scaled = t.abs() / torch.where(norm == 0, torch.ones_like(norm), norm) * s
         low = torch.floor(scaled)
         up = torch.rand(t.shape, generator=generator, dtype=t.dtype, device=t.device) < (scaled - low)
         return norm * torch.sign(t) * (low + up.to(t.dtype)) / s
@@ -142,6 +141,22 @@ class Prune(Defense):
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
         if self.config.ratio == 0 or t.numel() == 0:
             return t.clone()
-        # numpy's percentile (linear interpolation) as DLG's release; torch.quantile caps the size.
-        threshold = float(np.percentile(t.detach().abs().double().cpu().numpy(), self.config.ratio * 100))
-        return torch.where(t.abs().double() >= threshold, t, torch.zeros_like(t))
+        magnitudes = t.detach().abs().to(torch.float32 if t.device.type == "mps" else torch.float64)
+        threshold = percentile(magnitudes, self.config.ratio * 100)
+        return torch.where(magnitudes >= threshold, t, torch.zeros_like(t))
+
+
+def percentile(values: Tensor, q: float) -> Tensor:
+    """``numpy.percentile(values, q)`` (its default linear interpolation; DLG's release used it),
+    computed on the values' device with numpy's own float steps, so it equals numpy's result
+    exactly in float64. (``torch.quantile`` caps the input size and rounds differently.)"""
+    flat = torch.sort(values.flatten()).values
+    n = flat.numel()
+    fraction = q / 100
+    virtual = (n - 1) * fraction  # numpy's virtual index for its linear method
+    if virtual >= n - 1:
+        return flat[-1]
+    below = max(math.floor(virtual), 0)
+    gamma = virtual - below
+    a, b = flat[below], flat[below + 1]
+    return b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma  # numpy's _lerp

@@ -33,19 +33,27 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from fedleak.device import device_of, generator
 from fedleak.errors import ConfigError
 from fedleak.fl.server import Modification, ModificationConfig, ServerContext, register
+
+
+def exact_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the imprint's thresholds and its recovery's divisions use on ``device``: float64
+    (exact recovery survives float rounding), float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class ImprintBlock(nn.Module):
     """``x + D·ReLU(W·flatten(x) + b)``, reshaped to the input's shape (see the module docstring)."""
 
-    def __init__(self, input_shape: tuple[int, ...], bins: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], bins: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         n = math.prod(self.input_shape)
-        self.encoder = nn.Linear(n, bins)
-        self.decoder = nn.Linear(bins, n, bias=False)
+        self.encoder = nn.Linear(n, bins, device=device, dtype=dtype)
+        self.decoder = nn.Linear(bins, n, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.decoder(torch.relu(self.encoder(x.flatten(1)))).view(-1, *self.input_shape)
@@ -97,15 +105,17 @@ class Imprint(Modification):
     def modify(self, model: nn.Module, context: ServerContext) -> nn.Module:
         cfg = self.config
         n = math.prod(context.input_shape)
-        generator = torch.Generator().manual_seed(context.seed)
+        device = device_of(model)  # the block, its measurement and the public images all live there
+        wide = exact_dtype(device)
         if cfg.measure == "brightness":
-            w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+            w = torch.full((n,), 1.0 / n, dtype=wide, device=device)
         else:
-            w = torch.randn(n, generator=generator, dtype=torch.float64) / math.sqrt(n)
-        measured = context.public_images(cfg.split, cfg.public).flatten(1).double() @ w
+            w = torch.randn(n, generator=generator(context.seed, device), dtype=wide, device=device) / math.sqrt(n)
+        measured = context.public_images(cfg.split, cfg.public, device).flatten(1).to(wide) @ w
         thresholds = bin_thresholds(measured, cfg.bins, cfg.fit)
-        block = ImprintBlock(context.input_shape, cfg.bins)
         dtype = next(iter(model.parameters())).dtype
+        # Made without initialising (every weight is set below), straight on the model's device.
+        block = ImprintBlock(context.input_shape, cfg.bins, device="meta", dtype=dtype).to_empty(device=device)
         # Rows α·w with biases −α·t fire where w·x > t; the decoder's 1/α keeps the block's output
         # perturbation at gain · (mean over rows of ReLU(w·x − t)) along w, whatever α.
         a = cfg.scale
@@ -119,10 +129,12 @@ class Imprint(Modification):
 
 def bin_thresholds(measured: Tensor, bins: int, fit: str) -> Tensor:
     """``bins`` ascending thresholds splitting the distribution of ``measured`` into bins + 1 equally
-    likely parts: its quantiles (``empirical``) or those of a Gaussian with its mean and std."""
-    q = torch.arange(1, bins + 1, dtype=torch.float64) / (bins + 1)
+    likely parts: its quantiles (``empirical``) or those of a Gaussian with its mean and std; in
+    ``measured``'s dtype, on its device."""
+    q = torch.arange(1, bins + 1, dtype=measured.dtype, device=measured.device) / (bins + 1)
     if fit == "gaussian":
-        normal = torch.distributions.Normal(measured.mean(), measured.std().clamp_min(1e-12))
+        # validate_args=False: the check would read values on the host (the std is clamped positive)
+        normal = torch.distributions.Normal(measured.mean(), measured.std().clamp_min(1e-12), validate_args=False)
         return normal.icdf(q)
     return torch.quantile(measured, q)
 
@@ -161,16 +173,17 @@ class Fishing(Modification):
             raise ConfigError(f"fishing target class {cfg.target} is out of range ({context.num_classes} classes)")
         fished = copy.deepcopy(model)
         _, layer = classifier_of(fished, context.num_classes)
+        device = layer.weight.device
         inputs: list[Tensor] = []
         hook = layer.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach()))
         try:
             with torch.no_grad():
-                fished.eval()(context.public_images(cfg.split, cfg.public).to(layer.weight.dtype))
+                fished.eval()(context.public_images(cfg.split, cfg.public, device).to(layer.weight.dtype))
         finally:
             hook.remove()
-        with torch.no_grad():
-            top = float((inputs[0] @ layer.weight[cfg.target] + layer.bias[cfg.target]).max())
-            others = torch.arange(context.num_classes) != cfg.target
+        with torch.no_grad():  # the largest target logit stays on the device: no host read
+            top = (inputs[0] @ layer.weight[cfg.target] + layer.bias[cfg.target]).max()
+            others = torch.arange(context.num_classes, device=device) != cfg.target
             layer.weight[others] = 0.0
             layer.bias[others] = top + cfg.margin
         return fished

@@ -49,8 +49,10 @@ class ServerContext:
     seed: int = 0
     public: Callable[[str], ImageDataset] | None = None
 
-    def public_images(self, split: str, count: int) -> Tensor:
-        """Up to ``count`` images of ``split`` (a seeded draw), normalised as the clients normalise."""
+    def public_images(self, split: str, count: int, device: torch.device | str = "cpu") -> Tensor:
+        """Up to ``count`` images of ``split`` (a seeded draw), normalised as the clients normalise,
+        on ``device`` (the model's: a modification passes its own). Which images is drawn on the
+        host, where the dataset is, so the server holds the same public images on every device."""
         from fedleak.fl.client import normalize
 
         if self.public is None:
@@ -58,8 +60,8 @@ class ServerContext:
         data = self.public(split)
         if data.image_shape != self.input_shape:
             raise ConfigError(f"public images of split {split!r} are {data.image_shape}, clients' {self.input_shape}")
-        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))[:count]
-        return normalize(data.images(sorted(pick.tolist())), self.mean, self.std)
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed), device="cpu")[:count]
+        return normalize(data.images(sorted(pick.tolist())).to(device), self.mean, self.std)
 
 
 class ModificationConfig(BaseModel):
@@ -158,7 +160,8 @@ def apply_server(config: RunConfig, target: T, dataset: ImageDataset, loader: Ca
     """The model the run's server sends: ``target`` (a pipeline ``Target``: model, mean, std) as it is
     for an honest server, else with its model replaced by the modified one. ``dataset`` gives the
     public input shape and class count; ``loader`` loads the server's public images (a split of the
-    run's dataset, with the run's data settings)."""
+    run's dataset, with the run's data settings). The modification is built on the device of
+    ``target.model``, the public images moved there."""
     s = config.server
     if s.threat == HONEST or not s.modification:
         return target

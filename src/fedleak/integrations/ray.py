@@ -7,7 +7,9 @@ When this process already called ``ray.init`` (a notebook, a test), that session
 running.
 
 Each run is one task reserving ``cpus_per_run`` CPU cores (its torch threads) and ``gpus_per_run``
-GPUs (Ray hides the others from it, so a CPU-only run never lands on a GPU); at most ``capacity``
+GPUs (Ray hides the others from it, so a CPU-only run never lands on a GPU; a run's ``device`` is
+resolved in its task: ``auto`` there is its GPU when it reserves one, and ``cuda`` without
+``gpus_per_run`` is refused before the study starts, :meth:`RayBackend.check_device`); at most ``capacity``
 tasks are in flight, as many as the cluster's resources hold (or ``workers``), and the driver
 commits each outcome as it arrives. Tasks run :func:`fedleak.pipeline.attempt`, so a run that raises
 comes back as an outcome with its error and the others go on; a worker or node that dies is retried
@@ -137,6 +139,22 @@ class RayBackend(Backend):
                 where = f"join the Ray cluster at {self.address!r}" if self.address else "start Ray here"
                 raise FedleakError(f"cannot {where}: {exc}") from None
         self._owned = True
+
+    def check_device(self, device: str) -> None:
+        """Refuse, before anything runs, a ``cuda`` device no task could see: Ray shows a task only the
+        GPUs it reserves (``gpus_per_run``, numbered from ``cuda:0``) and none when it reserves none.
+        ``auto``, ``cpu`` and ``mps`` are resolved by each task on its node (``auto`` is the CPU in a
+        task that reserves no GPU)."""
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "0") not in ("", "0"):
+            return  # with NOSET, Ray leaves CUDA_VISIBLE_DEVICES alone: each task sees the node's GPUs
+        visible = math.ceil(self.gpus_per_run - 1e-9)
+        if visible == 0:
+            raise ConfigError(f"the runs ask for device {device!r}, but a Ray task that reserves no GPU sees none: "
+                              "give --gpus-per-run (e.g. 1 or 0.5), or --device auto")
+        if int(index or 0) >= visible:
+            raise ConfigError(f"device {device!r}: a Ray task sees only the {visible} GPU(s) it reserves "
+                              f"(--gpus-per-run {self.gpus_per_run:g}), as cuda:0 … cuda:{visible - 1}")
 
     def submit(self, spec: RunSpec, detail: bool = False) -> Hashable:
         ref = self._task.remote(spec, detail, max(1, int(self.cpus_per_run)), self._token)

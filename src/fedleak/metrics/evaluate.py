@@ -42,8 +42,11 @@ class Evaluation:
 def evaluate(reconstruction: Reconstruction, truth: ClientData,
              lpips: dict[str, LPIPS | None] | None = None) -> Evaluation:
     """Match reconstructions to originals (Hungarian on MSE), then score each pair. ``lpips`` maps
-    backbone names to loaded scorers; a ``None`` scorer scores n/a (its weights are missing)."""
-    rec, orig = reconstruction.images, truth.images
+    backbone names to loaded scorers; a ``None`` scorer scores n/a (its weights are missing).
+    Everything is computed on the reconstruction's device (the truth is moved there: an auditor's
+    batch may come from the host) and comes back as Python numbers."""
+    rec, orig = reconstruction.images, truth.images.to(reconstruction.images.device)
+    true = truth.labels.to(reconstruction.labels.device)
     if rec.shape != orig.shape:
         raise FedleakError(f"reconstruction shape {tuple(rec.shape)} differs from the batch {tuple(orig.shape)}")
     order = match_batch(rec, orig)
@@ -55,7 +58,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     indices = list(truth.indices) or [None] * len(orig)
     rec_labels = reconstruction.labels[order].tolist() if reconstruction.labels.numel() == len(orig) else None
     # Back to Python numbers once, at the end (one host transfer per tensor, not one per image).
-    p_list, s_list, order_list, true_labels = p.tolist(), s.tolist(), order.tolist(), truth.labels.tolist()
+    p_list, s_list, order_list, true_labels = p.tolist(), s.tolist(), order.tolist(), true.tolist()
     scores = [
         ImageScore(
             position=i,
@@ -72,7 +75,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     return Evaluation(
         psnr=float(p.mean()),
         ssim=float(s.mean()),
-        label_accuracy=label_accuracy(reconstruction.labels, truth.labels),
+        label_accuracy=label_accuracy(reconstruction.labels, true),
         images=scores,
         order=order_list,
         lpips={net: (sum(v) / len(v) if v is not None else None) for net, v in perceptual.items()},

@@ -219,6 +219,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], architecture: s
     fedleak's module names first (:mod:`fedleak.models.layouts`). Only ``num_batches_tracked`` may be
     absent (old torchvision files predate it; the model keeps its own). A classifier with another
     number of classes than the dataset is an error, never silently replaced."""
+    load_into(model, path, architecture)
+    return model
+
+
+def load_into(model: nn.Module, path: str | os.PathLike[str], architecture: str = "the model") -> str:
+    """:func:`load_weights`, returning the foreign layout the file was in (``"torchvision/timm"``), or
+    ``""`` when it used fedleak's own names: a foreign layout means an ImageNet-style checkpoint, whose
+    normalisation is the model card's (:mod:`fedleak.models.normalization`)."""
     from fedleak.models.layouts import translate
 
     state, origin, layout = translate(load_state(path), model, architecture)
@@ -246,7 +254,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], architecture: s
                 f"the model expects {tuple(own[k].shape)}"
             )
     model.load_state_dict({**{k: v for k, v in own.items() if k not in state}, **state})
-    return model
+    return layout
 
 
 def _head_weight(model: nn.Module) -> str | None:

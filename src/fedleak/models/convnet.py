@@ -14,7 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled, size_text
+from fedleak.models.cards import cifar10
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled, size_text
 
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
@@ -54,7 +55,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@MODELS.register("convnet")
+@register_model("convnet", cifar10("Geiping et al. 2020 (inversefed); Lim & Chan 2021"))
 def convnet(
     num_classes: int, in_channels: int, image_size: ImageSize, width: float, pool: str = "avg",
     norm: str = "batch",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
+from fedleak.models.cards import imagenet
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
 
 
 class DenseLayer(nn.Module):
@@ -59,6 +60,6 @@ class DenseNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@MODELS.register("densenet121")
+@register_model("densenet121", imagenet("Huang et al. 2017; torchvision/timm densenet121"))
 def densenet121(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return DenseNet((6, 12, 24, 16), scaled(32, width), scaled(64, width), num_classes, in_channels, image_size)

@@ -92,12 +92,16 @@ def build_external(spec: str, **arguments: Any) -> nn.Module:
 
 def check_attackable(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
     """Fail with one clear line unless ``model`` maps a batch to ``num_classes`` logits and supports
-    the double backward that gradient matching needs."""
+    the double backward that gradient matching needs. The probe runs where the model is (a model
+    already on a GPU is checked there), in its dtype; the probe batch is drawn on the host and moved,
+    so it is the same on every device."""
     probe = model.train(False)
     params = [p for p in probe.parameters() if p.requires_grad]
     if not params:
         raise FedleakError("the model has no trainable parameters: its clients would send no update")
-    x = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    device, dtype = params[0].device, next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    x = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0), device="cpu")
+    x = x.to(device=device, dtype=dtype).requires_grad_(True)
     try:
         out = probe(x)
     except Exception as exc:
@@ -106,7 +110,8 @@ def check_attackable(model: nn.Module, input_shape: tuple[int, ...], num_classes
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise FedleakError(f"the model must return logits of shape (batch, {num_classes}), got {shape}")
     try:
-        grads = torch.autograd.grad(F.cross_entropy(out, torch.tensor([0, num_classes - 1])), params,
+        labels = torch.tensor([0, num_classes - 1], device=out.device)
+        grads = torch.autograd.grad(F.cross_entropy(out, labels), params,
                                     create_graph=True, allow_unused=True)
         used = [g for g in grads if g is not None]
         second = torch.autograd.grad(sum(g.pow(2).sum() for g in used), x, allow_unused=True)[0]

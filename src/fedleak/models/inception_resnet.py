@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
+from fedleak.models.cards import ModelCard
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
+
+# FaceNet (as facenet-pytorch ships it) takes 160 px faces standardised as (x·255 − 127.5) / 128.
+FACENET = ModelCard((3, 160, 160), (0.5, 0.5, 0.5), (128 / 255,) * 3, "VGGFace2 faces",
+                    "Szegedy et al. 2017; Schroff et al. 2015 (FaceNet)")
 
 
 def conv(cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0):
@@ -97,6 +102,6 @@ class InceptionResNetV1(nn.Module):
         return self.classifier(self.embedding(self.features(x)))
 
 
-@MODELS.register("inception_resnet_v1")
+@register_model("inception_resnet_v1", FACENET)
 def inception_resnet_v1(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return InceptionResNetV1(num_classes, in_channels, image_size, width)

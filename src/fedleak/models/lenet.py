@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
+from fedleak.models.cards import ModelCard
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
+
+# DLG attacks CIFAR-100 at 32 px and feeds the model raw [0, 1] pixels (no normalisation).
+DLG = ModelCard((3, 32, 32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "CIFAR-100, unnormalised", "Zhu et al. 2019 (DLG)")
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -31,6 +35,6 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@MODELS.register("lenet")
+@register_model("lenet", DLG)
 def lenet(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return LeNet(num_classes, in_channels, image_size, width)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled, size_text
+from fedleak.models.cards import mnist
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled, size_text
 
 
-@MODELS.register("lenet5")
+@register_model("lenet5", mnist("LeCun et al. 1998, unpadded 28 px input"))
 def lenet5(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     c1, c2 = scaled(6, width), scaled(16, width)
     h, w = (((side - 4) // 2 - 4) // 2 for side in image_hw(image_size))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
+from fedleak.models.cards import mnist
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
 
 
-@MODELS.register("mlp")
+@register_model("mlp", mnist("analytic recovery through a fully connected first layer (Phong et al. 2018)"))
 def mlp(
     num_classes: int, in_channels: int, image_size: ImageSize, width: float, hidden: int = 256, depth: int = 2
 ) -> nn.Module:

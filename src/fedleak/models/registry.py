@@ -1,7 +1,8 @@
 """The model registry and :func:`create_model`.
 
-A model family is one decorated builder ``(num_classes, in_channels, image_size, width, **kw) →
-nn.Module``. ``image_size`` is an int for square images or an ``(H, W)`` pair (builders read it with
+A model family is one builder ``(num_classes, in_channels, image_size, width, **kw) → nn.Module``,
+registered with its model card (:func:`register_model`: the input it was designed for).
+``image_size`` is an int for square images or an ``(H, W)`` pair (builders read it with
 :func:`image_hw`, so heads are sized from the real height and width). ``width`` multiplies every
 layer's channel count, giving CPU-sized variants.
 """
@@ -9,7 +10,7 @@ layer's channel count, giving CPU-sized variants.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from fedleak.data.transforms import size_hw as image_hw
 from fedleak.errors import ConfigError
+from fedleak.models.cards import ModelCard
 from fedleak.registry import Registry
 
 ImageSize = int | Sequence[int]  # a square side, or (H, W)
@@ -29,6 +31,20 @@ class Builder(Protocol):
 
 
 MODELS: Registry[Builder] = Registry("model")
+CARDS: Registry[ModelCard] = Registry("model card")
+"""Each registered model's :class:`~fedleak.models.cards.ModelCard` (its intended input), by name."""
+
+
+def register_model(name: str, card: ModelCard) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under ``name`` together with its model card: every
+    registered architecture says what input it was designed for."""
+
+    def add(builder: Builder) -> Builder:
+        MODELS.register(name)(builder)
+        CARDS.register(name)(card)
+        return builder
+
+    return add
 
 
 def size_text(image_size: ImageSize) -> str:

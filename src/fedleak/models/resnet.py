@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled
+from fedleak.models.cards import imagenet
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -115,21 +116,21 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@MODELS.register("resnet18")
+@register_model("resnet18", imagenet("He et al. 2016; torchvision/timm resnet18"))
 def resnet18(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, image_size, width, norm)
 
 
-@MODELS.register("resnet34")
+@register_model("resnet34", imagenet("He et al. 2016; torchvision/timm resnet34"))
 def resnet34(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
 
 
-@MODELS.register("resnet50")
+@register_model("resnet50", imagenet("He et al. 2016; torchvision/timm resnet50"))
 def resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
 
 
-@MODELS.register("se_resnet50")
+@register_model("se_resnet50", imagenet("Hu et al. 2018; timm seresnet50"))
 def se_resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
     return ResNet(SEBottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedleak.models.registry import MODELS, ImageSize, image_hw, scaled, size_text
+from fedleak.models.cards import cifar10
+from fedleak.models.registry import ImageSize, image_hw, register_model, scaled, size_text
 
 
-@MODELS.register("vgg7")
+@register_model("vgg7", cifar10("Yue et al. 2023 (ROG)"))
 def vgg7(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "none") -> nn.Module:
     if norm not in ("none", "batch"):
         raise ValueError(f"norm must be one of none, batch, got {norm!r}")

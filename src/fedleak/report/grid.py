@@ -10,11 +10,23 @@ from PIL import Image
 from torch import Tensor
 
 
-def image_grid(rows: Sequence[Tensor], scale: int = 4, pad: int = 2) -> Image.Image:
-    """Lay out B×C×H×W batches (values in [0, 1]) as grid rows on a white background."""
+MAX_UPSCALE = 4  # small images (≤ 32 px) are drawn 4× so their pixels stay visible
+TARGET_SIDE = 128  # upscale until the longer side reaches this; larger images are drawn as they are
+
+
+def upscale(h: int, w: int) -> int:
+    """The integer factor images of H×W are drawn at: 4 for ≤ 32 px, 2 for 64 px, 1 from 128 px
+    (a 224-px batch of 64 drawn 4× would be a canvas of over 300 MB)."""
+    return max(1, min(MAX_UPSCALE, TARGET_SIDE // max(h, w)))
+
+
+def image_grid(rows: Sequence[Tensor], scale: int | None = None, pad: int = 2) -> Image.Image:
+    """Lay out B×C×H×W batches (values in [0, 1]) as grid rows on a white background, each pixel
+    drawn ``scale`` × ``scale`` (unset: :func:`upscale`)."""
     if not rows:
         raise ValueError("image_grid needs at least one row")
     _, c, h, w = rows[0].shape
+    scale = upscale(h, w) if scale is None else scale
     cols = max(r.shape[0] for r in rows)
     cell_h, cell_w = h * scale, w * scale
     canvas = np.full((pad + len(rows) * (cell_h + pad), pad + cols * (cell_w + pad), 3), 255, np.uint8)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedleak.config import describe_validation_error
 from fedleak.errors import ConfigError
-from fedleak.pipeline import Outcome, RunSpec, attempt
+from fedleak.pipeline import Outcome, RunSpec, attempt, attempt_many
 from fedleak.registry import Registry
 
 
@@ -30,6 +30,8 @@ class BackendOptions(BaseModel):
     cpus_per_run: int = Field(1, ge=1, description="CPU cores each run reserves (and uses as torch threads)")
     gpus_per_run: float = Field(0.0, ge=0, description="GPUs each run reserves (0.5: two runs share one GPU)")
     workers: int | None = Field(None, ge=1, description="at most this many runs at once (default: what the resources hold)")
+    batch: int = Field(1, ge=1, description="local: attack up to this many runs together in one batched optimisation "
+                       "(runs sharing model and attack settings; fills a GPU)")
 
 
 class Backend(ABC):
@@ -63,14 +65,17 @@ class Backend(ABC):
 
 
 class LocalBackend(Backend):
-    """Each run in this process when collected, one at a time (a run's own progress bar works)."""
+    """Each run in this process when collected, one at a time (a run's own progress bar works) — or,
+    with ``batch`` N > 1, up to N runs together: attack runs that share model and attack settings go
+    through one batched optimisation (:func:`~fedleak.pipeline.attempt_many`)."""
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = 1) -> None:
         self._queue: deque[tuple[int, RunSpec, bool]] = deque()
         self._loader: Callable | None = None
         self._count = 0
+        self.capacity = batch
 
     def start(self, loader: Callable) -> None:
         self._loader = loader
@@ -83,15 +88,19 @@ class LocalBackend(Backend):
     def collect(self, timeout: float | None = None) -> list[tuple[Hashable, Outcome]]:
         if not self._queue:
             return []
-        ticket, spec, detail = self._queue.popleft()
         kwargs = {"loader": self._loader} if self._loader is not None else {}
-        return [(ticket, attempt(spec, detail=detail, **kwargs))]
+        if self.capacity == 1:
+            ticket, spec, detail = self._queue.popleft()
+            return [(ticket, attempt(spec, detail=detail, **kwargs))]
+        queued = [self._queue.popleft() for _ in range(min(self.capacity, len(self._queue)))]
+        outcomes = attempt_many([spec for _, spec, _ in queued], detail=any(d for *_, d in queued), **kwargs)
+        return [(ticket, outcome) for (ticket, _, _), outcome in zip(queued, outcomes)]
 
     def close(self) -> None:
         self._queue.clear()
 
     def describe(self) -> str:
-        return "local"
+        return "local" if self.capacity == 1 else f"local, {self.capacity} runs per batch"
 
 
 BackendFactory = Callable[[BackendOptions, set[str]], Backend]
@@ -100,14 +109,16 @@ BACKENDS: Registry[BackendFactory] = Registry("backend")
 
 @BACKENDS.register("local")
 def _local(options: BackendOptions, given: set[str]) -> Backend:
-    if given - {"workers"} or (options.workers or 1) > 1:
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given))
+    if given - {"workers", "batch"} or (options.workers or 1) > 1:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(given - {"batch"}))
         raise ConfigError(f"the local backend runs one run at a time in this process: {names} apply only to --backend ray")
-    return LocalBackend()
+    return LocalBackend(options.batch)
 
 
 @BACKENDS.register("ray")
 def _ray(options: BackendOptions, given: set[str]) -> Backend:
+    if options.batch > 1:
+        raise ConfigError("--batch applies to --backend local (each Ray task runs one run)")
     try:
         from fedleak.integrations.ray import RayBackend
     except ImportError as exc:

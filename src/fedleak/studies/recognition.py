@@ -138,7 +138,9 @@ class TransferStudy(StackingStudy):
         for path in self.settings.transfer:
             config = RunConfig.model_validate({"model": {"checkpoint": path}, "data": {"name": result.config.data.name}})
             config, info = resolve_checkpoint(config)
-            out[f"transfer:{path}"] = classification(build_target(config, result.dataset, info), result)
+            classifier = build_target(config, result.dataset, info)
+            classifier.model.to(result.reconstruction.images.device)  # it classifies where the run computed
+            out[f"transfer:{path}"] = classification(classifier, result)
         return out
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:

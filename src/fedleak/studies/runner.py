@@ -53,6 +53,17 @@ def build_study(name: str, preset: str = "cpu", file: str | Path | None = None,
         raise ConfigError(describe_validation_error(exc, prefix="study.")) from None
 
 
+def check_devices(planned: list[Planned], backend: Backend) -> None:
+    """Every device the runs ask for must exist where they compute — a one-line error before any
+    folder is made, not a failed run each: a backend with a ``check_device`` (Ray: what its tasks
+    see) checks there; the others compute in this process, so the device is resolved here."""
+    from fedleak.device import resolve_device
+
+    check = getattr(backend, "check_device", resolve_device)
+    for device in sorted({p.config.device for p in planned}):
+        check(device)
+
+
 @dataclass
 class Planned:
     run: PlannedRun
@@ -143,9 +154,10 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
     planned = plan(study)
     loader = functools.lru_cache(maxsize=4)(load_dataset)
     preflight(planned, loader)
+    backend = backend or LocalBackend()
+    check_devices(planned, backend)
     meta = study_meta(study.name, preset, study.settings.model_dump(mode="json"))
     created = prepare(out, _as_stored(out, meta, type(study)), force)
-    backend = backend or LocalBackend()
     owner = Owner.me()
     try:
         backend.start(loader)  # e.g. joining a cluster: before any folder is made

@@ -16,12 +16,12 @@ import secrets
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from torch import nn
 
 from fedleak.defenses import DefensePipeline, parse_defense
+from fedleak.device import device_of, generator
 from fedleak.errors import ConfigError
 from fedleak.integrations.flower.batches import is_train
 from fedleak.integrations.flower.records import TrainKeys, only, refusal, state_dict, state_names
@@ -41,7 +41,8 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
                     keys: TrainKeys = TrainKeys(), seed: int | None = None) -> Mod:
     """A client mod applying defense ``spec`` (or the train config's ``keys.defense`` entry when
     ``spec`` is None; no defense when neither is set) to each train reply's update. ``model`` (a
-    module or a function building one) says which arrays are trainable parameters."""
+    module or a function building one) says which arrays are trainable parameters; the defense
+    runs on its device (its noise drawn there), the reply's arrays go back through the host."""
     architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
     fixed = update_defense(spec) if spec is not None else None
     trainable = [n for n, p in architecture.named_parameters() if p.requires_grad]
@@ -59,12 +60,12 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
             record_key, record = next((k, r) for k, r in reply.content.items() if isinstance(r, ArrayRecord))
             names = state_names(record, architecture, "the reply")
             returned = state_dict(record, architecture, "the reply")
-            generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
-            update = pipeline.on_client({n: sent[n] - returned[n] for n in trainable}, generator)
+            draws = generator(seed if seed is not None else secrets.randbits(63), device_of(architecture))
+            update = pipeline.on_client({n: sent[n] - returned[n] for n in trainable}, draws)
             arrays = {}
             for key, name in names.items():
                 value = sent[name] - update[name] if name in update else returned[name]
-                arrays[key] = Array(np.asarray(value.to(returned[name].dtype).numpy()))
+                arrays[key] = Array(np.asarray(value.to(returned[name].dtype).cpu().numpy()))
             reply.content[record_key] = ArrayRecord(arrays)
         except Exception as exc:  # an update the defense could not treat does not leave untreated
             return refusal(message, f"fedleak obfuscation mod could not apply the defense, so the update was "

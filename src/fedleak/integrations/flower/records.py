@@ -82,7 +82,8 @@ def state_names(record: ArrayRecord, model: nn.Module, what: str) -> dict[str, s
 
 def state_dict(record: ArrayRecord, model: nn.Module, what: str) -> dict[str, Tensor]:
     """``record`` as tensors named like ``model``'s state dict (see :func:`state_names`), each
-    checked against the model's shape."""
+    checked against the model's shape, in its dtype and on its device (a payload built from them
+    lands where the audit's model is)."""
     reference = model.state_dict()
     names = state_names(record, model, what)
     state = {}
@@ -90,7 +91,7 @@ def state_dict(record: ArrayRecord, model: nn.Module, what: str) -> dict[str, Te
         tensor = torch.from_numpy(record[key].numpy().copy())
         if tuple(tensor.shape) != tuple(reference[name].shape):
             raise FedleakError(f"{what}: {name!r} has shape {tuple(tensor.shape)}, the model's {tuple(reference[name].shape)}")
-        state[name] = tensor.to(reference[name].dtype)
+        state[name] = tensor.to(device=reference[name].device, dtype=reference[name].dtype)
     return state
 
 

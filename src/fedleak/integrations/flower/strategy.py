@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from fedleak.attacks.base import AttackerKnowledge
 from fedleak.audit import AuditAttack, AuditLog, AuditRecord, audit_attack, audit_update
+from fedleak.device import resolve_device
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.payload import ClientData, PublicHyperparameters
 from fedleak.integrations.flower.records import (TrainKeys, build_payload, config_dict, mean_update, num_examples,
@@ -69,6 +70,12 @@ class LeakageAudit(Strategy):
     attack (a hook with a ``discard(run_id, server_round, node_id)`` method is told of the batches
     behind updates it does not audit). An audit that fails is logged and skipped (``strict=True``: raised), so a federation
     never stops for its audit.
+
+    ``device`` (``auto | cpu | cuda | cuda:N | mps``, or a :class:`torch.device`; default ``auto``:
+    CUDA when present, else MPS, else the CPU) is where the audit computes: the model, the payloads
+    built from the Flower records and the attack live there; a device this machine lacks is a
+    :class:`~fedleak.errors.ConfigError` when the strategy is built. The clients train wherever their
+    ClientApp puts them.
     """
 
     def __init__(
@@ -94,8 +101,10 @@ class LeakageAudit(Strategy):
         lpips_weights: str | Path | None = None,
         overwrite: bool = False,
         strict: bool = False,
+        device: str | torch.device = "auto",
     ) -> None:
         super().__init__()
+        self.device = resolve_device(device)
         if rounds is not None and every is not None:
             raise ConfigError("give the audited rounds as rounds= or every=, not both")
         if every is not None and every < 1:
@@ -108,6 +117,7 @@ class LeakageAudit(Strategy):
         architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
         if not isinstance(architecture, nn.Module):
             raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
+        architecture = architecture.to(self.device)  # the Flower records' tensors follow it (records.state_dict)
         shape = tuple(int(v) for v in input_shape)
         if len(shape) != 3 or len(tuple(mean)) != shape[0] or len(tuple(std)) != shape[0]:
             raise ConfigError("input_shape is (channels, height, width), with one mean and std per channel")
@@ -235,7 +245,8 @@ class LeakageAudit(Strategy):
             parts = [self.evaluation(run_id, server_round, node) for node in nodes]
             if any(p is None for p in parts):
                 return None
-            return ClientData(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+            return ClientData(torch.cat([p.images.to(self.device) for p in parts]),
+                              torch.cat([p.labels.to(self.device) for p in parts]))
         return fetch
 
     def _audit_client(self, server_round: int, reply: Message,
