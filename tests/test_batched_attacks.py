@@ -155,7 +155,7 @@ def test_cosine_with_precomputed_norm_equals_the_formula():
     dot = sum((a * b).sum() for a, b in zip(g, t))
     norms = math.sqrt(sum(float(a.pow(2).sum()) for a in g)) * math.sqrt(sum(float(b.pow(2).sum()) for b in t))
     assert float(COSTS.get("cosine")(g, t)) == pytest.approx(1 - float(dot) / norms, rel=1e-5)
-    state = COSTS.get("cosine").prepare(torch.cat([x.flatten() for x in t]))
+    state = COSTS.get("cosine").prepare(t)
     assert float(state["norm"]) == pytest.approx(math.sqrt(sum(float(b.pow(2).sum()) for b in t)), rel=1e-6)
 
 

@@ -22,7 +22,7 @@ from torch.func import grad, vmap
 from fedleak.attacks.base import AttackerKnowledge, OptimizationConfig, check_update
 from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.attacks.layers import LAYER_SELECTIONS, select_layers
-from fedleak.attacks.objectives import COSTS, MATCHINGS, auto_matching, check_matching, flatten
+from fedleak.attacks.objectives import COSTS, MATCHINGS, auto_matching, check_matching
 from fedleak.attacks.regularizers import REGULARIZERS, PriorContext, batch_norm_statistics
 from fedleak.attacks.simulation import Simulation
 from fedleak.errors import FedleakError
@@ -145,7 +145,7 @@ class GradientMatching:
 
     def _prepare(self, payload: Payload, knowledge: AttackerKnowledge) -> dict[str, Any]:
         view_state, compared = self.matching.prepare([payload.update[n] for n in self.names])
-        data: dict[str, Any] = {"view": view_state, "cost": self.cost.prepare(flatten(compared))}
+        data: dict[str, Any] = {"view": view_state, "cost": self.cost.prepare(list(compared))}
         if knowledge.bn_stats is not None:
             data["bn"] = [tuple(pair) for pair in knowledge.bn_stats]
         return data
@@ -156,7 +156,7 @@ class GradientMatching:
                observe: bool) -> tuple[Tensor, Any]:
         update, seen = self.simulation.update_and_statistics(x, labels, batched, observe)
         simulated = self.matching.view([update[n] for n in self.names], data["view"])
-        return self.cost.evaluate(flatten(simulated), data["cost"]), seen
+        return self.cost.evaluate(simulated, data["cost"]), seen
 
     def trial(self, x: Tensor, labels: Tensor, batched: bool = False,
               data: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
