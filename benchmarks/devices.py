@@ -6,8 +6,9 @@ payloads (one image each, known labels, one restart), ResNet-50 at 224 px with o
 ResNet-18 at 128 px with one. For each: fedleak's ``Attack.run_many`` (every payload in one batched
 optimisation) and the reference written here — one image, one restart at a time, the way inversefed
 runs: a module, ``torch.autograd.grad(create_graph=True)``, a per-layer Python cosine, Adam, signed
-step, clamp. Rates come from the difference of two runs of N₁ < N₂ iterations, so set-up and the
-final scoring cancel. FLOPs per image-iteration are counted once with ``torch.utils.flop_counter``
+step, clamp. fedleak's rate is read off the attack's own trace (the time between its first and last
+traced step: set-up, the first step and the final scoring excluded), the reference's from its loop
+after its first step. FLOPs per image-iteration are counted once with ``torch.utils.flop_counter``
 on the reference step (the useful work; a batched step is charged the same per image), so the
 achieved fraction is useful FLOP/s ÷ peak. The peak is the vendor's dense fp32 (non-tensor-core)
 figure on a known CUDA GPU (``--peak-tflops`` otherwise) and, on a CPU, the rate of a large
@@ -15,7 +16,7 @@ figure on a known CUDA GPU (``--peak-tflops`` otherwise) and, on a CPU, the rate
 source tree at SRC against this one, alternating, in fresh processes (the "no slower at batch 1"
 check). Prints a table and writes JSON named after the device.
 
-    python benchmarks/devices.py [--device auto] [--n1 1 --n2 3] [--payloads 1,8,64]
+    python benchmarks/devices.py [--device auto] [--n2 4] [--chunk 8] [--payloads 1,8,64]
         [--scenarios convnet64,resnet18,resnet50-224,rog-128] [--precision fp32] [--before /tmp/before]
         [--quality-images 4]
         [--out benchmarks/devices-<device>.json]
@@ -89,16 +90,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fedleak_seconds(s: Scenario, payloads, knowledge, iterations: int, precision: str, device,
-                    chunk: int | None = None) -> float:
-    settings = {"iterations": iterations, "restarts": 1, "log_every": max(iterations, 1), "precision": precision,
+def trace_rate(trace: list[dict], iterations: int) -> float:
+    """Iterations per second between the first and the last traced step of the loop (set-up, the
+    first step and the final scoring excluded; a traced step reads the loss back, so it is synchronised)."""
+    rows = [r for r in trace if r["iteration"] < iterations]
+    first, last = rows[0], rows[-1]
+    return (last["iteration"] - first["iteration"]) / max(last["seconds"] - first["seconds"], 1e-9)
+
+
+def fedleak_rate(s: Scenario, payloads, knowledge, iterations: int, precision: str, device,
+                 chunk: int | None = None, log_every: int = 1) -> float:
+    settings = {"iterations": iterations, "restarts": 1, "log_every": log_every, "precision": precision,
                 "chunk": chunk, **s.settings}
     attack = build_attack(s.attack, settings)
-    sync(device)
-    start = time.perf_counter()
-    attack.run_many(payloads, knowledge, list(range(len(payloads))))
-    sync(device)
-    return time.perf_counter() - start
+    recs = attack.run_many(payloads, knowledge, list(range(len(payloads))))
+    return trace_rate(recs[0].trace, iterations)
 
 
 def reference_step_fn(net, payload, label, size: int, device):
@@ -130,16 +136,17 @@ def reference_step_fn(net, payload, label, size: int, device):
     return x, step
 
 
-def reference_seconds(net, payloads, iterations: int, size: int, device) -> float:
-    """One payload through the reference loop (a sequential loop's rate does not depend on how many
-    payloads wait their turn)."""
+def reference_rate(net, payloads, iterations: int, size: int, device) -> float:
+    """One payload through the reference loop, its first step excluded (a sequential loop's rate
+    does not depend on how many payloads wait their turn)."""
     _, step = reference_step_fn(net, payloads[0], torch.tensor([0], device=device), size, device)
+    step()
     sync(device)
     start = time.perf_counter()
-    for _ in range(iterations):
+    for _ in range(iterations - 1):
         step()
     sync(device)
-    return time.perf_counter() - start
+    return (iterations - 1) / (time.perf_counter() - start)
 
 
 def flops_per_image_iteration(net, payload, size: int, device) -> int:
@@ -148,15 +155,6 @@ def flops_per_image_iteration(net, payload, size: int, device) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return int(counter.get_total_flops())
-
-
-def rate(seconds_of, n1: int, n2: int, repeat: int = 1) -> float:
-    """Iterations per second from the difference of an N₁- and an N₂-iteration run (best of ``repeat``)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t1, t2 = seconds_of(n1), seconds_of(n2)
-        best = min(best, max(t2 - t1, 1e-9))
-    return (n2 - n1) / best
 
 
 def measured_cpu_peak() -> float:
@@ -193,16 +191,11 @@ def batch1_worker(args) -> None:
     payload = client.update(data)
     know = AttackerKnowledge(net, (3, 32, 32), CLASSES, MEAN, STD, labels=data.labels)
 
-    def seconds(n: int) -> float:
-        attack = build_attack("ig", {"iterations": n, "restarts": 1})
-        sync(device)
-        start = time.perf_counter()
-        attack.run(payload, know)
-        sync(device)
-        return time.perf_counter() - start
+    def its(n: int) -> float:
+        return trace_rate(build_attack("ig", {"iterations": n, "restarts": 1, "log_every": 1}).run(payload, know).trace, n)
 
-    seconds(2)
-    print(json.dumps({"its_per_s": rate(seconds, 5, 20, repeat=2)}))
+    its(2)
+    print(json.dumps({"its_per_s": max(its(args.n2 * 5) for _ in range(2))}))
 
 
 def before_after(args, threads: int) -> list[dict]:
@@ -215,7 +208,7 @@ def before_after(args, threads: int) -> list[dict]:
             for label, src in (("before", Path(args.before) / "src"), ("after", here)):
                 env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
                 out = subprocess.run([sys.executable, __file__, "--worker", "--device", args.device, "--worker-model",
-                                      model, "--worker-width", str(width), "--n1", str(args.n1), "--n2", str(args.n2)],
+                                      model, "--worker-width", str(width), "--n2", str(args.n2)],
                                      env=env, capture_output=True, text=True, check=True)
                 rates[label].append(json.loads(out.stdout.strip().splitlines()[-1])["its_per_s"])
         b, a = max(rates["before"]), max(rates["after"])
@@ -254,8 +247,8 @@ def precision_quality(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--n1", type=int, default=None, help="iterations of the short run (CPU 1, GPU 10)")
-    parser.add_argument("--n2", type=int, default=None, help="iterations of the long run (CPU 3, GPU 40)")
+    parser.add_argument("--n2", type=int, default=None, help="timed iterations per rate (CPU 4, GPU 50)")
+    parser.add_argument("--log-every", type=int, default=None, help="attack.log_every while timing (CPU 1, GPU 10)")
     parser.add_argument("--payloads", default=None, help="override the payload counts, e.g. 1,8")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
@@ -273,8 +266,8 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
-    args.n1 = args.n1 or (10 if gpu else 2)
-    args.n2 = args.n2 or (40 if gpu else 4)
+    args.n2 = args.n2 or (50 if gpu else 4)
+    args.log_every = args.log_every or (10 if gpu else 1)
     args.chunk = args.chunk or (None if gpu else 8)
     if args.worker:
         return batch1_worker(args)
@@ -287,13 +280,12 @@ def main() -> None:
         counts = tuple(c for c in counts if c in s.payloads or args.payloads)
         net, payloads, knowledge = clients(s, max(counts), device)
         flops = flops_per_image_iteration(net, payloads[0], s.size, device)
-        ref = rate(lambda n: reference_seconds(net, payloads, n, s.size, device), args.n1, args.n2)
+        ref = reference_rate(net, payloads, args.n2 + 1, s.size, device)
         for count in counts:
             ps, ks = payloads[:count], knowledge[:count]
-            fedleak_seconds(s, ps, ks, 1, args.precision, device, args.chunk)  # warm-up (kernels, allocator)
+            fedleak_rate(s, ps, ks, 2, args.precision, device, args.chunk)  # warm-up (kernels, allocator)
             with peak_memory(device) as memory:
-                its = rate(lambda n: fedleak_seconds(s, ps, ks, n, args.precision, device, args.chunk),
-                           args.n1, args.n2)
+                its = fedleak_rate(s, ps, ks, args.n2 + 1, args.precision, device, args.chunk, args.log_every)
             image_its = its * count
             rows.append({
                 "scenario": s.name, "attack": s.attack, "payloads": count,
@@ -318,10 +310,11 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine())
     result = {
         "device": device_name(device), "device_name": name, "torch": torch.__version__, "threads": threads,
-        "cpu_count": os.cpu_count(), "precision": args.precision, "chunk": args.chunk, "n1": args.n1, "n2": args.n2,
+        "cpu_count": os.cpu_count(), "precision": args.precision, "chunk": args.chunk, "timed_iterations": args.n2, "log_every": args.log_every,
         "peak_flops": peak, "peak_source": peak_source, "rows": rows, "batch1_before_after": comparison,
         "precision_quality": quality,
-        "method": "rates from the difference of an n1- and an n2-iteration run; FLOPs per image-iteration "
+        "method": "fedleak: iterations/s between the first and last traced step of one run (set-up, first step "
+                  "and final scoring excluded); reference: its loop after the first step; FLOPs per image-iteration "
                   "counted on the reference step (torch.utils.flop_counter)",
     }
     label = device_name(device).replace(":", "")
