@@ -124,7 +124,8 @@ def test_bn_prior_reads_the_statistics_of_the_main_forward():
     again = forward_statistics(x, objective.context)
     assert len(seen) == len(again) == len(objective.context.bn_layers) > 0
     for (m1, v1), (m2, v2) in zip(seen, again):
-        torch.testing.assert_close(m1, m2) and torch.testing.assert_close(v1, v2)
+        torch.testing.assert_close(m1, m2)
+        torch.testing.assert_close(v1, v2)
     # the prior's value is the same either way, and batched trials agree with single ones
     total, match = objective.trial(x, data.labels)
     data0 = take(objective.data, 0)
@@ -228,3 +229,16 @@ def test_run_many_on_cuda_matches_the_cpu():
         assert g.images.device.type == "cuda" and g.labels.device.type == "cuda"
         torch.testing.assert_close(g.images.cpu(), c.images, rtol=1e-3, atol=1e-3)
         assert g.restart_losses == pytest.approx(c.restart_losses, rel=1e-3, abs=1e-5)
+
+
+def test_a_failing_run_in_a_batch_gets_its_own_error_and_the_others_their_results():
+    from fedleak.pipeline import RunSpec, attempt_many
+
+    good = [RunSpec(_config(i).model_dump(mode="json")) for i in (0, 1)]
+    bad = RunSpec(_config(0).model_dump(mode="json") | {"data": {**_config(0).model_dump(mode="json")["data"],
+                                                                  "index": [10_000]}})
+    outcomes = attempt_many([good[0], bad, good[1]])
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert "10000" in outcomes[1].error and "\n" not in outcomes[1].error
+    assert [o.key for o in outcomes] == [good[0].key, bad.key, good[1].key]
+    assert outcomes[0].metrics["attack_batch"] == 1  # the batch failed, so each ran alone

@@ -138,3 +138,28 @@ def _peak_rss() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+PRECISIONS: dict[str, tuple[bool, str]] = {
+    "fp32": (False, "highest"),
+    "tf32": (True, "high"),
+}
+"""``attack.precision`` → (TF32 allowed in cuBLAS/cuDNN, ``torch.set_float32_matmul_precision``)."""
+
+
+@contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+    """Run the block with float32 matrix products and convolutions in full fp32 (``fp32``) or, on
+    NVIDIA GPUs from Ampere on, in TF32 (``tf32``: 10-bit mantissa inputs, fp32 accumulation — much
+    faster, slightly less exact). The previous settings are restored afterwards. On a CPU both are
+    plain fp32."""
+    tf32, matmul = PRECISIONS[name]
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    cuda.allow_tf32, cudnn.allow_tf32 = tf32, tf32
+    torch.set_float32_matmul_precision(matmul)
+    try:
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from fedleak.attacks import AttackerKnowledge, Reconstruction, build_attack
-from fedleak.attacks.optimization import matmul_precision
 from fedleak.config import RunConfig
 from fedleak.defenses import parse_defense
 from fedleak.device import device_name, peak_memory, resolve_device
@@ -217,8 +216,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
                     local_steps=c.local_steps, local_batch_size=c.local_batch_size,
                     shuffle_seed=c.shuffle_seed, update_scale=c.update_scale, defense=c.defense,
                     defense_seed=client_seed, momentum=c.momentum, weight_decay=c.weight_decay, epochs=c.epochs)
-    with matmul_precision("fp32"):  # the client computes in full fp32 (no TF32 on CUDA): the truth is exact
-        payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
+    payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
 
     knowledge = AttackerKnowledge(
         architecture=copy.deepcopy(target.model),
@@ -457,13 +455,13 @@ def attempt_many(specs: Sequence[RunSpec], loader: Callable[..., ImageDataset] =
     raises, its specs are attempted one by one, so each failing run gets its own one-line error and
     the others their results."""
     outcomes: dict[int, Outcome] = {}
-    kinds: dict[str, list[int]] = {}
+    together: dict[str, list[int]] = {}
     for i, spec in enumerate(specs):
-        kinds.setdefault(spec.kind if spec.kind in BATCHED_KINDS and len(specs) > 1 else f"{i}:single", []).append(i)
-    for kind, members in kinds.items():
-        if kind.endswith(":single"):
-            outcomes[members[0]] = attempt(specs[members[0]], loader, detail)
-            continue
+        if len(specs) > 1 and spec.kind in BATCHED_KINDS:
+            together.setdefault(spec.kind, []).append(i)
+        else:
+            outcomes[i] = attempt(spec, loader, detail)
+    for kind, members in together.items():
         start = time.perf_counter()
         group = [specs[i] for i in members]
         try:

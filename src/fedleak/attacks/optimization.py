@@ -4,13 +4,13 @@ simulated gradient, and a loss trace."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fedleak.device import PRECISIONS, matmul_precision  # noqa: F401  (the attacks' precision setting)
 from fedleak.errors import FedleakError
 from fedleak.registry import Registry
 
@@ -112,24 +112,13 @@ class EarlyStop:
         return self.stale >= self.patience
 
 
-def optimize(step: Callable[[], Tensor], iterations: int, patience: int | None, min_delta: float,
-             progress: bool = False, desc: str = "attack", log_every: int = 1) -> tuple[Trace, int]:
-    """Call ``step`` (one optimiser step; it returns every trial's matching loss) up to
-    ``iterations`` times, tracing the best and mean loss and stopping early on a plateau.
-    The losses are read back to the host (a synchronisation on a GPU) only every ``log_every``
-    iterations and at the last: that is when the trace, the progress bar and early stopping look.
-    Returns the trace and the number of steps taken."""
-    traces, done = optimize_group(lambda active: step()[None], 1, iterations, patience, min_delta, progress,
-                                  desc, log_every)
-    return traces[0], done[0]
-
-
 def optimize_group(step: Callable[[list[int]], Tensor], count: int, iterations: int, patience: int | None,
                    min_delta: float, progress: bool = False, desc: str = "attack",
                    log_every: int = 1) -> tuple[list[Trace], list[int]]:
-    """:func:`optimize` for ``count`` independent payloads optimised together: ``step(active)`` makes
-    one optimiser step for the payloads still running (``active``, indices in order) and returns
-    their trials' matching losses (len(active)×R). Each payload has its own trace and early stopping;
+    """Call ``step`` up to ``iterations`` times for ``count`` independent payloads optimised together:
+    ``step(active)`` makes one optimiser step for the payloads still running (``active``, indices in
+    order) and returns their trials' matching losses (len(active)×R). Each payload traces its best and
+    mean loss and stops early on its own plateau;
     a payload that stops leaves ``active`` (its candidates must then stay as they are). All
     payloads' losses come back to the host together, every ``log_every`` iterations and at the last.
     Returns each payload's trace and number of steps taken."""
@@ -162,28 +151,3 @@ def optimize_group(step: Callable[[list[int]], Tensor], count: int, iterations: 
             break
     bar.close()
     return traces, done
-
-
-PRECISIONS: dict[str, tuple[bool, str]] = {
-    "fp32": (False, "highest"),
-    "tf32": (True, "high"),
-}
-"""``attack.precision`` → (TF32 allowed in cuBLAS/cuDNN, ``torch.set_float32_matmul_precision``)."""
-
-
-@contextmanager
-def matmul_precision(name: str) -> Iterator[None]:
-    """Run the block with float32 matrix products and convolutions in full fp32 (``fp32``) or, on
-    NVIDIA GPUs from Ampere on, in TF32 (``tf32``: 10-bit mantissa inputs, fp32 accumulation — much
-    faster, slightly less exact). The previous settings are restored afterwards. On a CPU both are
-    plain fp32."""
-    tf32, matmul = PRECISIONS[name]
-    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = (cuda.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    cuda.allow_tf32, cudnn.allow_tf32 = tf32, tf32
-    torch.set_float32_matmul_precision(matmul)
-    try:
-        yield
-    finally:
-        cuda.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
-        torch.set_float32_matmul_precision(saved[2])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fedleak.device import matmul_precision
 from fedleak.defenses import batch_gradient, parse_defense
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl.aggregation import aggregate_buffers
@@ -84,7 +85,13 @@ class Client:
         """Run one round on ``data`` and return what the server will see.
 
         With an ``aggregate:clients=K`` defense, ``data`` holds K equal client batches one after
-        another; each client trains on its own and the server sees the mean of their updates."""
+        another; each client trains on its own and the server sees the mean of their updates. The
+        client computes in full fp32 (no TF32 on a CUDA GPU, whatever PyTorch's global settings), so
+        the update the attack is measured against is the same on every device up to rounding."""
+        with matmul_precision("fp32"):
+            return self._update(data)
+
+    def _update(self, data: ClientData) -> Payload:
         if data.images.ndim != 4 or data.images.shape[1] != len(self.mean):
             raise DataError(
                 f"client images must be B×{len(self.mean)}×H×W, got {tuple(data.images.shape)}"
