@@ -123,14 +123,16 @@ def test_seeded_image_draw_uses_the_client_seed():
 
 
 def test_study_client_seed_is_derived_per_run():
-    unset = StudySettings()
-    assert "client.seed" not in unset.flags(**{"data.index": [0], "seed": 0})
-    s = StudySettings(client_seed=7)
-    first = s.flags(**{"data.index": [0], "seed": 0})["client.seed"]
-    assert first == StudySettings(client_seed=7).flags(**{"data.index": [0], "seed": 0})["client.seed"]
-    assert first != s.flags(**{"data.index": [1], "seed": 0})["client.seed"]
-    assert first != StudySettings(client_seed=8).flags(**{"data.index": [0], "seed": 0})["client.seed"]
-    assert first == StudySettings(client_seed=7, root="/elsewhere").flags(**{"data.index": [0], "seed": 0})["client.seed"]
+    from fedleak.studies.secret import client_seed
+
+    for s in (StudySettings(), StudySettings(client_seed=7)):  # no public flag holds it (issue 21)
+        assert "client.seed" not in s.flags(**{"data.index": [0], "seed": 0})
+    secret = b"\x05" * 32
+    first = client_seed(secret, 7, {"key": "a"})
+    assert first == client_seed(secret, 7, {"key": "a"})
+    assert first != client_seed(secret, 7, {"key": "b"})
+    assert first != client_seed(secret, 8, {"key": "a"})
+    assert first != client_seed(b"\x06" * 32, 7, {"key": "a"})
 
 
 # 6. clip after aggregate: the attacker's simulation clips the mean as the client does

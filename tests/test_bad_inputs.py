@@ -550,7 +550,7 @@ def train_cases() -> list[Case]:
         ("exists", "{existing_ckpt}", "exists"),
         ("is-dir", "{adir_st}", "folder"),
         ("read-only", "{ro}/m.safetensors", "not writable"),
-        ("disk-full", "{full}/m.safetensors", ""),
+        ("disk-full", "{full}/m.safetensors", "could not write"),
     ]
     cases += [case(f"train/output/{n}", *TRAIN, "--root", "{cifar}", "--out", o, expect=e) for n, o, e in outputs]
     cases += [case("train/usage/no-model", "train", "--dataset", "cifar10", expect="model"),
@@ -588,7 +588,7 @@ def prior_cases() -> list[Case]:
         ("exists", "{existing_ckpt}", "exists"),
         ("is-dir", "{adir_st}", "folder"),
         ("read-only", "{ro}/p.safetensors", "not writable"),
-        ("disk-full", "{full}/p.safetensors", ""),
+        ("disk-full", "{full}/p.safetensors", "could not write"),
     ]
     cases += [case(f"train-prior/output/{n}", *PRIOR, "--root", "{cifar}", "--out", o, expect=e)
               for n, o, e in outputs]

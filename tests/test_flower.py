@@ -88,7 +88,7 @@ def client_app(mods: Sequence[Mod] = ()) -> ClientApp:
 
 def gate(**kw) -> Mod:
     return leakage_gate(tiny_net, num_classes=CLASSES, mean=MEAN, std=STD,
-                        **{"attack": {"name": "ig", "iterations": 30}, "budget_s": 5.0, **kw})
+                        **{"attack": {"name": "ig", "iterations": 30}, "budget_s": 60.0, **kw})
 
 
 def audit(strategy, out, **kw) -> LeakageAudit:

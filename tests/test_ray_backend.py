@@ -24,6 +24,7 @@ from fedleak.errors import ConfigError
 from fedleak.studies import build_study, run_study
 from fedleak.studies.backends import LocalBackend, make_backend
 from fedleak.studies.runner import plan
+from fedleak.studies.secret import read_secret
 from tests.test_cli import fedleak
 
 ray = pytest.importorskip("ray")
@@ -74,7 +75,8 @@ def what(metrics: dict) -> dict:
 def test_ray_gives_the_same_metrics_as_local(cluster, same_env, tmp_path, cifar_root):
     study = tv(cifar_root, "[0.0, 0.1]")
     local = run_study(study, "cpu", tmp_path / "local", progress=False, backend=LocalBackend())
-    remote = run_study(study, "cpu", tmp_path / "ray", progress=False, backend=RayBackend())
+    remote = run_study(study, "cpu", tmp_path / "ray", progress=False, backend=RayBackend(),
+                       client_secret=read_secret(tmp_path / "local"))  # the same client seeds
     assert (local.ran, remote.ran, remote.failed) == (4, 4, [])
     assert remote.backend.startswith("ray") and "2 runs at a time" in remote.backend
     here, there = records(tmp_path / "local"), records(tmp_path / "ray")
@@ -92,10 +94,12 @@ def test_ray_gives_the_same_metrics_as_local(cluster, same_env, tmp_path, cifar_
         assert (tmp_path / "ray" / artifacts[name]).read_bytes().startswith(b"\x89PNG")
 
 
-def test_a_run_that_raises_on_a_worker_is_recorded_and_retried(cluster, tmp_path, cifar_root):
+def test_a_run_that_raises_on_a_worker_is_recorded_and_retried(cluster, tmp_path, cifar_root, monkeypatch):
     study = tv(cifar_root, "[0.0]", images="[0, 1, 12]")  # the test split holds 10 images: 12 fails
     out = tmp_path / "st"
-    first = run_study(study, "cpu", out, progress=False, backend=RayBackend())
+    with monkeypatch.context() as m:  # the pre-run check would refuse image 12: let the worker find out
+        m.setattr("fedleak.studies.runner.preflight", lambda *args: None)
+        first = run_study(study, "cpu", out, progress=False, backend=RayBackend())
     assert first.ran == 2 and [f.name for f in first.failed] == ["alpha=0/image=12/seed=0"]
     assert first.failed[0].error == "index 12 is out of range for cifar10 (0 to 9)"
     done = {k: r["finished"] for k, r in records(out).items()}

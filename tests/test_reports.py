@@ -161,7 +161,9 @@ def test_study_report_is_a_self_contained_grid_of_images_by_settings(tmp_path, c
     assert all("width: " in i["style"] for i in images if i["class"] != "figure")
     header = page.tables["results"][0]
     assert header[:3] == ["alpha", "runs", "psnr"] and "psnr_std" not in header  # mean [95 % CI] in one cell
-    assert re.fullmatch(r"\S+ \[\S+, \S+\]", page.tables["results"][1][2]) and "psnr_ci_low" not in header
+    # two runs a cell: no interval (from n = 3), the no-leak baseline beside the mean
+    assert re.fullmatch(r"\S+ \[n/a\] \(no-leak \S+\)( ▼ at or below no-leak)?", page.tables["results"][1][2])
+    assert "psnr_ci_low" not in header and "psnr_no_leak" not in header
 
 
 def test_study_grid_marks_settings_not_yet_run(tmp_path, cifar_root):

@@ -53,11 +53,12 @@ def test_summarize_gives_every_metric_n_mean_and_interval():
 
 
 def test_the_page_shows_mean_and_interval_with_n_where_it_differs():
-    rows = summarize([record(0.0, 10.0), record(0.0, 12.0), record(0.0, None), record(1.0, 9.0)], ["alpha"], ["psnr"])
+    rows = summarize([record(0.0, 10.0), record(0.0, 12.0), record(0.0, 11.0), record(0.0, None), record(1.0, 9.0)],
+                     ["alpha"], ["psnr"])
     view = table_view(rows, identity={"alpha"})
     assert view["columns"] == ["alpha", "runs", "psnr"]
     low, high = rows[0]["psnr_ci_low"], rows[0]["psnr_ci_high"]
-    assert view["rows"][0] == ["0", "3", f"11 [{low:.4g}, {high:.4g}] (n = 2)"]
+    assert view["rows"][0] == ["0", "4", f"11 [{low:.4g}, {high:.4g}] (n = 3)"]  # an interval from n = 3
     assert view["rows"][1] == ["1", "1", "9 [n/a]"]
     assert stat_cell({"x": 0.5, "x_std": 0.1}, "x") == "0.5 ± 0.1"  # a row with only the spread
 

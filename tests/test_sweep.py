@@ -63,9 +63,15 @@ def test_cells_images_and_batches(tmp_path):
     assert first.run.params == {"client.batch_size": 1, "attack.tv": 0.0, "image": 0, "seed": 0}
     pairs = {(p.config.client.batch_size, tuple(p.config.data.index)) for p in planned}
     assert pairs == {(1, (0,)), (1, (4,)), (2, (0, 1)), (2, (4, 5))}  # a block of B images from each index
-    seeds = [p.config.client.seed for p in planned]
+    from fedleak.studies.secret import seed_runs
+
+    assert {p.config.client.seed for p in planned} == {None}  # the plan holds no client seed: the folder's secret
+    seed_runs(study, planned, b"\x07" * 32)  # gives them as the runs execute
+    seeds = [p.spec.client_seed for p in planned]
     assert None not in seeds and len(set(seeds)) == len(seeds)  # each run its own private client seed
-    assert [p.config.client.seed for p in plan(study)] == seeds  # reproducibly
+    again = plan(study)
+    seed_runs(study, again, b"\x07" * 32)
+    assert [p.spec.client_seed for p in again] == seeds  # reproducibly
 
 
 def test_a_sweep_table_equals_the_same_attacks_run_one_by_one(tmp_path, cifar_root, monkeypatch, capsys):

@@ -118,7 +118,16 @@ def test_a_bad_download_is_rejected_in_one_line_and_leaves_nothing(server, cache
     code, _, err = fedleak(monkeypatch, capsys, "weights", "fetch", "alex", "--dir", str(folder), "-q")
     assert code == 2 and message in err and "rejected" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert list(folder.iterdir()) == []  # neither the target nor a temporary file
+    assert not folder.exists()  # neither the target nor a temporary file, nor the folder the command made
+
+
+def test_a_failed_fetch_keeps_a_folder_that_was_there(server, cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(weights.SOURCES, "alex", table(server, served=b"wrong")["alex"])
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the user's")
+    code, _, _ = fedleak(monkeypatch, capsys, "weights", "fetch", "alex", "--dir", str(folder / "a" / "b"), "-q")
+    assert code == 2 and [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
 def test_an_interrupted_download_leaves_nothing(server, cache, monkeypatch):
@@ -128,14 +137,14 @@ def test_an_interrupted_download_leaves_nothing(server, cache, monkeypatch):
     monkeypatch.setattr(weights, "_problem", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch("alex", sources=table(server), progress=False)
-    assert list(cache.iterdir()) == []
+    assert not cache.exists()  # not even the cache folder this call made
 
 
 def test_an_unreachable_file_is_one_clear_error(server, cache):
     sources = {"alex": (WeightFile("alexnet-owt-1.pth", f"{server.url}/missing", "0" * 64, 1),)}
     with pytest.raises(FedleakError, match="cannot download alexnet-owt-1.pth .*404"):
         fetch("alex", sources=sources, progress=False)
-    assert list(cache.iterdir()) == []
+    assert not cache.exists()  # not even the cache folder this call made
 
 
 def test_the_command_fetches_into_a_folder_runs_can_be_pointed_at(server, cache, tmp_path, monkeypatch, capsys):

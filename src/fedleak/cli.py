@@ -26,7 +26,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+class _Console:
+    """Rich output that is whole in logs and pipes: on a terminal Rich fits the screen; elsewhere
+    (``| grep``, a log file, CI) no table is cut and no line is wrapped at 80 columns."""
+
+    WIDE = 100_000  # wider than any table fedleak prints
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        wide = not sys.stdout.isatty()
+        Console(file=sys.stdout, width=self.WIDE if wide else None, soft_wrap=wide).print(*objects, **options)
+
+
+console = _Console()
 
 
 _state = {"debug": False}
@@ -42,6 +53,11 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-config", help="let the --config file name a package.module:factory for fedleak to import "
+                           "(without it, only the command line names code: --model, --set, --grid)")]
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="print the traceback of an error as well")] = False,
@@ -53,6 +69,7 @@ def _main(
 @app.command()
 def attack(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config")] = None,
+    trust_config: TrustOption = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")] = None,
     root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
@@ -113,7 +130,9 @@ def attack(
         "knowledge.labels": known_labels, "seed": seed, "device": device, "out": str(out) if out else None,
         **server_flags(server),
     }
-    cfg = build_config(config, flags, overrides)
+    if prior is not None:
+        _check_prior_applies(config, flags, overrides)
+    cfg = build_config(config, flags, overrides, trust_config=trust_config)
     cfg = cfg.model_copy(update={"device": device_name(resolve_device(cfg.device))})  # a missing device fails first
     if print_config:
         sys.stdout.write(_yaml(_resolved_config(cfg)))
@@ -121,14 +140,32 @@ def attack(
     folder = check_out(Path(cfg.out) if cfg.out else default_out(), force)
     result = run(cfg, progress=not quiet)
     write_atomically(folder, lambda tmp: write_run(tmp, result))
-    table = Table(title=f"fedleak attack → {folder}")
     row = summary(result)
+    below = row["vs no-leak"] != "above"  # flagged: a guess without the update scores as well
+    table = Table(title=f"fedleak attack → {folder}", caption=(
+        f"▼ {row['vs no-leak']} the no-leak baseline (the better of two guesses without the update; "
+        "report.html shows both)") if below else None)
     for key in row:
         table.add_column(key, justify="right")
     table.add_row(*row.values())
     console.print(table)
     for hint in result.hints:
         print(f"fedleak: note: {hint}", file=sys.stderr)
+
+
+def _check_prior_applies(config: Path | None, flags: dict[str, Any], overrides: list[str] | None) -> None:
+    """``--prior`` is a restoration prior (``fedleak train-prior``), which only attacks that restore a
+    low-resolution reconstruction take (ROG): say so instead of "unknown config key"."""
+    from fedleak.attacks import ATTACKS, build_attack
+    from fedleak.config import build_config
+    from fedleak.errors import ConfigError
+
+    cfg = build_config(config, {**flags, "attack.prior": None}, overrides)
+    takers = [n for n in ATTACKS.names() if "prior" in ATTACKS.get(n).Config.model_fields]
+    if "prior" not in type(build_attack(cfg.attack.name).config).model_fields:
+        raise ConfigError(f"--prior is a restoration prior from `fedleak train-prior`, used only by the "
+                          f"{', '.join(takers)} attack; the attack {cfg.attack.name!r} takes none "
+                          f"(drop --prior, or add --attack {takers[0]})")
 
 
 def _resolved_config(cfg: RunConfig) -> dict[str, Any]:
@@ -257,10 +294,27 @@ BatchOption = Annotated[Optional[int], typer.Option(
          "attack settings: fills a GPU) [1]")]
 
 
+TERMINATED = 143  # exit code of a study stopped by SIGTERM (128 + 15)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during a study: unwinds like Ctrl-C (no run's ``except Exception`` catches it;
+    Ray, which turns a Ctrl-C inside its waits into a plain ``KeyboardInterrupt``, does the same)."""
+
+
 def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, force: bool, backend: str,
                address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, workers: int | None,
                batch: int | None = None) -> None:
-    """Run a study on the chosen backend, print what happened; failed runs end it with one error line."""
+    """Run a study on the chosen backend, print what happened; failed runs end it with one error line.
+
+    The backend's notes (the Ray cluster joined and its size, how many runs it holds as nodes come
+    and go) are ``fedleak: note:`` lines on stderr unless ``-q``; that the runs wait for nodes to join
+    is said even with ``-q``. SIGTERM (``timeout``, a batch scheduler) stops the study like
+    Ctrl-C — finished runs stay committed, claims are released, Ray is shut down — and ends with the
+    line ``fedleak: terminated`` and exit code 143 (128 + SIGTERM, as a shell reports such a death)."""
+    import signal
+    import threading
+
     from fedleak.errors import FedleakError
     from fedleak.studies import run_study
     from fedleak.studies.backends import make_backend
@@ -268,7 +322,28 @@ def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, for
 
     engine = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
                           workers=workers, batch=batch)
-    outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force, backend=engine)
+    engine.note = lambda text: print(f"fedleak: note: {text}", file=sys.stderr, flush=True)
+    engine.quiet = quiet  # -q: only what the user must know (that the runs wait for nodes to join)
+
+    terminated = []
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: the cleanup is not interrupted again
+        terminated.append(signum)
+        raise _Terminated
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force, backend=engine)
+    except KeyboardInterrupt:
+        if not terminated:
+            raise
+        print("fedleak: terminated", file=sys.stderr)
+        raise typer.Exit(TERMINATED) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     shared = f", {outcome.elsewhere} by another process" if outcome.elsewhere else ""
     failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
     console.print(f"{s.name}: {outcome.ran} runs done, {outcome.skipped} already there{shared}{failed}, "
@@ -284,6 +359,7 @@ def study(
     name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency | secure-aggregation")],
     preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML study settings")] = None,
+    trust_config: TrustOption = False,
     root: Annotated[Optional[str], typer.Option(help="data folder (the study's root setting)")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key=value")] = None,
     out: Annotated[Optional[Path], typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
@@ -305,14 +381,28 @@ def study(
     A folder holds one grid: one made with other settings is refused unless --force. Several
     processes may run the same study into one folder at once; they share its runs. A run that fails
     is recorded (`fedleak runs list DIR --failed`) and retried by the next invocation."""
-    from fedleak.studies import build_study
+    from fedleak.errors import ConfigError
+    from fedleak.studies import STUDIES, build_study
 
     import json
 
+    # A live study (flower-audit) is written by what it observes, not run from its grid here.
+    runnable = [n for n in STUDIES if not getattr(STUDIES.get(n), "live", False)]
+    if name in STUDIES and name not in runnable:
+        raise ConfigError(f"study {name!r} is not run from the command line: its folder is written by a Flower "
+                          "federation's LeakageAudit strategy (fedleak.integrations.flower, its out= folder) as the "
+                          "federation runs; read one with `fedleak report DIR` or `fedleak runs list DIR`")
+    if name not in STUDIES:
+        import difflib
+
+        close = difflib.get_close_matches(name, runnable, n=1)
+        raise ConfigError(f"unknown study {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; choose one "
+                          f"of: {', '.join(runnable)}")
     # --root is the override root=…, quoted so that the path stays a string; a later --set wins.
     root_setting = [f"root={json.dumps(root)}"] if root is not None else []
     device_setting = [f"device={json.dumps(device)}"] if device is not None else []
-    s = build_study(name, preset, config, [*root_setting, *device_setting, *(overrides or [])])
+    s = build_study(name, preset, config, [*root_setting, *device_setting, *(overrides or [])],
+                    trust_config=trust_config)
     folder = out or Path("studies") / f"{name}-{preset}"
     _run_study(s, preset, folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
 
@@ -326,11 +416,13 @@ def sweep(
         help="one run per image index, e.g. 0-15 or 0,3,5-7 (default: the config's images)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="run seeds, e.g. 0,1 or 0-4 (default: the config's seed)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config every run starts from")] = None,
+    trust_config: TrustOption = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override of that config: key.path=value")] = None,
     root: Annotated[Optional[str], typer.Option(help="data folder (data.root)")] = None,
     device: StudyDeviceOption = None,
     client_seed: Annotated[Optional[int], typer.Option(
-        help="derive every run's private client seed from this (a reproducible sweep)", min=0, max=MAX_SEED)] = None,
+        help="mixed with the sweep folder's secret into every run's private client seed (the folder's "
+             "client-secret file; resuming keeps the seeds)", min=0, max=MAX_SEED)] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="sweep folder (default studies/sweep-HASH, the same for the same sweep: re-running resumes it)")] = None,
     backend: BackendOption = "local",
@@ -355,7 +447,7 @@ def sweep(
 
     sets = [*([f"data.root={json.dumps(root)}"] if root is not None else []),
             *([f"device={json.dumps(device)}"] if device is not None else []), *(overrides or [])]
-    s = build_sweep(grid, images, seeds, config, sets, client_seed)
+    s = build_sweep(grid, images, seeds, config, sets, client_seed, trust_config=trust_config)
     identity = s.settings.model_dump(mode="json")
     if isinstance(identity["base"].get("data"), dict):  # the same sweep on moved data: the same folder
         identity["base"]["data"].pop("root", None)
@@ -382,6 +474,7 @@ def inspect_model_cmd(
     from_payload: Annotated[bool, typer.Option(
         "--from-payload", help="check the model a run with these settings sends (its payload's model state)")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config (--from-payload)")] = None,
+    trust_config: TrustOption = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value (--from-payload)")] = None,
     server: Annotated[Optional[str], typer.Option(help="server threat model (--from-payload): honest | imprint:… | fishing:…")] = None,
     model: Annotated[Optional[str], typer.Option(
@@ -390,14 +483,16 @@ def inspect_model_cmd(
     root: Annotated[Optional[str], typer.Option(help="data folder (--from-payload)")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="image side (--from-payload)")] = None,
     num_classes: Annotated[Optional[int], typer.Option(
-        help="classes of the model (which layer is the classifier; default: the last weight matrix)", min=1)] = None,
+        help="classes of the model (which layer is the classifier; default: found by shape, see fedleak.inspect)",
+        min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
     device: Annotated[Optional[str], typer.Option(
         help="where the checks (and --from-payload's model and modification) run: auto | cpu | cuda | cuda:N | mps "
              "[auto, or the config's]")] = None,
 ) -> None:
     """Check a model for imprint-like or fishing-like structure before training on it: exit 0 when
-    nothing is found, 3 when a layer looks built to leak."""
+    nothing is found, 3 when a layer looks built to leak, 2 when there is nothing to check (no
+    weight matrix: tensors are inspected by shape, whatever their names)."""
     import json
 
     from fedleak.errors import ConfigError
@@ -421,7 +516,7 @@ def inspect_model_cmd(
 
         flags = {"model.name": model, "data.name": dataset, "data.root": root, "data.image_size": image_size,
                  "device": device, **server_flags(server)}
-        run_config = build_config(config, flags, overrides)
+        run_config = build_config(config, flags, overrides, trust_config=trust_config)
         sent, classes = sent_model(run_config)
         state, classes, what = sent.state_dict(), num_classes or classes, "the model the run's server sends"
         card = named_card(resolve_checkpoint(run_config)[0].model.name)
@@ -432,8 +527,10 @@ def inspect_model_cmd(
         print(json.dumps({"model": what, "device": on, "card": card_json, **findings.as_dict()}, indent=2, default=str))
     else:
         if card:
-            console.print(f"model card ({card[0]}): {card[1].summary()}", markup=False, highlight=False)
-        console.print(f"{what}: {findings.summary()}")
+            console.print(f"model card ({card[0]}): {card[1].summary()}", markup=False, highlight=False,
+                          soft_wrap=True)
+        # The verdict is one line whatever the width (scripts grep it): never wrapped, no markup read in a path.
+        console.print(f"{what}: {findings.summary()}", markup=False, highlight=False, soft_wrap=True)
         if findings.suspicious:
             table = Table()
             for col in ("looks like", "layer", "why"):
@@ -504,9 +601,12 @@ def runs_list(
     folder: Annotated[Path, typer.Argument(help="study folder")],
     failed: Annotated[bool, typer.Option("--failed", help="the runs that failed, with their errors")] = False,
 ) -> None:
-    """One line per finished run: key, name, PSNR, SSIM, seconds (with --failed: each failed run's
+    """One line per finished run: key, name, PSNR and SSIM beside their no-leak baselines (flagged where
+    the run does no better), seconds (with --failed: each failed run's
     error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
     from rich.markup import escape  # run names hold grid values, which are no markup
+
+    from fedleak.metrics.baselines import best_guess, verdict
 
     with _db(folder) as db:
         records, failures = db.records(), db.failures()
@@ -514,16 +614,26 @@ def runs_list(
         print(f"{len(failures)} failed run{'s' if len(failures) != 1 else ''} in {folder}"
               + (" (the next study or sweep into it retries them)" if failures else ""))
         for f in failures:
-            print(f"{f.key}  {f.study}  {f.name}  attempts {f.attempts}\n    {f.error}")
+            where = f"  on {f.host}" if f.host else ""
+            print(f"{f.key}  {f.study}  {f.name}  attempts {f.attempts}{where}\n    {f.error}")
         return
     also = f" ({len(failures)} failed: --failed)" if failures else ""
     table = Table(title=f"{len(records)} runs in {folder}{also}")
-    for col in ("key", "study", "name", "PSNR", "SSIM", "seconds"):
-        table.add_column(col, justify="right" if col in ("PSNR", "SSIM", "seconds") else "left")
+    numbers = ("PSNR", "no-leak PSNR", "SSIM", "no-leak SSIM", "seconds")
+    for col in ("key", "study", "name", *numbers, "vs no-leak"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in records:
-        table.add_row(r.key, r.study, escape(r.name), f"{r.metrics.get('psnr', float('nan')):.2f}",
-                      f"{r.metrics.get('ssim', float('nan')):.3f}", f"{r.seconds:.1f}")
+        guess = best_guess(r.metrics.get("baselines"))
+        table.add_row(r.key, r.study, escape(r.name), _score(r.metrics.get("psnr"), 2),
+                      _score(guess and guess["psnr"], 2), _score(r.metrics.get("ssim"), 3),
+                      _score(guess and guess["ssim"], 3), f"{r.seconds:.1f}",
+                      "" if guess is None else (verdict(r.metrics, guess) or "above").replace(" the no-leak baseline", ""))
     console.print(table)
+
+
+def _score(value: Any, digits: int) -> str:
+    """A stored score for `runs list`: n/a where the run has none (no baselines stored, LPIPS unset)."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
 @runs_app.command("show")

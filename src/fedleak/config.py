@@ -19,7 +19,17 @@ from fedleak.validate import short
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; accept exponents without a decimal point as floats."""
+    """YAML 1.1 reads ``1e-3`` as a string; accept exponents without a decimal point as floats. Nodes
+    are counted as they are composed: a document of more than :data:`MAX_YAML_NODES` is refused
+    while it is read, before it is built."""
+
+    _nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise ConfigError(f"YAML holds more than {MAX_YAML_NODES:,} values")
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -37,6 +47,8 @@ _Loader.add_implicit_resolver(
 
 
 MAX_YAML_NODES = 100_000  # a config's size with every alias expanded (a "billion laughs" file is refused)
+MAX_CONFIG_BYTES = 1 << 20  # a config or settings file larger than 1 MiB is refused before it is parsed
+MAX_KEY_DEPTH = 16  # dotted keys (--set a.b.c=…, grid keys) of at most this many parts
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
@@ -292,6 +304,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not sep or not key.strip() or any(not p for p in parts):
         raise ConfigError(f"malformed --set {short(text)}: expected key.path=value")
+    if len(parts) > MAX_KEY_DEPTH:
+        raise ConfigError(f"--set {_cut(key.strip())}: the key has {len(parts):,} parts; "
+                          f"config keys have at most {MAX_KEY_DEPTH}")
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -302,6 +317,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    if len(parts) > MAX_KEY_DEPTH:
+        raise ConfigError(f"config key {_cut('.'.join(parts))} has {len(parts):,} parts; "
+                          f"config keys have at most {MAX_KEY_DEPTH}")
     node = tree
     for i, p in enumerate(parts[:-1]):
         child = node.setdefault(p, {})
@@ -316,7 +334,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        data = load_yaml(p.read_text()) or {}
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more than the limit, whatever the file claims
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB; "
+                          "a config holds settings, not data")
+    try:
+        data = load_yaml(raw.decode("utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {_cut(str(exc).splitlines()[0], 200)}") from None
     except ConfigError as exc:
@@ -356,7 +382,9 @@ def _apply_default_job(tree: dict[str, Any]) -> None:
                          "width": DEFAULT_JOB["model"]["width"] if width is None else width}
     spec = client.get("defense")
     one_image = client.get("batch_size") in (None, 1) and (not isinstance(spec, str) or _clients(spec) == 1)
-    if one_image and all(data.get(k) is None for k in ("name", "index", "classes")):
+    # A checkpoint names the dataset it was trained on (``resolve_checkpoint`` takes it): no default photo.
+    trained = model.get("checkpoint") is not None
+    if one_image and not trained and all(data.get(k) is None for k in ("name", "index", "classes")):
         tree["data"] = {**data, **DEFAULT_JOB["data"]}
 
 
@@ -376,6 +404,20 @@ def _apply_server_attack(tree: dict[str, Any]) -> None:
             return
 
 
+def _refuse_file_factory(tree: dict[str, Any], given: dict[str, Any], file: str | Path) -> None:
+    """The run's ``model.name`` — the one setting that names code to import — may be external only
+    when the user's own layers (``given``) name that factory, not when only ``file`` does."""
+    from fedleak.models.external import is_external, refuse_file_factory
+
+    def name_in(t: dict[str, Any]) -> Any:
+        model = t.get("model")
+        return model.get("name") if isinstance(model, dict) else None
+
+    name = name_in(tree)
+    if isinstance(name, str) and is_external(name) and name_in(given) != name:
+        refuse_file_factory(name, f"config file {_cut(str(file))}", "--model {name}")
+
+
 def _batch_from_index(config: RunConfig) -> RunConfig:
     """Explicit image indices without an explicit batch size set the batch: the indices are shared
     evenly by the clients whose batches are aggregated (indices = batch × clients)."""
@@ -393,16 +435,28 @@ def build_config(
     file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    *,
+    trust_config: bool = False,
 ) -> RunConfig:
     """Merge the layers, fill in :data:`DEFAULT_JOB` where the run names no model, and validate.
     ``flags`` maps dotted keys to values (``None`` = not given). Image indices without a batch size
-    set the batch size."""
+    set the batch size.
+
+    ``flags`` and ``overrides`` are the user's own (command line or Python); ``file`` is a file: an
+    external ``model.name`` (``package.module:factory``) that only the file names is refused, so that
+    no file makes fedleak import code, unless ``trust_config`` (``--trust-config``)."""
     tree: dict[str, Any] = copy.deepcopy(read_yaml(file)) if file else {}
+    given: dict[str, Any] = {}  # what the user's own layers set, apart from the file
     for key, value in (flags or {}).items():
         if value is not None:
             apply_override(tree, key.split("."), value)
+            apply_override(given, key.split("."), value)
     for text in overrides or []:
-        apply_override(tree, *parse_override(text))
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value)
+        apply_override(given, parts, value)
+    if file and not trust_config:
+        _refuse_file_factory(tree, given, file)
     _apply_default_job(tree)
     _apply_server_attack(tree)
     try:

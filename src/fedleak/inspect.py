@@ -9,7 +9,12 @@ trains (``fedleak inspect-model``, or :func:`inspect_model` from a Flower client
 - **fishing-like** (Wen et al.): a classifier with one dominant row (the others near zero) or with
   biases far apart, which makes the model's prediction ignore the input for all classes but one.
 
-The checks read weights only (a state dict is enough: no architecture, no data). Honest layers —
+The checks read weights only (a state dict is enough: no architecture, no data), by shape and role,
+never by name — a server can call its tensors anything: every floating-point tensor of two or more
+dimensions is a weight matrix (a convolution's filters are its rows), a 1-d tensor with one value
+per row named or stored beside it its bias, and a linear matrix with one row per class (or whose
+outputs no other layer reads) a classifier. A state dict with no weight matrix at all gets no
+verdict: it is an error, not "nothing found". Honest layers —
 randomly initialised or trained — have rows pointing in many directions and biases within a few
 logits, so the thresholds below sit far from both. They are heuristics against the constructions
 fedleak builds and close variants, not a proof of honesty: a server can hide a modification better.
@@ -18,6 +23,7 @@ fedleak builds and close variants, not a proof of honesty: a server can hide a m
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fedleak.errors import FedleakError
 from fedleak.registry import Registry
 
 
@@ -77,22 +84,76 @@ class Findings:
                 "findings": findings, "thresholds": asdict(self.thresholds)}
 
 
-Weights = dict[str, tuple[Tensor, Tensor | None]]  # weight name → (weight as a matrix, its bias)
+class WeightMatrix(tuple):
+    """One weight-like tensor as a matrix (one row per output unit: a convolution's filters
+    flattened) and the bias found for it (``None`` if none): it unpacks as that pair, ``w, b =
+    weights[name]``; it also knows the bias's name and how many dimensions the tensor had (2 for a
+    linear layer, 4 for a 2-d convolution's kernel)."""
+
+    bias_name: str | None
+    ndim: int
+
+    def __new__(cls, matrix: Tensor, bias: Tensor | None = None, bias_name: str | None = None,
+                ndim: int = 2) -> "WeightMatrix":
+        self = super().__new__(cls, (matrix, bias))
+        self.bias_name, self.ndim = bias_name, ndim
+        return self
+
+    @property
+    def matrix(self) -> Tensor:
+        return self[0]
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self[1]
+
+
+Weights = dict[str, WeightMatrix]  # tensor name → the tensor as a matrix, with its bias
 Check = Callable[[Weights, Thresholds, "int | None"], list[Finding]]
 CHECKS: Registry[Check] = Registry("model check")
+STATISTICS = ("running_mean", "running_var")  # batch norm's buffers: never a layer's bias
 
 
 def weight_matrices(state: Mapping[str, Tensor]) -> Weights:
-    """Every floating-point weight of two or more dimensions as a matrix (one row per output unit:
-    a convolution's filters flattened) with the bias of the same module, in state order; in float64
-    (float32 on MPS, which has none) on the device the weights are on."""
+    """Every floating-point tensor of two or more dimensions, whatever its name (a server that
+    renames ``weight`` to ``w8`` hides nothing), as a matrix with its bias, in state order; in
+    float64 (float32 on MPS, which has none) on the device the weights are on.
+
+    A bias is a floating-point 1-d tensor with one value per row: for a tensor named ``….weight``,
+    the ``….bias`` beside it (PyTorch's naming); for any other name, the tensor right after it in
+    the state's order (a module's parameters are listed weight, bias) or the one right before it
+    (files that sort their names, such as safetensors, put ``b…`` before ``w…``), whichever shares
+    more of its name (the one after on a tie)."""
+    names = list(state)
+    position = {n: i for i, n in enumerate(names)}
+    matrices = [n for n in names if _weight_like(state[n])]
+    claimed = {n[: -len("weight")] + "bias" for n in matrices if n.endswith("weight")}
     out: Weights = {}
-    for name, t in state.items():
-        if not name.endswith("weight") or t.ndim < 2 or not torch.is_floating_point(t):
-            continue
-        bias = state.get(name[: -len("weight")] + "bias")
-        out[name] = (_wide(t).flatten(1), _wide(bias) if bias is not None else None)
+    for name in matrices:
+        t = state[name]
+        rows = t.shape[0]
+        if name.endswith("weight"):
+            candidates = [name[: -len("weight")] + "bias"]
+        else:
+            at = position[name]
+            beside = [n for n in names[at + 1: at + 2] + names[max(at - 1, 0): at]
+                      if n not in claimed and not n.endswith(STATISTICS)]
+            # the one sharing more of the matrix's name first ("fc.w8" → "fc.b8", not "features.0.b8")
+            candidates = sorted(beside, key=lambda n: -len(os.path.commonprefix([n, name])))
+        bias_name = next((n for n in candidates if n in state and _bias_like(state[n], rows)), None)
+        if bias_name is not None and not name.endswith("weight"):
+            claimed.add(bias_name)
+        bias = _wide(state[bias_name]) if bias_name is not None else None
+        out[name] = WeightMatrix(_wide(t).flatten(1), bias, bias_name, t.ndim)
     return out
+
+
+def _weight_like(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.ndim >= 2 and torch.is_floating_point(t) and t.shape[0] > 0 and t[0].numel() > 0
+
+
+def _bias_like(t: Any, rows: int) -> bool:
+    return isinstance(t, Tensor) and t.ndim == 1 and torch.is_floating_point(t) and t.numel() == rows
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -118,7 +179,8 @@ def imprint_like(weights: Weights, limits: Thresholds, num_classes: int | None =
     """Layers whose rows repeat one measurement (with staggered biases), or whose columns repeat one
     direction."""
     found = []
-    for name, (w, b) in weights.items():
+    for name, entry in weights.items():
+        w, b = entry.matrix, entry.bias
         for side, matrix in (("rows", w), ("columns", w.T)):
             share, count = aligned_rows(matrix, limits)
             if share < limits.aligned_share or _one_live_row(w, limits):
@@ -138,37 +200,54 @@ def _one_live_row(w: Tensor, limits: Thresholds) -> bool:
     return bool(norms.max() > 0 and (norms > norms.max() * 1e-6).sum() == 1)
 
 
+def classifiers(weights: Weights, num_classes: int | None) -> list[str]:
+    """The weight matrices that may be the model's classifier, by shape alone (names may lie):
+    with ``num_classes``, every linear matrix (two dimensions) with that many rows (else every
+    matrix, convolution kernels too); without, the last linear matrix in the state's order and
+    every linear matrix whose outputs no other layer reads (its row count is no other matrix's
+    column count) — a file that sorts its names (e.g. safetensors) keeps no layer order — or, in a
+    model with no linear matrix, its last matrix."""
+    linear = [n for n, m in weights.items() if m.ndim == 2]
+    if num_classes is not None:
+        return [n for n in linear if weights[n].matrix.shape[0] == num_classes] or \
+            [n for n in weights if weights[n].matrix.shape[0] == num_classes]  # e.g. a 1×1 convolution's
+    if not linear:
+        return list(weights)[-1:]
+    inputs = {weights[n].matrix.shape[1] for n in weights}
+    last = linear[-1:]
+    sinks = [n for n in linear if weights[n].matrix.shape[0] not in inputs]
+    return [n for n in linear if n in last or n in sinks]
+
+
 def classifier(weights: Weights, num_classes: int | None) -> tuple[str, Tensor, Tensor | None] | None:
     """The last weight matrix (with ``num_classes`` rows when given): the model's classifier."""
-    for name in reversed(list(weights)):
-        w, b = weights[name]
-        if num_classes is None or w.shape[0] == num_classes:
-            return name, w, b
-    return None
+    names = classifiers(weights, num_classes)
+    if not names:
+        return None
+    entry = weights[names[-1]]
+    return names[-1], entry.matrix, entry.bias
 
 
 @CHECKS.register("fishing")
 def fishing_like(weights: Weights, limits: Thresholds, num_classes: int | None = None) -> list[Finding]:
-    """A classifier with one dominant row or biases far apart."""
-    head = classifier(weights, num_classes)
-    if head is None:
-        return []
-    name, w, b = head
+    """A classifier (see :func:`classifiers`) with one dominant row or biases far apart."""
     found = []
-    norms = w.norm(dim=1)
-    if len(norms) >= 2 and norms.max() > 0:
-        median = norms.median()
-        ratio = float(norms.max() / median) if median > 0 else float("inf")
-        if ratio >= limits.dominance:
-            found.append(Finding("fishing", name, f"one classifier row dominates: its norm is "
-                                 f"{'∞' if ratio == float('inf') else f'{ratio:.3g}'}× the median row's "
-                                 f"({int((norms <= norms.max() * 1e-6).sum())} rows are zero)", ratio))
-    if b is not None and b.numel() >= 2:
-        gap = float(b.max() - b.min())
-        if gap >= limits.bias_gap:
-            found.append(Finding("fishing", name[: -len("weight")] + "bias",
-                                 f"classifier biases span {gap:.3g} logits (class {int(b.argmin())} is pushed "
-                                 f"{float(b.median() - b.min()):.3g} below the median)", gap))
+    for name in classifiers(weights, num_classes):
+        w, b, bias_name = weights[name].matrix, weights[name].bias, weights[name].bias_name
+        norms = w.norm(dim=1)
+        if len(norms) >= 2 and norms.max() > 0:
+            median = norms.median()
+            ratio = float(norms.max() / median) if median > 0 else float("inf")
+            if ratio >= limits.dominance:
+                found.append(Finding("fishing", name, f"one classifier row dominates: its norm is "
+                                     f"{'∞' if ratio == float('inf') else f'{ratio:.3g}'}× the median row's "
+                                     f"({int((norms <= norms.max() * 1e-6).sum())} rows are zero)", ratio))
+        if b is not None and b.numel() >= 2:
+            gap = float(b.max() - b.min())
+            if gap >= limits.bias_gap:
+                found.append(Finding("fishing", bias_name or name,
+                                     f"classifier biases span {gap:.3g} logits (class {int(b.argmin())} is pushed "
+                                     f"{float(b.median() - b.min()):.3g} below the median)", gap))
     return found
 
 
@@ -177,6 +256,10 @@ def inspect_state(state: Mapping[str, Tensor], num_classes: int | None = None,
     """Run every check on a state dict (weights only; no architecture needed)."""
     limits = thresholds or Thresholds()
     weights = weight_matrices(state)
+    if not weights:
+        held = (f"none of the model's {len(state)} tensor{'s' * (len(state) != 1)} is a weight matrix (a "
+                "floating-point tensor of two or more dimensions)") if state else "the model holds no tensors"
+        raise FedleakError(f"{held}: nothing to inspect, so no verdict")
     findings = [f for name in CHECKS for f in CHECKS.get(name)(weights, limits, num_classes)]
     return Findings(tuple(findings), len(weights), limits)
 

@@ -37,6 +37,7 @@ from fedleak.data import ImageDataset, load_dataset, pick_indices
 from fedleak.fl import Client, ClientData, Payload
 from fedleak.fl.server import apply_server, record_server
 from fedleak.metrics import Evaluation, evaluate, lpips_scorers
+from fedleak.metrics.baselines import no_leak_baselines
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info
@@ -64,6 +65,7 @@ class RunResult:
     target: Target | None = None  # the global model and its normalisation (for the auditor's side)
     memory: dict[str, Any] = field(default_factory=dict)  # the attack's peak memory (fedleak.device.peak_memory)
     batch: int = 1  # how many runs' attacks shared one batched optimisation with this one
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # the attacked weights (checkpoint_summary)
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -94,6 +96,7 @@ class RunResult:
             "normalization": self.target.normalization() if self.target is not None else None,
             "images": [vars(s) for s in ev.images],
             "hints": self.hints,
+            "checkpoint": self.checkpoint or None,
         }
 
 
@@ -126,8 +129,47 @@ def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | N
             raise ConfigError(f"data.{key}={getattr(d, key)} conflicts with the checkpoint's {key} {value}")
     model = config.model.model_copy(update={"name": info.architecture, "width": info.width,
                                             "options": dict(info.options)})
-    data = d.model_copy(update={"image_size": info.image_size, "channels": info.in_channels})
+    data = d.model_copy(update={"image_size": info.image_size, "channels": info.in_channels,
+                                **checkpoint_data(d, info)})
     return config.model_copy(update={"model": model, "data": data}), info
+
+
+def checkpoint_data(d: Any, info: CheckpointInfo) -> dict[str, Any]:
+    """The data settings a checkpoint's own dataset implies where the run names none: a model trained
+    on CIFAR-10 is attacked on CIFAR-10, not on the default photographs. A dataset the user names
+    wins (:func:`checkpoint_notes` says so)."""
+    if "name" in d.model_fields_set or not info.dataset:
+        return {}
+    name, _, detail = info.dataset.partition(":")
+    if name == "samples":
+        return {"name": name, "options": {"subset": detail or "photos", **d.options}}  # a subset named wins
+    if name == "folder" and d.root is None:
+        raise ConfigError(f"the checkpoint was trained on the image folder {detail!r}: name it with "
+                          "--dataset folder --root PATH")
+    return {"name": name}
+
+
+def checkpoint_summary(config: RunConfig, info: CheckpointInfo | None) -> dict[str, Any]:
+    """The attacked weights as the run report and ``metrics.json`` show them: the file, whether the
+    model is trained (a fedleak checkpoint: on what, how long, its test accuracy) or a foreign state dict."""
+    if not config.model.checkpoint:
+        return {}
+    if info is None:
+        return {"path": config.model.checkpoint, "trained": "weights of unknown training (not a fedleak checkpoint)"}
+    return {"path": config.model.checkpoint, "architecture": info.architecture, "dataset": info.dataset,
+            "epochs": info.epochs, "test_accuracy": info.test_accuracy}
+
+
+def checkpoint_notes(config: RunConfig, info: CheckpointInfo | None) -> list[str]:
+    """What a run on a checkpoint should say: that the dataset is not the checkpoint's own."""
+    if info is None or not info.dataset:
+        return []
+    d = config.data
+    own = d.name if d.name != "samples" else ("samples" if d.options.get("subset", "photos") == "photos"
+                                             else f"samples:{d.options['subset']}")
+    if own == info.dataset or (d.name == "folder" and info.dataset.startswith("folder:")):
+        return []
+    return [f"the checkpoint was trained on {info.dataset}; this run attacks {own}, as you asked"]
 
 
 def load_data(config: RunConfig, loader: Callable[..., ImageDataset] = load_dataset,
@@ -183,6 +225,8 @@ class Prepared:
     payload: Payload
     knowledge: AttackerKnowledge
     start: float
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # what the attacked weights are (checkpoint_summary)
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare(config: RunConfig, model: nn.Module | None = None,
@@ -227,7 +271,8 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
         labels=truth.labels.clone() if config.knowledge.labels else None,
         bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )
-    return Prepared(config, attack, dataset, truth, target, client, payload, knowledge, start)
+    return Prepared(config, attack, dataset, truth, target, client, payload, knowledge, start,
+                    checkpoint_summary(config, info), checkpoint_notes(config, info))
 
 
 def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str, Any] | None = None,
@@ -246,8 +291,9 @@ def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str,
         evaluation=evaluation,
         seconds=time.perf_counter() - p.start,
         privacy=p.client.privacy(p.payload.hyper),
-        hints=hints,
+        hints=[*p.notes, *reconstruction.notes, *hints],
         target=p.target,
+        checkpoint=p.checkpoint,
         memory=memory or {},
         batch=batch,
     )
@@ -305,6 +351,9 @@ class RunSpec:
     ``config`` is the run's validated :class:`RunConfig` as JSON data; ``study`` and ``settings``
     name the study whose ``measure`` adds its numbers (``None``: a bare run); ``name``, ``params``
     and ``flags`` are its grid cell; ``extra`` holds what its kind needs beyond the config.
+    ``client_seed`` is the private client seed a study's driver derived from its folder's secret
+    (:mod:`fedleak.studies.secret`) for a config that names none; it travels with the spec (a worker
+    never reads the folder) and is no part of the run's key.
     """
 
     config: dict[str, Any]
@@ -315,6 +364,7 @@ class RunSpec:
     kind: str = "attack"
     extra: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, Any] = field(default_factory=dict)
+    client_seed: int | None = None
 
     @property
     def dataset(self) -> dict[str, Any]:
@@ -341,8 +391,16 @@ class RunSpec:
         """The run's id in a results database: its study and :meth:`identity`, hashed."""
         return run_key(self.study or "run", self.identity())
 
+    def seeded_config(self) -> dict[str, Any]:
+        """:attr:`config` with :attr:`client_seed` filled in where it names no client seed: what the
+        run executes, and what its record keeps (so that it repeats exactly)."""
+        client = self.config.get("client")
+        if self.client_seed is None or not isinstance(client, dict) or client.get("seed") is not None:
+            return self.config
+        return {**self.config, "client": {**client, "seed": self.client_seed}}
+
     def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
+        return RunConfig.model_validate(self.seeded_config())
 
     def planned(self) -> PlannedRun:
         from fedleak.studies.base import PlannedRun
@@ -422,6 +480,7 @@ def content_digest(images: torch.Tensor) -> str:
 def _attack_outcome(study: Study | None, spec: RunSpec, result: RunResult) -> tuple[dict[str, Any], dict[str, bytes]]:
     metrics = result.metrics()
     metrics["dataset"] = {**spec.dataset, "content": content_digest(result.truth.images)}
+    metrics["baselines"] = no_leak_baselines(result.truth.images, result.dataset, result.truth.indices)
     if study is not None:
         metrics.update(study.measure(result, spec.planned()))
     return metrics, image_files(result)
@@ -501,4 +560,4 @@ def fl_train_kind(study: Study | None, spec: RunSpec, loader: Callable[..., Imag
                               progress=detail)
     return {"test_accuracy": history.final_accuracy, "accuracy_per_round": history.test_accuracy,
             "fl_seconds": round(history.seconds, 3), "defense": config.client.defense,
-            "device": device_name(device)}, {}
+            "device": device_name(device), "client_seed": config.client.seed}, {}

@@ -90,18 +90,25 @@ def fetch(net: str, folder: str | Path | None = None, sources: Mapping[str, Sequ
     files (tests serve their own)."""
     items = files(net, sources)
     folder = Path(folder) if folder else hub_checkpoints()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # what a failure must take away again
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FedleakError(f"cannot create the weights folder {folder}: {exc.strerror}") from None
     done = []
-    for item in items:
-        target = folder / item.name
-        if target.is_file() and sha256_of(target) == item.sha256:
-            done.append(Fetched(target, False))
-            continue
-        download(item, target, progress, timeout)
-        done.append(Fetched(target, True))
+    try:
+        for item in items:
+            target = folder / item.name
+            if target.is_file() and sha256_of(target) == item.sha256:
+                done.append(Fetched(target, False))
+                continue
+            download(item, target, progress, timeout)
+            done.append(Fetched(target, True))
+    except BaseException:
+        for path in made:  # deepest first; only folders this call made and nothing has filled
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     return done
 
 

@@ -55,6 +55,7 @@ class Reconstruction:
     iterations: int
     seconds: float
     trace: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the attacker can tell about its own result
 
     @classmethod
     def from_restarts(cls, images: Tensor, labels: Tensor, final: Tensor, winner: int, trace: Any,

@@ -5,8 +5,8 @@ of the target-class images alone; the classifier's own rows still mix every imag
 weight gradients are (p_k − y_k)·features of all images), so they are left out. The classifier's
 target bias says how many target images stand behind the update: ∂L/∂b_target = (1/N) Σ_j (p_j − y_j)
 ≈ −n/N with p ≈ 0. The inner attack (IG by default) then reconstructs those n images with their
-label known — the server chose it — from that isolated update, as if the client had sent a batch of
-n. The other observed images are not reconstructed; they come back as the mean colour.
+label known — the server chose it — from that isolated update rescaled by N/n (it is the mean over
+all N images), as if the client had sent a batch of n. The other observed images are not reconstructed; they come back as the mean colour.
 """
 
 from __future__ import annotations
@@ -45,13 +45,17 @@ class FishingAttackConfig(AttackConfig):
         return v
 
 
-def isolated_count(payload: Payload, bias_update: float) -> int:
-    """How many target-class images the classifier's target bias update stands for (at least 1): the
+def target_share(payload: Payload, bias_update: float) -> float:
+    """How many target-class images the classifier's target bias update stands for, unrounded: the
     FedSGD gradient is −n/N; a FedAvg one-step Δ is lr times that (unless sent as Δ/lr)."""
     h = payload.hyper
     scale = h.lr if h.protocol == "fedavg" and h.update_scale == "delta" and h.lr else 1.0
-    n = round(-bias_update / scale * h.observed_images)
-    return int(min(max(n, 1), h.observed_images))
+    return -bias_update / scale * h.observed_images
+
+
+def isolated_count(payload: Payload, bias_update: float) -> int:
+    """:func:`target_share` rounded, at least 1 and at most the observed images."""
+    return int(min(max(round(target_share(payload, bias_update)), 1), payload.hyper.observed_images))
 
 
 def other_labels(payload: Payload, knowledge: AttackerKnowledge, target: int, n: int, rest: int) -> torch.Tensor:
@@ -93,9 +97,18 @@ class FishingAttack(Attack):
         head = {prefix + "weight", prefix + "bias"}
         if prefix + "bias" not in payload.update:
             raise FedleakError(f"the update holds no gradient of the classifier's bias ({prefix}bias)")
-        n = isolated_count(payload, float(payload.update[prefix + "bias"][target]))
+        bias = float(payload.update[prefix + "bias"][target])
+        n, share = isolated_count(payload, bias), target_share(payload, bias)
+        notes = [] if share >= 0.5 else [
+            f"the fished class {target} has no image in this batch (its bias update stands for {share:.2f} "
+            "images): the server isolated nothing, and the one image reconstructed from it is no leak; "
+            "choose a batch with an image of that class (e.g. --index) or another --server fishing:target"]
+        # The isolated part is the mean over all N observed images of the n target images' gradients,
+        # (1/N) Σ_target ∇ℓ_j; a batch of n would send (1/n) Σ_target ∇ℓ_j. Rescaled by N/n, it is what
+        # the inner attack's simulation produces — which a squared-L2 matching loss (ROG, DLG) needs.
+        scale = payload.hyper.observed_images / n
         isolated = dataclasses.replace(
-            payload, update={k: v for k, v in payload.update.items() if k not in head},
+            payload, update={k: v * scale for k, v in payload.update.items() if k not in head},
             hyper=dataclasses.replace(payload.hyper, batch_size=n, clients=1))
         device = payload_device(payload)
         told = dataclasses.replace(knowledge, labels=torch.full((n,), target, dtype=torch.long, device=device))
@@ -109,5 +122,5 @@ class FishingAttack(Attack):
             labels=torch.cat([found.labels, other_labels(payload, knowledge, target, n, rest)]),
             matching_loss=found.matching_loss, restart_losses=found.restart_losses, iterations=found.iterations,
             seconds=time.perf_counter() - start,
-            trace=[*found.trace, {"isolated_images": n, "target_class": target}],
+            trace=[*found.trace, {"isolated_images": n, "target_class": target}], notes=[*found.notes, *notes],
         )

@@ -96,6 +96,9 @@ def degrade(x: Tensor, scale: int, noise: float, generator: torch.Generator) -> 
     return (low + sigma * torch.randn(low.shape, generator=generator, device=generator.device)).clamp(0, 1)
 
 
+ROG_MAX_SCALE = 8  # the largest downsampling factor ROG takes (attacks/rog.py's ``scale`` bound)
+
+
 @dataclass
 class PriorSettings:
     scale: int = 2
@@ -115,6 +118,9 @@ class PriorSettings:
         self.device = device_name(resolve_device(self.device))
         if self.scale < 1 or self.width < 1 or self.depth < 2:
             raise ConfigError("the prior needs scale ≥ 1, width ≥ 1 and depth ≥ 2")
+        if self.scale > ROG_MAX_SCALE:
+            raise ConfigError(f"scale {self.scale} is more than ROG's largest, {ROG_MAX_SCALE}: "
+                              "no attack could use this prior")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.noise < 0:
             raise ConfigError("prior training needs epochs ≥ 1, batch size ≥ 1, lr > 0 and noise ≥ 0")
         if not 0 < self.validation_fraction < 1:
@@ -227,6 +233,11 @@ def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: 
     dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     images = dataset.images(list(range(n)))
+    h, w = images.shape[-2:]
+    if h // settings.scale < 1 or w // settings.scale < 1:
+        raise ConfigError(f"scale {settings.scale} is too large for {h}×{w} images (downsampled, a side "
+                          "would have no pixel left); choose a scale of at most "
+                          f"{min(h, w, ROG_MAX_SCALE)}")
     net, validation = train_prior(images, settings, progress)
     info = PriorInfo(channels=images.shape[1], scale=settings.scale, width=settings.width, depth=settings.depth,
                      noise=settings.noise, dataset=dataset.name, split=split, image_size=int(images.shape[-1]),

@@ -22,7 +22,7 @@ from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
 from fedleak.attacks.engine import Variable, groups, optimize_variable
 from fedleak.attacks.optimization import INITS, best_restart, matmul_precision
-from fedleak.attacks.priors import Prior, load_prior, upsample
+from fedleak.attacks.priors import ROG_MAX_SCALE, Prior, load_prior, upsample
 from fedleak.device import generator, payload_device
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
@@ -34,7 +34,7 @@ class ROGConfig(MatchingConfig):
     lr_min: float = Field(0.005, ge=0, description="learning rate at the end of the cosine decay")
     cost: str = Field("l2", description="matching cost: l2 | cosine")
     init: str = Field("rand", description="initial low-resolution pixels: rand (uniform) | randn | zeros")
-    scale: int = Field(2, ge=1, le=8, description="downsampling factor s of the variable")
+    scale: int = Field(2, ge=1, le=ROG_MAX_SCALE, description="downsampling factor s of the variable")
     tv: float = Field(0.0, ge=0, description="total-variation weight on the upsampled image")
     prior: str | None = Field(None, description="restoration prior from `fedleak train-prior` (path)")
 

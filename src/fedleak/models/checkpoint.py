@@ -96,7 +96,11 @@ def save_tensors(path: str | os.PathLike[str], state: dict[str, torch.Tensor], m
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=metadata)
+        try:
+            save_file(state, tmp, metadata=metadata)
+        except SafetensorError as exc:  # a write error (a full disk, say) is not a broken file
+            reason = str(exc).removeprefix("Error while serializing: ").removeprefix("I/O error: ")
+            raise FedleakError(f"could not write {str(path)!r}: {reason}") from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -5,7 +5,8 @@ square images, ``(H, W)`` otherwise), ``width`` (only when the user set one) and
 accepts, and must return an ``nn.Module`` (a user's own, or a timm / torchvision model where those
 import). The module is looked up as ``python -m`` would: installed packages and the current folder.
 :func:`check_attackable` then makes sure gradient inversion can work on it and says what is wrong when
-it cannot. Specs come only from the user's own command line or Python, never from a file fedleak reads.
+it cannot. Specs come only from the user's own command line or Python, never from a file fedleak reads
+(a config file, a study's settings or folder, a checkpoint) unless the user passes ``--trust-config``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,40 @@ def is_external(name: str) -> bool:
 def refuse_external(name: str, where: str) -> None:
     """Refuse a ``package.module:factory`` that ``where`` (a file fedleak reads: a checkpoint, a study
     folder, a results database) names: importing it would run code a file chose. Only the user's own
-    command line, ``--config`` or Python may name an external factory."""
+    command line or Python may name an external factory (a config file too, with ``--trust-config``)."""
     if is_external(name):
         from fedleak.validate import short
 
         raise ConfigError(f"{where} names the external model {short(name)}; fedleak imports no code a file "
                           "names (pass --model package.module:factory yourself to use your own model)")
+
+
+def named_factories(*values: Any) -> frozenset[str]:
+    """Every ``package.module:factory``-like string in ``values`` (nested lists and mappings too): the
+    factories the user's own command line (or Python) names, which a file may then name as well."""
+    found: set[str] = set()
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if is_external(value):
+                found.add(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return frozenset(found)
+
+
+def refuse_file_factory(name: str, where: str, how: str) -> None:
+    """Refuse the ``package.module:factory`` that ``where`` (a config file, a study's settings) names
+    and the command line does not: a file never chooses code to import. ``how`` is the command-line
+    spelling that names it instead (``--model NAME``, ``--set model=NAME``)."""
+    from fedleak.validate import short
+
+    raise ConfigError(f"{where} names the external model {short(name)}; fedleak imports no code a file names: "
+                      f"name it on the command line ({how.format(name=short(name))}) or pass --trust-config "
+                      "if you trust the file")
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ import yaml
 
 from fedleak import __version__
 from fedleak.defenses import parse_defense
-from fedleak.metrics.baselines import no_leak_baselines
+from fedleak.metrics.baselines import best_guess, no_leak_baselines, verdict
 from fedleak.metrics.recovery import recovery_summary
 from fedleak.pipeline import RunResult
 from fedleak.report.grid import image_grid, png_bytes
@@ -33,11 +33,17 @@ def fmt_lpips(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def summary(result: RunResult) -> dict[str, str]:
+def summary(result: RunResult, base: dict[str, Any] | None = None) -> dict[str, str]:
+    """The run's scores for the console and the report's first table, the no-leak baseline beside
+    PSNR and SSIM (``base``: :func:`baselines`, computed when not given) and a verdict on it."""
     m = result.metrics()
+    guess = best_guess(base if base is not None else baselines(result))
     return {
         "PSNR (dB)": f"{m['psnr']:.2f}",
+        "no-leak PSNR": f"{guess['psnr']:.2f}",
         "SSIM": f"{m['ssim']:.3f}",
+        "no-leak SSIM": f"{guess['ssim']:.3f}",
+        "vs no-leak": (verdict(m, guess) or "above").replace(" the no-leak baseline", ""),
         **{f"LPIPS-{net}": fmt_lpips(v) for net, v in m["lpips"].items()},
         "label accuracy": f"{m['label_accuracy']:.2f}",
         "matching loss": f"{m['matching_loss']:.4g}",
@@ -159,6 +165,18 @@ def loss_curve(trace: list[dict[str, float]]):
     return fig
 
 
+def checkpoint_text(info: dict[str, Any]) -> str:
+    """One sentence on the attacked weights: untrained (no checkpoint), or which file, trained on what."""
+    if not info:
+        return "Model: untrained (random initialisation; no checkpoint)."
+    if "dataset" not in info:
+        return f"Model weights: {info['path']} ({info['trained']})."
+    acc = info.get("test_accuracy")
+    accuracy = f", test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+    return (f"Model weights: {info['path']} — a trained {info['architecture']} (fedleak checkpoint, trained on "
+            f"{info['dataset']} for {info['epochs']} epochs{accuracy}).")
+
+
 def loss_curve_uri(trace: list[dict[str, float]]) -> str | None:
     fig = loss_curve(trace)
     if fig is None:
@@ -191,13 +209,15 @@ def write_run(folder: Path, result: RunResult) -> None:
         + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}"
         + (f"; MALICIOUS server: {hyper.server}" if hyper.server != "honest" else "; honest server"),
         defense_rows=defense_rows(result),
-        summary=summary(result),
+        summary=summary(result, base),
         baselines=baseline_rows(result, base),
+        verdict=verdict(result.metrics(), best_guess(base)),
         pairs=image_pairs(result),
         display={"width": width, "height": height},
         loss_curve=loss_curve_uri(result.reconstruction.trace),
         image_columns=IMAGE_COLUMNS + [f"LPIPS-{net}" for net in result.evaluation.lpips],
         hints=result.hints,
+        checkpoint=checkpoint_text(result.checkpoint),
         image_rows=image_rows(result),
         config_yaml=config_yaml,
         version=__version__,

@@ -15,9 +15,12 @@ from typing import Any
 from PIL import Image
 
 from fedleak import __version__
+from fedleak.errors import FedleakError
 from fedleak.report.html import data_uri, render
 from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import RunRecord, write_atomically, write_text_atomically
+from fedleak.studies.aggregate import MIN_INTERVAL_N, NO_LEAK
+from fedleak.validate import short
 
 GRID_IMAGES = 16  # rows of the image grid (attacked images); the rest are counted, not shown
 GRID_SIDE = 72  # CSS pixels of a grid image's longer side
@@ -40,9 +43,17 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")  # columns a metric's mean cell stands for
-CI_NOTE = ("x [a, b]: the mean over the runs (n = runs; (n = k) where only k runs have a value) and its "
-           "95 % confidence interval (Student t); one run has no interval (n/a).")
+STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high", NO_LEAK)  # columns a metric's mean cell stands for
+CI_NOTE = (f"x [a, b]: the mean over the row's runs (n = runs; (n = k) where only k runs have a value) and its "
+           f"95 % confidence interval (Student t; a rate's is Wilson's). A mean's interval is given from "
+           f"n = {MIN_INTERVAL_N}: with fewer runs it is n/a, as one run has no spread and two give "
+           f"the mean ± 6.4 × their difference (t = 12.7 at one degree of freedom), too wide to tell anything.")
+STD_NOTE = "x ± s: the mean over the row's runs ± their sample standard deviation."
+BELOW = "▼ at or below no-leak"  # marks a mean that a guess without the update reaches
+NO_LEAK_NOTE = ("(no-leak y) beside a PSNR or SSIM: its no-leak baseline, per run the better of two guesses "
+                "without the update (each original's mean colour; another image of the set), averaged over "
+                f"the row's runs (columns psnr{NO_LEAK}, ssim{NO_LEAK} of the CSV and JSON); {BELOW}: the mean "
+                "does no better than that baseline, so on that metric the attack showed nothing a guess would not.")
 
 
 def _finite(v: Any) -> bool:
@@ -51,18 +62,32 @@ def _finite(v: Any) -> bool:
 
 def stat_cell(row: dict[str, Any], c: str) -> str:
     """A metric's cell: "mean [CI low, CI high]" (with its n where fewer runs had a value), or
-    "mean ± std" where a row gives only the spread."""
+    "mean ± std" where a row gives only the spread; then its no-leak baseline where the row has one,
+    flagged (:data:`BELOW`) where the mean does no better."""
     v = row.get(c, "")
+    base = row.get(f"{c}{NO_LEAK}")
+    tail = (f" (no-leak {_cell(base)})" if _finite(base) else "") + \
+        (f" {BELOW}" if _finite(v) and _finite(base) and v <= base else "")
     if f"{c}_ci_low" in row:
         if not _finite(v):
             return _cell(v)
         lo, hi, n = row[f"{c}_ci_low"], row.get(f"{c}_ci_high"), row.get(f"{c}_n")
         text = f"{_cell(v)} [{_cell(lo)}, {_cell(hi)}]" if _finite(lo) and _finite(hi) else f"{_cell(v)} [n/a]"
-        return text + (f" (n = {n})" if n is not None and n != row.get("runs") else "")
+        return text + (f" (n = {n})" if n is not None and n != row.get("runs") else "") + tail
     std = row.get(f"{c}_std")
     if _finite(v) and _finite(std):
-        return f"{_cell(v)} ± {_cell(std)}"
-    return _cell(v)
+        return f"{_cell(v)} ± {_cell(std)}{tail}"
+    return _cell(v) + tail
+
+
+def table_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the table's cells show, for the kinds of cell it has."""
+    columns = {k for r in rows for k in r}
+    merged = [c for c in columns if not any(c.endswith(x) and c.removesuffix(x) in columns for x in STAT_SUFFIXES)]
+    notes = [CI_NOTE] if any(f"{c}_ci_low" in columns for c in merged) else []
+    if any(f"{c}_std" in columns and f"{c}_ci_low" not in columns for c in merged):
+        notes.append(STD_NOTE)
+    return notes + ([NO_LEAK_NOTE] if any(c.endswith(NO_LEAK) for c in columns) else [])
 
 
 def table_view(rows: list[dict[str, Any]], identity: set[str]) -> dict[str, Any]:
@@ -144,7 +169,11 @@ def reconstructions(folder: Path, record: RunRecord) -> list[dict[str, Any]]:
             continue
         caption = f"PSNR {score['psnr']:.1f}"
         if cls:
-            j = score["matched"]
+            j = score.get("matched")
+            if not isinstance(j, int) or not all(0 <= j < len(cls[k]) for k in
+                                                 ("recon_correct", "recon_predicted_name", "recon_confidence")):
+                raise FedleakError(f"run {record.key[:40]!r} is corrupt: metrics.images[{i}].matched is {short(j)}, "
+                                   f"not a reconstruction of its metrics.classification")
             mark = "✓" if cls["recon_correct"][j] else "✗"
             caption += f" · {mark} {cls['recon_predicted_name'][j]} {cls['recon_confidence'][j]:.2f}"
         out.append({**image, "caption": caption})
@@ -171,11 +200,31 @@ def settings_grid(folder: Path, records: list[RunRecord]) -> dict[str, Any]:
     return {"columns": setting_labels(settings), "rows": rows, "total": len(table)}
 
 
+def check_params(folder: Path, planned: list, records: list[RunRecord]) -> None:
+    """Every record's grid coordinates are its planned run's (as JSON gives them back): the table
+    groups and sorts by them, so a hand-edited value is one error naming the run and the field."""
+    from fedleak.studies.folder import DB_NAME, first_difference
+
+    by_key = {p.key: p for p in planned}
+    by_name = {p.run.name: p for p in planned}
+    for r in records:
+        p = by_key.get(r.key) or by_name.get(r.name)
+        if p is None:
+            continue
+        want = json.loads(json.dumps(p.run.params, default=str))
+        diff = first_difference(r.params, want)
+        if diff:
+            field, got, expected = diff
+            raise FedleakError(f"results database {folder / DB_NAME}: run {r.key[:40]!r} is corrupt: params.{field} "
+                               f"is {short(got)}, its study's plan says {short(expected)}")
+
+
 def write_report(folder: Path) -> Path:
     """(Re)build ``folder``'s report from its database; the report parts are replaced atomically."""
     from fedleak.studies.runner import load_study
 
     study, preset, planned, records = load_study(folder)
+    check_params(folder, planned, records)
     rows = study.table(records) if records else []
     identity = {k for r in records for k in r.params}
 
@@ -187,7 +236,7 @@ def write_report(folder: Path) -> Path:
             subtitle=f"preset {preset} · {len(records)} of {len(planned)} runs finished",
             description=(type(study).__doc__ or "").strip(),
             table=table_view(rows, identity),
-            notes=study.notes() + ([CI_NOTE] if any(k.endswith("_ci_low") for r in rows for k in r) else [])
+            notes=study.notes() + table_notes(rows)
             + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
             figures=figures,
             grid=settings_grid(folder, records),

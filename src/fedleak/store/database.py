@@ -11,11 +11,17 @@ died (its pid is gone on this host) or that is older than ``stale_after`` second
 so a killed study never blocks the next one. A database is opened for reading without changing it:
 a file that is not a fedleak results database is refused, not converted.
 
+Rows are read back as files other people made: each column, and the metrics the reports and tables
+read, must have the type fedleak writes (strictly: a number is never a string that looks like one),
+else one error names the run's key and the field (``metrics.images[0].psnr``).
+
 A run that raised is *failed*: a row in ``failures`` with its one-line error and how often it was
 tried, so a study goes on with its other runs and ``fedleak runs list --failed`` shows what went
 wrong. A failed run has no row in ``runs``, so a later invocation (an owner that started after the
 failure) claims and retries it; the invocations that saw it fail do not loop on it. Databases made
-before ``failures`` existed are read as they are (no failures) and gain the table on their next write.
+before ``failures`` existed are read as they are (no failures) and gain the table on their next write;
+a failure records the host it happened on (a Ray node's), a column older databases gain on opening
+for writing (read as they are, they show no host).
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 from urllib.parse import quote
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
 from fedleak.errors import FedleakError
+from fedleak.validate import short
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,9 +78,11 @@ CREATE TABLE IF NOT EXISTS failures (
     config TEXT NOT NULL,
     error TEXT NOT NULL,
     attempts INTEGER NOT NULL,
-    failed REAL NOT NULL
+    failed REAL NOT NULL,
+    host TEXT NOT NULL DEFAULT ''
 );
 """
+FAILURE_COLUMNS = ("key", "study", "name", "params", "config", "error", "attempts", "failed", "host")
 RUN_COLUMNS = ("key", "study", "name", "params", "config", "seed", "metrics", "artifacts", "seconds", "finished")
 STALE_AFTER = 24 * 3600.0  # a claim older than this is taken over even when its owner cannot be checked
 
@@ -99,7 +110,8 @@ class RunRecord:
 
 @dataclass
 class Failure:
-    """A run that raised: its coordinates, config and one-line error, and how often it was tried."""
+    """A run that raised: its coordinates, config and one-line error, how often it was tried, and
+    the host it last failed on."""
 
     key: str
     study: str
@@ -109,6 +121,7 @@ class Failure:
     error: str
     attempts: int = 1
     failed: float = 0.0
+    host: str = ""  # where it last failed (a Ray node's host; "" when unknown)
 
 
 @dataclass(frozen=True)
@@ -186,34 +199,193 @@ def _guarded(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
+class _Stored(BaseModel):
+    """What fedleak writes, checked strictly on the way back (a number is a number, never a string
+    that looks like one); keys fedleak does not know are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Guess(_Stored):
+    psnr: float
+    ssim: float
+    index: Optional[int] = None
+
+
+class _Baselines(_Stored):
+    mean_colour: _Guess
+    other_image: Optional[_Guess] = None
+
+
+class _ImageScore(_Stored):
+    psnr: float
+    ssim: float
+    position: Optional[int] = None
+    dataset_index: Optional[int] = None
+    matched: Optional[int] = None
+    label: Optional[int] = None
+    recovered_label: Optional[int] = None
+    lpips: dict[str, Optional[float]] = {}
+
+
+class _Classification(_Stored):
+    original_correct: bool
+    original_confidence: float
+    recon_correct: list[bool]
+    recon_predicted: list[int] = []
+    recon_predicted_name: list[str] = []
+    recon_confidence: list[float] = []
+    recon_true_confidence: list[float] = []
+
+
+class _Metrics(_Stored):
+    """The metrics the report and the studies' tables read; every field optional (a training run
+    has no PSNR), typed where present."""
+
+    psnr: Optional[float] = None
+    ssim: Optional[float] = None
+    lpips: Optional[dict[str, Optional[float]]] = None
+    label_accuracy: Optional[float] = None
+    matching_loss: Optional[float] = None
+    restart_losses: Optional[list[Optional[float]]] = None
+    iterations: Optional[int] = None
+    attack_seconds: Optional[float] = None
+    seconds: Optional[float] = None
+    seed: Optional[int] = None
+    images: list[_ImageScore] = []
+    hints: list[str] = []
+    baselines: Optional[_Baselines] = None
+    classification: Optional[_Classification] = None
+    exact_images: Optional[int] = None
+    observed_images: Optional[int] = None
+    test_accuracy: Optional[float] = None
+    accuracy_per_round: Optional[list[float]] = None
+    ran_on: Optional[dict[str, Any]] = None
+    dataset: Optional[dict[str, Any]] = None
+
+
+
+EXTRA_METRICS: dict[str, TypeAdapter] = {  # metrics named by a prefix, and what each holds
+    "lpips_": TypeAdapter(Optional[float]),  # a backbone's score beside ``lpips``
+    "transfer:": TypeAdapter(_Classification),  # another classifier's verdict (the transfer study)
+}
+
+
+class _Row(_Stored):
+    """A ``runs`` row, its JSON columns decoded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    key: str
+    study: str
+    name: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    metrics: _Metrics
+    artifacts: dict[str, str]
+    seconds: float
+    finished: float
+
+
+class _FailureRow(_Stored):
+    model_config = ConfigDict(extra="ignore", strict=True)  # columns added later (a host, say) are read elsewhere
+    key: str
+    study: str
+    name: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+    error: str
+    attempts: int
+    failed: float
+
+
+JSON_COLUMNS = ("params", "config", "metrics", "artifacts")
+
+
+def _where(loc: tuple) -> str:
+    """A pydantic error location as a dotted field name: ``metrics.images[0].psnr``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "model-")):  # a validator's own step, not a field
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+EXPECTS = {"float_type": "a number", "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
+           "dict_type": "a JSON object", "list_type": "a JSON list", "model_type": "a JSON object",
+           "missing": "present", "extra_forbidden": "absent"}
+
+
+def _decoded(row: Any, columns: tuple[str, ...], what: str, path: Path) -> dict[str, Any]:
+    """A row as a column → value mapping, its JSON columns decoded; a column that is no JSON is
+    one error naming the row and the column."""
+    values = dict(zip(columns, row))
+    key = values.get("key")
+    for column in JSON_COLUMNS:
+        if column not in values:
+            continue
+        try:
+            values[column] = json.loads(values[column])
+        except (json.JSONDecodeError, TypeError, RecursionError) as exc:
+            detail = (f"({str(exc)[:60]})" if isinstance(exc, json.JSONDecodeError) else "(it nests too deeply)"
+                      if isinstance(exc, RecursionError) else f"(a {type(values[column]).__name__})")
+            raise FedleakError(f"results database {path}: {what} {str(key)[:40]!r} is corrupt: "
+                               f"{column} is not valid JSON {detail}") from None
+    return values
+
+
+def _invalid(exc: ValidationError, key: Any, what: str, path: Path, within: tuple = ()) -> FedleakError:
+    """The first problem of a row as one line naming the run's key and the field."""
+    err = exc.errors()[0]
+    expect = EXPECTS.get(err["type"], err["msg"].removeprefix("Input should be ").removeprefix("Value error, "))
+    got = "" if err["type"] == "missing" else f", got {short(err.get('input'))}"
+    where = _where((*within, *err["loc"]))
+    return FedleakError(f"results database {path}: {what} {str(key)[:40]!r} is corrupt: "
+                        f"{where or 'the row'} must be {expect}{got}")
+
+
 def _record(row: tuple, path: Path) -> RunRecord:
-    """A row as a :class:`RunRecord`; a row that is not what fedleak wrote is one clear error."""
-    key = row[0]
+    """A row as a :class:`RunRecord`; a row that is not what fedleak wrote is one clear error naming
+    the run and the field."""
+    values = _decoded(row, RUN_COLUMNS, "run", path)
     try:
-        params, config, metrics, artifacts = (json.loads(row[i]) for i in (3, 4, 6, 7))
-        ok = (isinstance(key, str) and isinstance(row[1], str) and isinstance(row[2], str)
-              and all(isinstance(v, dict) for v in (params, config, metrics, artifacts))
-              and all(isinstance(v, str) for v in artifacts.values())
-              and isinstance(row[5], int) and all(isinstance(row[i], (int, float)) for i in (8, 9)))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FedleakError(f"results database {path}: run {str(key)[:40]!r} is corrupt ({exc})") from None
-    if not ok:
-        raise FedleakError(f"results database {path}: run {str(key)[:40]!r} is corrupt (a field of the wrong type)")
-    return RunRecord(key=key, study=row[1], name=row[2], params=params, config=config, seed=row[5],
-                     metrics=metrics, artifacts=artifacts, seconds=float(row[8]), finished=float(row[9]))
+        _Row.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc, values.get("key"), "run", path) from None
+    for name, value in values["metrics"].items():
+        adapter = next((a for prefix, a in EXTRA_METRICS.items() if name.startswith(prefix)), None)
+        try:
+            if adapter is not None:
+                adapter.validate_python(value, strict=True)
+        except ValidationError as exc:  # located under its own name
+            raise _invalid(exc, values.get("key"), "run", path, ("metrics", name)) from None
+    return RunRecord(key=values["key"], study=values["study"], name=values["name"], params=values["params"],
+                     config=values["config"], seed=values["seed"], metrics=values["metrics"],
+                     artifacts=values["artifacts"], seconds=float(values["seconds"]),
+                     finished=float(values["finished"]))
 
 
-def _failure(row: tuple, path: Path) -> Failure:
-    """A ``failures`` row as a :class:`Failure`; a damaged row is one clear error."""
+def _failure(row: sqlite3.Row | tuple, path: Path, columns: tuple[str, ...] | None = None) -> Failure:
+    """A ``failures`` row as a :class:`Failure`; a damaged row is one clear error naming the run
+    and the field."""
+    columns = columns or ("key", "study", "name", "params", "config", "error", "attempts", "failed")
+    values = _decoded(row, columns, "failed run", path)
     try:
-        params, config = json.loads(row[3]), json.loads(row[4])
-        ok = isinstance(params, dict) and isinstance(config, dict) and all(isinstance(row[i], str) for i in (0, 1, 2, 5))
-    except (json.JSONDecodeError, TypeError):
-        ok = False
-    if not ok or not isinstance(row[6], int) or not isinstance(row[7], (int, float)):
-        raise FedleakError(f"results database {path}: failed run {str(row[0])[:40]!r} is corrupt")
-    return Failure(key=row[0], study=row[1], name=row[2], params=params, config=config, error=row[5],
-                   attempts=row[6], failed=float(row[7]))
+        _FailureRow.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc, values.get("key"), "failed run", path) from None
+    return Failure(key=values["key"], study=values["study"], name=values["name"], params=values["params"],
+                   config=values["config"], error=values["error"], attempts=values["attempts"],
+                   failed=float(values["failed"]), host=_host(values.get("host")))
+
+
+def _host(value: Any) -> str:
+    """A failure's host column: a database made before it existed (or a damaged value) has none."""
+    return value if isinstance(value, str) else ""
 
 
 class ResultsDB:
@@ -232,6 +404,7 @@ class ResultsDB:
             if create:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.executescript(SCHEMA)
+                self._add_failure_host()
         except sqlite3.DatabaseError as exc:
             if hasattr(self, "conn"):
                 self.conn.close()
@@ -266,6 +439,19 @@ class ResultsDB:
             return
         found = f"its runs table has columns {', '.join(columns)}" if columns else "it has no runs table"
         raise FedleakError(f"{self.path} is not a fedleak results database ({found})")
+
+    def _add_failure_host(self) -> None:
+        """A ``failures`` table made before failures recorded their host gains the column (empty)."""
+        def has() -> bool:
+            return "host" in (r[1] for r in self.conn.execute("PRAGMA table_info(failures)"))
+
+        if has():
+            return
+        try:
+            self.conn.execute("ALTER TABLE failures ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError:  # another process added it just now
+            if not has():
+                raise
 
     def _tables(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -347,9 +533,9 @@ class ResultsDB:
             failure.attempts = (before[0] if before else 0) + 1
             failure.failed = time.time()
             self.conn.execute(
-                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO failures ({', '.join(FAILURE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (failure.key, failure.study, failure.name, json.dumps(failure.params), json.dumps(failure.config),
-                 failure.error, failure.attempts, failure.failed))
+                 failure.error, failure.attempts, failure.failed, failure.host))
             self.conn.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (failure.key, owner.token))
         return failure
 
@@ -359,7 +545,9 @@ class ResultsDB:
         if "failures" not in self._tables():
             return []
         query = "SELECT * FROM failures" + (" WHERE study = ?" if study else "") + " ORDER BY failed"
-        return [_failure(r, self.path) for r in self.conn.execute(query, (study,) if study else ()).fetchall()]
+        cursor = self.conn.execute(query, (study,) if study else ())
+        columns = tuple(d[0] for d in cursor.description)  # by name: a later column (a host, say) shifts none
+        return [_failure(r, self.path, columns) for r in cursor.fetchall()]
 
     @_guarded
     def rekey(self, moves: Iterable[tuple[str, str, dict[str, str]]]) -> int:

@@ -24,7 +24,13 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer
 
 
 def default_out() -> Path:
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    """``runs/<timestamp>``, or ``runs/<timestamp>-N`` when a run of the same second has it already."""
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def check_writable_parent(path: Path) -> None:
@@ -160,6 +166,41 @@ def write_text_atomically(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise _named(exc, path) from None
         raise
+
+
+def write_private_once(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text``, readable and writable by its owner only (mode 0600), in one
+    step: a filled temporary sibling is hard-linked into place, so nobody ever reads it half-written
+    and of several processes racing to create it exactly one wins. ``False`` when ``path`` exists
+    already (it is left as it is)."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # made 0600
+    except OSError as exc:
+        raise _named(exc, path) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # a file system without hard links: create it exclusively instead
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise _named(exc, path) from None
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "w") as f:
+                f.write(text)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @contextmanager

@@ -3,9 +3,15 @@
 Every summarised metric gets the columns ``m`` (mean), ``m_std`` (sample standard deviation),
 ``m_n`` (how many runs had a value: LPIPS without weights, say, has none) and ``m_ci_low`` /
 ``m_ci_high``, a 95 % confidence interval of the mean from Student's t distribution
-(mean ± t₀.₉₇₅,ₙ₋₁ · s/√n). One run gives no interval (NaN, shown as n/a): a reader should see that
-a single number carries no error bar, not a zero-width one. Rates (a fraction of successes) get a
-Wilson score interval instead (:func:`proportion`).
+(mean ± t₀.₉₇₅,ₙ₋₁ · s/√n), given from :data:`MIN_INTERVAL_N` = 3 runs: fewer give no interval
+(NaN, shown as n/a). A single number carries no error bar, not a zero-width one; and two runs give
+t₀.₉₇₅,₁ = 12.7, so their "interval" is the mean ± 6.4 × their difference — PSNR 17.4 [−24.8, 59.7] —
+which says nothing a reader could use. Rates (a fraction of successes) get a Wilson score interval
+instead (:func:`proportion`), which stays inside [0, 1] and is sensible for small n.
+
+Where the runs stored their no-leak baselines (:mod:`fedleak.metrics.baselines`), ``psnr`` and
+``ssim`` also get ``psnr_no_leak`` / ``ssim_no_leak``: the mean over the group's runs of each run's
+no-leak baseline, to read the mean beside.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 from fedleak.store import RunRecord
 
 CONFIDENCE = 0.95
+MIN_INTERVAL_N = 3  # the fewest runs a table's t-interval is given from (see the module docstring)
+NO_LEAK = "_no_leak"  # suffix of a metric's no-leak baseline column
 STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")  # the columns beside a metric's mean
 
 
@@ -53,8 +61,9 @@ class Summary:
                 f"{name}_ci_low": self.ci_low, f"{name}_ci_high": self.ci_high}
 
 
-def t_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> Summary:
-    """The sample's mean with a two-sided Student-t confidence interval; ``n < 2`` has none."""
+def t_interval(values: Iterable[Any], confidence: float = CONFIDENCE, min_n: int = 2) -> Summary:
+    """The sample's mean with a two-sided Student-t confidence interval; fewer than ``min_n``
+    (at least 2) values have none."""
     from scipy.stats import t
 
     vals = _finite(values)
@@ -65,13 +74,26 @@ def t_interval(values: Iterable[Any], confidence: float = CONFIDENCE) -> Summary
     if n == 1:
         return Summary(1, mean, 0.0, math.nan, math.nan)
     std = statistics.stdev(vals)
+    if n < min_n:
+        return Summary(n, mean, std, math.nan, math.nan)
     half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
 
 
 def stats(name: str, values: Iterable[Any]) -> dict[str, Any]:
-    """The table columns of one metric: mean, std, n and the 95 % interval."""
-    return t_interval(values).columns(name)
+    """The table columns of one metric: mean, std, n and the 95 % interval (from
+    :data:`MIN_INTERVAL_N` values)."""
+    return t_interval(values, min_n=MIN_INTERVAL_N).columns(name)
+
+
+def no_leak(records: Sequence[RunRecord], metric: str) -> dict[str, Any]:
+    """``{metric_no_leak: mean}`` of the runs' no-leak baselines on ``metric`` (``psnr``/``ssim``);
+    empty where no run stored baselines."""
+    from fedleak.metrics.baselines import best_guess
+
+    base = [b[metric] for b in (best_guess(r.metrics.get("baselines")) for r in records) if b is not None]
+    vals = _finite(base)
+    return {f"{metric}{NO_LEAK}": statistics.fmean(vals)} if vals else {}
 
 
 def proportion(name: str, successes: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:
@@ -115,13 +137,16 @@ def _hashable(v: Any) -> Any:
 def summarize(records: Sequence[RunRecord], by: Sequence[str], metrics: Sequence[str],
               extra: Callable[[list[RunRecord]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per group: the ``by`` values, ``runs`` (n), and each metric's mean, standard
-    deviation, count and 95 % confidence interval (see the module docstring)."""
+    deviation, count and 95 % confidence interval, with PSNR's and SSIM's no-leak baselines (see
+    the module docstring)."""
     rows = []
     for key, members in group(records, by).items():
         row: dict[str, Any] = dict(zip(by, key))
         row["runs"] = len(members)
         for m in metrics:
             row.update(stats(m, (value(r, m) for r in members)))
+            if m in ("psnr", "ssim"):
+                row.update(no_leak(members, m))
         if extra is not None:
             row.update(extra(members))
         rows.append(row)

@@ -9,6 +9,7 @@ A new backend is one class with :meth:`Backend.submit` and :meth:`Backend.collec
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -35,10 +36,25 @@ class BackendOptions(BaseModel):
 
 
 class Backend(ABC):
-    """Executes run specs; ``capacity`` is how many may be in flight at once."""
+    """Executes run specs; ``capacity`` is how many may be in flight at once (the driver reads it
+    again before each submission: it may change while a study runs). ``note`` receives the lines a
+    backend has for the user (which cluster it joined, that it waits for nodes); unset, they go to
+    the ``fedleak`` logger. ``quiet`` keeps all but warnings back."""
 
     name: ClassVar[str] = "backend"
     capacity: int = 1
+    note: Callable[[str], None] | None = None
+    quiet: bool = False
+
+    def say(self, text: str, warn: bool = False) -> None:
+        """Tell the user ``text`` (through :attr:`note`, else the ``fedleak`` logger; ``warn``: at
+        warning level, which Python shows even where logging is not set up, and even when ``quiet``)."""
+        if self.quiet and not warn:
+            return
+        if self.note is not None:
+            self.note(text)
+        else:
+            logging.getLogger("fedleak").log(logging.WARNING if warn else logging.INFO, text)
 
     def start(self, loader: Callable) -> None:
         """Get ready (connect, start workers); ``loader`` is the driver's cached dataset loader."""
@@ -49,7 +65,8 @@ class Backend(ABC):
 
     @abstractmethod
     def collect(self, timeout: float | None = None) -> list[tuple[Hashable, Outcome]]:
-        """The submitted runs that have finished: at least one, unless ``timeout`` seconds pass first."""
+        """The submitted runs that have finished: at least one, unless ``timeout`` seconds pass first
+        or the backend's :attr:`capacity` grew (room for more runs: none is returned then)."""
 
     def close(self) -> None:
         """Stop: runs still in flight are cancelled (their claims are released by the driver)."""

@@ -10,8 +10,6 @@ machines), then a YAML file, then ``--set`` overrides, validated like run config
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,13 +47,14 @@ class StudySettings(BaseModel):
         from fedleak.device import check_device
 
         return check_device(v)
-    client_seed: int | None = Field(None, description="derive every run's private client seed from this "
-                                    "(reproducible studies); unset: each run draws a fresh one, recorded in its metrics")
+    client_seed: int | None = Field(None, description="mixed with the study folder's secret into "
+                                    "every run's private client seed (see fedleak.studies.secret)")
 
     def flags(self, **extra: Any) -> dict[str, Any]:
-        """The dotted config flags of one run of this study, ``extra`` on top. With ``client_seed``,
-        the run's ``client.seed`` is a stable hash of it and the run's other flags (its coordinates),
-        so every run gets its own private client seed and re-planning gives the same one."""
+        """The dotted config flags of one run of this study, ``extra`` on top. They hold no client
+        seed: each run's private client seed is derived when it executes, from the study folder's
+        secret (:mod:`fedleak.studies.secret`), so nothing public — these flags, the run key, the
+        payload — gives it away."""
         flags: dict[str, Any] = {
             "data.name": self.dataset, "data.root": self.root, "data.split": self.split,
             "data.image_size": self.image_size, "model.name": self.model, "model.width": self.width,
@@ -66,29 +65,22 @@ class StudySettings(BaseModel):
         for section, values in (("attack", self.attack), ("client", self.client), ("knowledge", self.knowledge)):
             flags.update({f"{section}.{k}": v for k, v in values.items()})
         flags.update(extra)
-        if self.client_seed is not None and flags.get("client.seed") is None:
-            # Where the data lies is no coordinate: the same study elsewhere gets the same seeds.
-            coordinates = {k: v for k, v in flags.items() if k != "data.root"}
-            flags["client.seed"] = self.derived_seed(self.client_seed, coordinates)
-        flags["device"] = self.device  # where, not what: no coordinate, so no part of the derived seed
+        flags["device"] = self.device  # where, not what: no coordinate of the run
         return flags
-
-    @staticmethod
-    def derived_seed(root: int, coordinates: dict[str, Any]) -> int:
-        """A 63-bit seed from ``root`` and a run's coordinates (SHA-256 of their canonical JSON)."""
-        text = json.dumps([root, coordinates], sort_keys=True, default=str)
-        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
 @dataclass
 class PlannedRun:
-    """One cell of a study's grid: ``params`` are its coordinates, ``flags`` its config."""
+    """One cell of a study's grid: ``params`` are its coordinates, ``flags`` its config.
+    ``seed_scope``: what its private client seed is derived from besides the folder's secret (runs
+    with the same scope attack the same client batches); ``None``: the run's own key."""
 
     name: str
     params: dict[str, Any]
     flags: dict[str, Any]
     kind: str = "attack"
     extra: dict[str, Any] = field(default_factory=dict)
+    seed_scope: dict[str, Any] | None = None
 
 
 @dataclass
@@ -106,6 +98,10 @@ class Study(ABC):
     Settings: ClassVar[type[StudySettings]] = StudySettings
     presets: ClassVar[dict[str, dict[str, Any]]] = {"cpu": {}, "full": {}}
     grid_columns: ClassVar[bool] = True  # show reconstructions of every run in the image grid
+    # The ``package.module:factory`` names the user's own command line gave (``build_study``): a run
+    # may import no other. ``None``: built in Python, which names what it likes.
+    factories: frozenset[str] | None = None
+    factory_hint: ClassVar[str] = "--set model={name}"  # how the command line names a study's model
 
     def __init__(self, settings: StudySettings) -> None:
         self.settings = settings

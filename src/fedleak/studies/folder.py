@@ -28,11 +28,18 @@ def study_meta(name: str, preset: str, settings: dict[str, Any]) -> dict[str, An
     return json.loads(json.dumps({"study": name, "preset": preset, "settings": settings}))
 
 
+MAX_META_BYTES = 16 << 20  # a study.json of a sweep over 100,000 images is well under 2 MiB
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """``folder``'s ``study.json``, checked: an object with the study's name, preset and settings."""
     path = folder / STUDY_FILE
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        with path.open("rb") as f:
+            raw = f.read(MAX_META_BYTES + 1)  # never more than the limit, whatever the file holds
+        if len(raw) > MAX_META_BYTES:
+            raise FedleakError(f"{path} is larger than {MAX_META_BYTES >> 20} MiB: not a study.json fedleak wrote")
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FedleakError(f"{path} is not valid JSON ({str(exc)[:80]})") from None
     except RecursionError:

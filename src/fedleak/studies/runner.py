@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import shutil
 import time
 from collections import deque
@@ -37,20 +38,45 @@ __all__ = ["RUN_KINDS", "Planned", "StudyOutcome", "build_study", "load_study", 
 
 
 def build_study(name: str, preset: str = "cpu", file: str | Path | None = None,
-                overrides: list[str] | None = None) -> Study:
-    """The study ``name`` with settings: preset < YAML file < ``--set`` overrides."""
+                overrides: list[str] | None = None, trust_config: bool = False) -> Study:
+    """The study ``name`` with settings: preset < YAML file < ``--set`` overrides. The overrides are
+    the user's own: only the ``package.module:factory`` names they give may be imported when the
+    study runs (:func:`check_factories`), not one only the file or preset names — unless
+    ``trust_config``."""
+    from fedleak.models.external import named_factories
+
     cls = STUDIES.get(name)
     if preset not in cls.presets:
         raise ConfigError(f"study {name!r} has no preset {preset!r}; choose one of: {', '.join(cls.presets)}")
     tree: dict[str, Any] = copy.deepcopy(cls.presets[preset])
     if file:
         tree.update(read_yaml(file))
+    given = []
     for text in overrides or []:
-        apply_override(tree, *parse_override(text))
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value)
+        given.append(value)
     try:
-        return cls(cls.Settings.model_validate(tree))
+        study = cls(cls.Settings.model_validate(tree))
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, prefix="study.")) from None
+    study.factories = None if trust_config else named_factories(given)
+    return study
+
+
+def check_factories(study: Study, planned: list[Planned]) -> None:
+    """Refuse to run a study whose runs would import a ``package.module:factory`` that its
+    command line did not name (:attr:`Study.factories`): one a settings file, a preset or a study
+    folder names. Checked before anything is looked up or made."""
+    from fedleak.models.external import is_external, refuse_file_factory
+
+    if study.factories is None:
+        return
+    for p in planned:
+        name = p.config.model.name
+        if is_external(name) and name not in study.factories:
+            where = f"the {study.name} study's config (a --config file or preset)"
+            refuse_file_factory(name, where, study.factory_hint)
 
 
 def check_devices(planned: list[Planned], backend: Backend) -> None:
@@ -75,9 +101,15 @@ class Planned:
         return self.spec.key
 
 
+MAX_GRID = 2_000_000  # the product of a study's list settings' lengths, an upper bound on its runs
+
+
 def plan(study: Study) -> list[Planned]:
     """Every run with its validated config and run spec (all checked before any work)."""
     settings = study.settings.model_dump(mode="json")
+    bound = math.prod(len(v) for v in settings.values() if isinstance(v, list) and v)
+    if bound > MAX_GRID:  # before the plan is built: a settings file of long lists must not exhaust memory
+        raise ConfigError(f"the study's lists span up to {bound:,} runs (more than {MAX_GRID:,}); shorten them")
     planned = []
     for run in study.plan():
         config = build_config(flags=run.flags)
@@ -105,8 +137,7 @@ def preflight(planned: list[Planned], loader: Callable) -> None:
         RUN_KINDS.get(p.run.kind)
         checks = {
             f"data:{c.data.model_dump_json()}:{split}": functools.partial(
-                loader, c.data.name, c.data.root, split=split, image_size=c.data.image_size,
-                channels=c.data.channels, **c.data.options)
+                _load_and_check, loader, c, split, c.data.index if split == c.data.split else None)
             for split in (c.data.split, *p.run.extra.get("splits", ()))
         }
         checks |= {
@@ -119,6 +150,26 @@ def preflight(planned: list[Planned], loader: Callable) -> None:
             if key not in seen:
                 seen.add(key)
                 check()
+
+
+def _load_and_check(loader: Callable, c: RunConfig, split: str, index: list[int] | None) -> None:
+    """Load a run's split as its run would, and check that the images it names are in it."""
+    dataset = loader(c.data.name, c.data.root, split=split, image_size=c.data.image_size,
+                     channels=c.data.channels, **c.data.options)
+    for i in index or ():
+        dataset.check_index(i)
+
+
+def _anything_to_run(out: Path, planned: list[Planned]) -> bool:
+    """Whether ``out`` lacks a finished run of the plan (a new folder lacks all): a study with nothing
+    left to run starts no backend (no Ray)."""
+    if not (out / DB_NAME).is_file():
+        return True
+    try:
+        with ResultsDB(out / DB_NAME, create=False) as db:
+            return not all(db.has(p.key) for p in planned)
+    except FedleakError:  # a damaged database is the run's own error to report, on the usual path
+        return True
 
 
 @dataclass
@@ -135,7 +186,8 @@ class StudyOutcome:
 
 
 def run_study(study: Study, preset: str, out: Path, progress: bool = True, detail: bool = False,
-              force: bool = False, backend: Backend | None = None) -> StudyOutcome:
+              force: bool = False, backend: Backend | None = None,
+              client_secret: bytes | None = None) -> StudyOutcome:
     """Run every planned run not yet in ``out``'s database on ``backend`` (default: here, one after
     another), then write the report.
 
@@ -146,12 +198,18 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
     several processes on one folder share the grid; each waits for the others' runs and writes the
     complete report. A run that raises is recorded as failed (:attr:`StudyOutcome.failed`) and the
     others go on. A study that fails before any run of it is recorded, or whose every run fails,
-    removes the folder it created (the latter raises a :class:`FedleakError` with the first error)."""
+    removes the folder it created (the latter raises a :class:`FedleakError` with the first error).
+
+    Every run's private client seed comes from the folder's secret (:mod:`fedleak.studies.secret`),
+    drawn when the folder has none; ``client_secret`` is the secret a folder without one takes instead
+    (another folder's, to repeat its runs exactly)."""
     from fedleak.data import load_dataset
     from fedleak.report.study import write_report
+    from fedleak.studies.secret import folder_secret, seed_runs
 
     start = time.perf_counter()
     planned = plan(study)
+    check_factories(study, planned)
     loader = functools.lru_cache(maxsize=4)(load_dataset)
     preflight(planned, loader)
     backend = backend or LocalBackend()
@@ -160,7 +218,8 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
     created = prepare(out, _as_stored(out, meta, type(study)), force)
     owner = Owner.me()
     try:
-        backend.start(loader)  # e.g. joining a cluster: before any folder is made
+        if _anything_to_run(out, planned):  # nothing left to run: no cluster joined, no Ray started
+            backend.start(loader)  # e.g. joining a cluster: before any folder is made
         if created and not create(out, meta):  # another process made it just now: it must hold this grid
             created = prepare(out, _as_stored(out, meta, type(study)), force)
         out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +229,8 @@ def run_study(study: Study, preset: str, out: Path, progress: bool = True, detai
                 for key in db.keep_only(p.key for p in planned):
                     shutil.rmtree(out / "runs" / key, ignore_errors=True)
             write_meta(out, meta)
+            # Derived here, on the driver: the seeds travel with the specs (no worker reads the folder).
+            seed_runs(study, planned, folder_secret(out, client_secret))
             counts, hints, failed = _run_pending(study, planned, out, db, owner, backend, progress, detail)
     except BaseException:
         if created:
@@ -283,7 +344,8 @@ def _run_pending(study: Study, planned: list[Planned], out: Path, db: ResultsDB,
                             counts["ran"] += 1
                         else:
                             failed.append(db.fail(Failure(p.key, study.name, p.run.name, p.run.params,
-                                                          p.spec.config, outcome.error or "failed"), owner))
+                                                          p.spec.seeded_config(), outcome.error or "failed",
+                                                          host=outcome.host), owner))
                         bar.update(1)
                 elif waiting:
                     bar.set_postfix_str(f"waiting for {len(waiting)} runs of another process", refresh=True)
@@ -316,7 +378,7 @@ def _commit(study: Study, p: Planned, outcome: Outcome, out: Path, db: ResultsDB
     metrics = dict(outcome.metrics)
     metrics["ran_on"] = {"host": outcome.host, "pid": outcome.pid}
     db.finish(RunRecord(key=p.key, study=study.name, name=p.run.name, params=p.run.params,
-                        config=p.spec.config, seed=p.config.seed, metrics=metrics,
+                        config=p.spec.seeded_config(), seed=p.config.seed, metrics=metrics,
                         artifacts=artifacts, seconds=outcome.seconds), owner)
 
 
@@ -344,9 +406,10 @@ def load_study(folder: Path) -> tuple[Study, str, list[Planned], list[RunRecord]
     meta = read_meta(folder)
     cls = STUDIES.get(meta["study"])
     try:
-        study = cls(cls.Settings.model_validate(meta["settings"]))
+        study = cls(cls.Settings.model_validate(meta["settings"], strict=True))  # as written: no "1" for 1
     except ValidationError as exc:
         raise ConfigError(f"{folder / STUDY_FILE}: {describe_validation_error(exc, prefix='settings.')}") from None
+    study.factories = frozenset()  # a folder names no code to import: read, never run (run_study refuses it)
     planned = plan(study)
     with ResultsDB(folder / DB_NAME, create=False) as db:
         stored = db.records(study.name)

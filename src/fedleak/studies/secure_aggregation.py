@@ -87,10 +87,12 @@ class SecureAggregationStudy(Study):
                         for seed in s.seeds:
                             params = {"server": server, "defense": defense, "batch": b, "clients": k, "seed": seed}
                             public = {"splits": ["train"]} if server != "honest" else {}  # checked up front
+                            # every server and defense of a cell attacks the same client batches: one seed scope
                             runs.append(PlannedRun(f"{server}/{defense}/B={b}/K={k}/seed={seed}", params,
                                                    s.flags(**self._flags(server, defense, b, k, seed)),
                                                    kind="attack-sample", extra={"keep_images": KEPT_IMAGES,
-                                                                                **public}))
+                                                                                **public},
+                                                   seed_scope={"batch": b, "clients": k, "seed": seed}))
         return runs
 
     def _defenses(self, server: str, images: int) -> list[str]:
@@ -104,8 +106,6 @@ class SecureAggregationStudy(Study):
         s = self.settings
         stages = [d for d in (None if defense == "none" else defense, f"aggregate:clients={k}" if k > 1 else None) if d]
         flags: dict[str, Any] = {"seed": seed, "client.batch_size": b, "client.defense": "+".join(stages) or None}
-        if s.client_seed is not None:  # every server and defense of a cell attacks the same client batches
-            flags["client.seed"] = s.derived_seed(s.client_seed, {"batch": b, "clients": k, "seed": seed})
         if server == "honest":
             attack = s.honest_attack
         elif server == "imprint":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,10 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedleak.config import apply_override, build_config, describe_validation_error, load_yaml, parse_override, read_yaml
-from fedleak.errors import ConfigError
+from fedleak.errors import ConfigError, FedleakError
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
-from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.base import Figure, PlannedRun, Study, register
 from fedleak.studies.sweeps import quality
 from fedleak.validate import short
 
@@ -48,8 +49,8 @@ class SweepSettings(BaseModel):
     images: list[int] | None = Field(None, description="one run per image index (a block of B × K indices "
                                      "from it when the client batch holds more); unset: the base config's images")
     seeds: list[int] | None = Field(None, description="run seeds (unset: the base config's seed)")
-    client_seed: int | None = Field(None, ge=0, lt=2**63, description="derive each run's private client seed "
-                                    "from this (reproducible sweeps); unset: each run draws its own")
+    client_seed: int | None = Field(None, ge=0, lt=2**63, description="mixed with the sweep folder's secret into "
+                                    "each run's private client seed (see fedleak.studies.secret)")
 
     @field_validator("grid")
     @classmethod
@@ -114,21 +115,33 @@ class SweepStudy(Study):
                  "base": {"model": {"name": "convnet"}, "attack": {"name": "ig-limchan"}}},
     }
 
+    factory_hint = "--set model.name={name} or --grid model.name={name}"
+
     @property
     def keys(self) -> list[str]:
         return list(self.settings.grid)
 
+    def count(self) -> int:
+        """How many runs the sweep has, from the lengths alone (nothing is built)."""
+        s = self.settings
+        return math.prod(len(v) for v in s.grid.values()) * len(s.seeds or [0]) * len(s.images or [0])
+
+    def check_size(self) -> None:
+        """Refuse a sweep of more than :data:`MAX_RUNS` runs before its cells are built."""
+        count = self.count()
+        if count > MAX_RUNS:
+            raise ConfigError(f"the sweep has {count:,} runs (more than {MAX_RUNS:,}); shrink the grid")
+
     def cells(self) -> list[dict[str, Any]]:
         """Every grid cell (a value of each key), the last key varying fastest."""
         s = self.settings
+        self.check_size()
         return [dict(zip(s.grid, values)) for values in itertools.product(*s.grid.values())]
 
     def plan(self) -> list[PlannedRun]:
         s = self.settings
+        self.check_size()
         cells = self.cells()
-        count = len(cells) * len(s.seeds or [0]) * len(s.images or [0])
-        if count > MAX_RUNS:
-            raise ConfigError(f"the sweep has {count:,} runs (more than {MAX_RUNS:,}); shrink the grid")
         runs = []
         for cell in cells:
             tree = copy.deepcopy(s.base)
@@ -145,10 +158,7 @@ class SweepStudy(Study):
                         params["image"] = image
                     apply_override(run_tree, ["seed"], seed)
                     params["seed"] = seed
-                    flags = flatten(run_tree)
-                    if s.client_seed is not None and flags.get("client.seed") is None:
-                        coordinates = {k: v for k, v in flags.items() if k != "data.root"}
-                        flags["client.seed"] = StudySettings.derived_seed(s.client_seed, coordinates)
+                    flags = flatten(run_tree)  # no client seed: the folder's secret gives it as the run executes
                     name = "/".join(f"{k}={label(v)}" for k, v in params.items())
                     runs.append(PlannedRun(name, params, flags))
         return runs
@@ -193,8 +203,11 @@ class SweepStudy(Study):
 
 # ------------------------------------------------------------------------------ the command's options
 
-def parse_grid(texts: list[str]) -> dict[str, list[Any]]:
-    """``--grid`` options as key → values (see the module docstring for the syntax)."""
+def parse_grid(texts: list[str], base: dict[str, Any] | None = None) -> dict[str, list[Any]]:
+    """``--grid`` options as key → values (see the module docstring for the syntax). With the
+    sweep's ``base`` config, two values of a key that give the same run once validated (``1`` and
+    ``1.0``, ``"1e-3"`` and ``0.001``, a default spelled out and ``null``) are refused: the sweep would
+    run that run twice and count it as two samples."""
     grid: dict[str, list[Any]] = {}
     for text in texts:
         key, sep, raw = text.partition("=")
@@ -212,7 +225,35 @@ def parse_grid(texts: list[str]) -> dict[str, list[Any]]:
             parts = raw.split(";") if ";" in raw else raw.split(",")
             values = [_yaml(p.strip(), text) for p in parts if p.strip()]
         grid[key] = values
+    if base is not None:
+        for key, values in grid.items():
+            seen: dict[str, int] = {}
+            for i, v in enumerate(values):
+                first = seen.setdefault(validated(key, v, base), i)
+                literally = json.dumps(values[first], sort_keys=True) == json.dumps(v, sort_keys=True)
+                if first != i and not literally:  # the very same value: SweepSettings says it repeats
+                    raise ConfigError(f"--grid {key}: the values {short(values[first])} and {short(v)} are the same "
+                                      "setting once validated, so the sweep would run the same runs twice; "
+                                      "give each value once")
     return grid
+
+
+def validated(key: str, value: Any, base: dict[str, Any]) -> str:
+    """The run config that ``key=value`` on top of ``base`` gives, validated (the attack's settings by
+    its own config class, defaults filled in), as canonical JSON text. A value that does not validate
+    is its own JSON text: its error is reported when the sweep is planned."""
+    from fedleak.attacks import build_attack
+
+    tree = copy.deepcopy(base)
+    try:
+        apply_override(tree, key.split("."), value)
+        config = build_config(flags=flatten(tree))
+        attack = build_attack(config.attack.name, config.attack.settings())
+    except (FedleakError, ValueError, TypeError):
+        return json.dumps(["unvalidated", value], sort_keys=True, default=str)
+    dumped = config.model_dump(mode="json")
+    dumped["attack"] = {"class": type(attack).__name__, **attack.config.model_dump(mode="json")}
+    return json.dumps(dumped, sort_keys=True, default=str)
 
 
 def _yaml(raw: str, text: str) -> Any:
@@ -234,24 +275,35 @@ def parse_indices(text: str, what: str) -> list[int]:
             raise ConfigError(f"--{what} {short(text)}: expected integers and ranges, e.g. 0-15 or 0,3,5-7") from None
         if hi < lo or lo < 0:
             raise ConfigError(f"--{what} {short(text)}: {part!r} is not a range of non-negative integers")
+        if len(out) + (hi - lo + 1) > MAX_RUNS:  # counted before the range is written out
+            raise ConfigError(f"--{what} {short(text)} names more than {MAX_RUNS:,} values")
         out.extend(range(lo, hi + 1))
-    if len(out) > MAX_RUNS:
-        raise ConfigError(f"--{what} {short(text)} names more than {MAX_RUNS:,} values")
     return out
 
 
 def build_sweep(grid: list[str], images: str | None = None, seeds: str | None = None,
                 config: str | Path | None = None, overrides: list[str] | None = None,
-                client_seed: int | None = None) -> SweepStudy:
-    """A sweep from the command line's options, every cell's config checked."""
+                client_seed: int | None = None, trust_config: bool = False) -> SweepStudy:
+    """A sweep from the command line's options, every cell's config checked. A
+    ``package.module:factory`` only the ``config`` file names is refused when the sweep runs, unless
+    ``trust_config`` (the grid and ``overrides`` are the user's own)."""
+    from fedleak.models.external import named_factories
+
     base: dict[str, Any] = read_yaml(config) if config else {}
+    given = []
     for text in overrides or []:
-        apply_override(base, *parse_override(text))
-    tree = {"base": base, "grid": parse_grid(grid), "client_seed": client_seed,
+        parts, value = parse_override(text)
+        apply_override(base, parts, value)
+        given.append(value)
+    cells = parse_grid(grid, base)
+    tree = {"base": base, "grid": cells, "client_seed": client_seed,
             "images": parse_indices(images, "images") if images is not None else None,
             "seeds": parse_indices(seeds, "seeds") if seeds is not None else None}
     try:
         settings = SweepSettings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, prefix="sweep.")) from None
-    return SweepStudy(settings)
+    study = SweepStudy(settings)
+    study.check_size()
+    study.factories = None if trust_config else named_factories(list(cells.values()), given)
+    return study

@@ -8,7 +8,9 @@ node). The scores go into the reply's metrics (``fedleak-psnr``, ``fedleak-psnr-
 server's aggregated train metrics show them. With a ``threshold`` the gate refuses to send an update
 whose chosen score is above it: the reply becomes an error (``MOD_FAILED_PRECONDITION``), which
 Flower's strategies count as a failure and leave out of the aggregate. A gate that cannot score
-(no recorded batch, arrays that do not fit the model) refuses too: it fails closed.
+(no recorded batch, arrays that do not fit the model) refuses too: it fails closed — and so does a
+gate whose audit cannot run within its bounds (a train config asking for more than ``max_steps``
+local steps, a time budget spent before the audit is done).
 
 Mods run outermost first: list the gate first (``ClientApp(mods=[gate, obfuscation])``) so that it
 scores the update as it finally leaves, after any defense mod. Give every client the gate: FedAvg
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from logging import INFO
 from typing import Any
@@ -33,8 +37,8 @@ from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import ClientData
 from fedleak.integrations.flower.batches import is_train, recorded_batch
-from fedleak.integrations.flower.records import (TrainKeys, build_payload, only, public_hyperparameters, refusal,
-                                                 state_dict)
+from fedleak.integrations.flower.records import (MAX_LOCAL_STEPS, OutOfBounds, TrainKeys, build_payload, only,
+                                                 public_hyperparameters, refusal, state_dict)
 from fedleak.models.external import check_attackable
 from fedleak.registry import Registry
 
@@ -57,18 +61,78 @@ def scores(record: AuditRecord) -> dict[str, float]:
     return {k: (v if math.isfinite(v) else -1.0) for k, v in out.items()}
 
 
-def within_budget(attack: AuditAttack, budget_s: float | None, run: Callable[[Any], AuditRecord]) -> AuditRecord:
+class OverBudget(Exception):
+    """The gate's time budget ran out before its audit of an update was done (no FedleakError, so
+    that nothing the audit calls takes it for a problem of its input and goes on)."""
+
+
+class Clock:
+    """The gate's time budget over everything it does with the model: :meth:`hook` goes on the
+    model as a forward pre-hook (the copies the audit makes keep it), so every forward pass — each
+    simulated local step, each attack iteration, the update fit — first checks the time and stops
+    the audit with :class:`OverBudget` once the budget is spent. Per thread: gates of several nodes
+    in one process keep their own."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:  # a ClientApp travels pickled (Ray): a fresh, stopped clock
+        return Clock, ()
+
+    def start(self, budget_s: float | None) -> None:
+        self._local.deadline = None if budget_s is None else time.monotonic() + budget_s
+        self._local.budget, self._local.passes = budget_s, 0
+
+    def stop(self) -> None:
+        self._local.deadline = None
+
+    @property
+    def passes(self) -> int:
+        """Forward passes of the model the current (or last) audit made."""
+        return getattr(self._local, "passes", 0)
+
+    def remaining(self) -> float | None:
+        deadline = getattr(self._local, "deadline", None)
+        return None if deadline is None else deadline - time.monotonic()
+
+    def hook(self) -> Callable[..., None]:
+        """The forward pre-hook (a plain function, so that ``copy.deepcopy`` of the model shares it)."""
+        def check(module: nn.Module, args: Any) -> None:
+            deadline = getattr(self._local, "deadline", None)
+            if deadline is None:
+                return
+            self._local.passes += 1
+            if time.monotonic() > deadline:  # and at every pass after: the gate's finally stops the clock
+                raise OverBudget(f"its time budget of {self._local.budget:g} s ran out after "
+                                 f"{self._local.passes - 1} forward passes of the model")
+        return check
+
+
+def within_budget(attack: AuditAttack, budget_s: float | None, run: Callable[[Any], AuditRecord],
+                  clock: Clock | None = None) -> AuditRecord:
     """``run(attack instance)`` with as many iterations as fit in ``budget_s`` seconds (at most the
     configured number): a first run of :data:`PROBE_ITERATIONS` measures the pace. Attacks without an
-    iteration count run as configured."""
+    iteration count run as configured. With a started ``clock`` the seconds left are its own (the
+    budget counts from the start of the gate's work) and a full run the clock stops falls back to the
+    probe's record; a probe the clock stops is :class:`OverBudget`."""
     full = attack.build()
     iterations = getattr(full.config, "iterations", None)
     if budget_s is None or iterations is None or iterations <= PROBE_ITERATIONS:
         return run(full)
+    began = time.monotonic()
     probe = run(attack.build(iterations=PROBE_ITERATIONS))
-    pace = probe.seconds / PROBE_ITERATIONS
-    fits = min(iterations, int((budget_s - probe.seconds) / pace)) if pace > 0 else iterations
-    return probe if fits <= PROBE_ITERATIONS else run(attack.build(iterations=fits))
+    spent = time.monotonic() - began
+    attack_s = probe.reconstruction.seconds
+    pace = attack_s / PROBE_ITERATIONS
+    left = clock.remaining() if clock is not None and clock.remaining() is not None else budget_s - spent
+    left -= max(spent - attack_s, 0.0)  # the next run's work besides the attack (simulation, update fit)
+    fits = min(iterations, int(left / pace)) if pace > 0 else iterations
+    if fits <= PROBE_ITERATIONS:
+        return probe
+    try:
+        return run(attack.build(iterations=fits))
+    except OverBudget:
+        return probe
 
 
 def leakage_gate(
@@ -85,6 +149,7 @@ def leakage_gate(
     keys: TrainKeys = TrainKeys(),
     known: Mapping[str, Any] | None = None,
     seed: int = 0,
+    max_steps: int = MAX_LOCAL_STEPS,
 ) -> Mod:
     """A client mod that scores each outgoing train reply's leakage and, with ``threshold``,
     withholds a reply whose ``score`` (one of psnr, psnr-gain, ssim, label-accuracy, risk) is above
@@ -92,21 +157,35 @@ def leakage_gate(
     ``attack`` as for the audit (default IG, 200 iterations, cut to fit ``budget_s`` seconds);
     ``batch`` returns the examples this round trained on (default: what the train function gave
     :func:`~fedleak.integrations.flower.record_batch`). ``keys``/``known`` read the train config as
-    the server's audit does."""
+    the server's audit does.
+
+    What the server sends is bounded: a train config asking for more than ``max_steps`` local steps
+    is not emulated, and ``budget_s`` bounds all of the gate's work with the model (the simulated
+    local steps, the attack, the update fit: the time is checked before every forward pass). An
+    update the gate could not audit within these bounds is withheld, its reason saying so — it
+    fails closed, as when it cannot score at all."""
     GATE_SCORES.get(score)
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError("the gate's threshold must be a finite number")
-    if budget_s is not None and budget_s <= 0:
-        raise ConfigError("the gate's time budget must be positive")
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
+                                 or not budget_s > 0 or not math.isfinite(budget_s)):
+        raise ConfigError("the gate's time budget must be a positive number of seconds (or None)")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError("the gate's max_steps must be a whole number of at least 1")
     chosen = audit_attack(attack if attack is not None else {"name": "ig", "iterations": 200})
     architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
     if not isinstance(architecture, nn.Module):
         raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
     source = batch or recorded_batch
     checked: set[tuple[int, ...]] = set()
+    clock = Clock()
+    architecture.register_forward_pre_hook(clock.hook())
 
     def assess(message: Message, reply: Message, context: Context) -> AuditRecord:
         data = source(message, context)
+        # What the server asked for first: a config beyond the gate's bounds is refused before any work.
+        config = next(iter(message.content.config_records.values()), ConfigRecord())
+        hyper, assumptions = public_hyperparameters(config, len(data.labels), architecture, keys, known, max_steps)
         shape = tuple(data.images.shape[1:])
         if shape not in checked:
             check_attackable(copy.deepcopy(architecture), shape, num_classes)
@@ -114,22 +193,26 @@ def leakage_gate(
         knowledge = AttackerKnowledge(architecture, shape, num_classes, tuple(mean), tuple(std))  # type: ignore[arg-type]
         sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
         returned = state_dict(only(reply.content, ArrayRecord, "the reply"), architecture, "the reply")
-        config = next(iter(message.content.config_records.values()), ConfigRecord())
-        hyper, assumptions = public_hyperparameters(config, len(data.labels), architecture, keys, known)
         payload, more = build_payload(sent, returned, hyper, architecture)
         server_round = int(config.get("server-round", 0))
         return within_budget(chosen, budget_s, lambda attack_: audit_update(
             payload, knowledge, attack_, round=server_round, client=str(context.node_id), seed=seed,
-            assumptions=assumptions + more, truth=data))
+            assumptions=assumptions + more, truth=data), clock)
 
     def gate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
         if not is_train(message) or reply.has_error():
             return reply
+        clock.start(budget_s)  # the budget counts from here: everything the gate does is within it
         try:
             record = assess(message, reply, context)
+        except (OutOfBounds, OverBudget) as exc:  # what the server asked for, or its time, is beyond the bounds
+            return refusal(message, f"fedleak leakage gate could not audit the update within its bounds, so it was "
+                                    f"withheld (inconclusive): {exc}")
         except Exception as exc:  # fail closed: an update the gate could not check does not leave
             return refusal(message, f"fedleak leakage gate could not score the update, so it was withheld: {exc}")
+        finally:
+            clock.stop()
         values = scores(record)
         value = values[f"{PREFIX}{score}"]
         if threshold is not None and value > threshold:

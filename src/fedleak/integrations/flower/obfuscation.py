@@ -5,13 +5,16 @@ update stages (``topk:sparsity=0.9``, ``quantize:bits=4``, ``noise:snr_db=10``, 
 and the reply carries θ_global − φ(Δ); buffers travel as they are. The spec is given to the mod, or
 — like Flower's ``fixedclipping_mod`` takes its norm from the server — read from the train config
 (``fedleak-defense``), which also tells the server's audit what the clients do. Noise is drawn from
-the client's own private seed (OS entropy unless given). Defenses that change how the client trains
-(DP-SGD) or that aggregate are no update transform and are refused.
+the client's own private seed (OS entropy unless given; a given seed is mixed with the round and
+the node, see :func:`round_seed`, so no two rounds' noise is the same). Defenses that change how
+the client trains (DP-SGD) or that aggregate are no update transform and are refused.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import secrets
 from collections.abc import Callable
 
@@ -37,6 +40,28 @@ def update_defense(spec: str | None) -> DefensePipeline:
     return pipeline
 
 
+COUNT_KEY = "fedleak.obfuscation"  # in the node's context.state: how many train replies this mod has treated
+
+
+def round_seed(seed: int | None, message: Message, context: Context) -> int:
+    """The seed of one reply's noise: fresh OS entropy without ``seed``; with it, a hash of (seed,
+    the server round, the node, how many train replies this node's mod treated before). Noise that
+    repeated from round to round would cancel in the difference of two rounds' updates; the round
+    comes from the other side (the train config's ``server-round``, else the message's group id), so
+    the node's own count — kept in ``context.state``, which never leaves the node — is mixed in too:
+    a server that sends the same round twice still gets fresh noise. The same seed, round, node and
+    count give the same noise (a federation re-run draws it again)."""
+    if seed is None:
+        return secrets.randbits(63)
+    config = next(iter(message.content.config_records.values()), ConfigRecord())
+    server_round = config.get("server-round", message.metadata.group_id)
+    state = context.state.config_records.get(COUNT_KEY, ConfigRecord({"count": 0}))
+    count = int(state.get("count", 0))
+    context.state[COUNT_KEY] = ConfigRecord({"count": count + 1})
+    key = json.dumps([int(seed), str(server_round), int(context.node_id), count])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
 def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None = None,
                     keys: TrainKeys = TrainKeys(), seed: int | None = None) -> Mod:
     """A client mod applying defense ``spec`` (or the train config's ``keys.defense`` entry when
@@ -60,7 +85,7 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
             record_key, record = next((k, r) for k, r in reply.content.items() if isinstance(r, ArrayRecord))
             names = state_names(record, architecture, "the reply")
             returned = state_dict(record, architecture, "the reply")
-            draws = generator(seed if seed is not None else secrets.randbits(63), device_of(architecture))
+            draws = generator(round_seed(seed, message, context), device_of(architecture))
             update = pipeline.on_client({n: sent[n] - returned[n] for n in trainable}, draws)
             arrays = {}
             for key, name in names.items():

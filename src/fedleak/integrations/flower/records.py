@@ -53,6 +53,15 @@ class TrainKeys:
     defense: str = "fedleak-defense"
 
 
+MAX_LOCAL_STEPS = 10_000  # local steps the audit emulates at most (a larger value is refused, not followed)
+MAX_EXAMPLES = 10_000  # examples behind one update the server's audit attacks at most
+
+
+class OutOfBounds(FedleakError):
+    """A value from the other side (the train config a server sent, the example count a client
+    reported) beyond what the audit emulates: the audit refuses it rather than run without end."""
+
+
 def only(content: RecordDict, kind: type, what: str) -> Any:
     """The one record of ``kind`` in a message's content (Flower's strategies send and expect one)."""
     records = [r for r in content.values() if isinstance(r, kind)]
@@ -95,12 +104,17 @@ def state_dict(record: ArrayRecord, model: nn.Module, what: str) -> dict[str, Te
     return state
 
 
-def num_examples(metrics: MetricRecord, key: str, what: str) -> int:
-    """How many examples a client trained on, as it reported them under ``key`` (FedAvg's weight)."""
+def num_examples(metrics: MetricRecord, key: str, what: str, limit: int | None = MAX_EXAMPLES) -> int:
+    """How many examples a client trained on, as it reported them under ``key`` (FedAvg's weight);
+    more than ``limit`` is :class:`OutOfBounds` (the attack would build that many images)."""
     value = metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1
+            or value != int(value)):
         raise FedleakError(f"{what} reports no whole number of examples under {key!r} (got {short(value)}); "
                            "the audit needs it to know the batch behind the update")
+    if limit is not None and value > limit:
+        raise OutOfBounds(f"{what} reports {int(value)} examples under {key!r}, more than the {limit} the audit "
+                          "attacks at once (max_examples)")
     return int(value)
 
 
@@ -116,9 +130,12 @@ def _number(value: Any, key: str, integer: bool = False, low: float = 0.0, stric
 
 
 def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.Module, keys: TrainKeys = TrainKeys(),
-                           known: Mapping[str, Any] | None = None) -> tuple[PublicHyperparameters, list[str]]:
+                           known: Mapping[str, Any] | None = None,
+                           max_steps: int | None = MAX_LOCAL_STEPS) -> tuple[PublicHyperparameters, list[str]]:
     """What a server that sent ``config`` knows of one client's round on ``examples`` examples, and
-    the assumptions it had to make (one line each)."""
+    the assumptions it had to make (one line each). More than ``max_steps`` local steps (``local-steps``,
+    or ``local-epochs`` × the minibatches of an epoch) is :class:`OutOfBounds`: emulating them would
+    take without end (one simulated step per step, at every attack iteration)."""
     known = dict(known or {})
     assumptions: list[str] = []
 
@@ -143,6 +160,11 @@ def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.M
             epochs = 1
             assumptions.append(f"{keys.epochs!r}: one epoch ({per_epoch} step{'s' * (per_epoch > 1)})")
         steps = int(_number(epochs, keys.epochs, integer=True, low=1)) * per_epoch
+    if max_steps is not None and steps > max_steps:
+        asked = (f"{keys.steps!r} {steps}" if get(keys.steps) is not None
+                 else f"{keys.epochs!r} {short(get(keys.epochs))} ({steps} steps of {batch} examples)")
+        raise OutOfBounds(f"train config {asked} asks for more local steps than the {max_steps} the audit "
+                          "emulates (max_steps)")
     settings: dict[str, float] = {}
     for name, key in (("momentum", keys.momentum), ("weight_decay", keys.weight_decay)):
         if get(key) is None:

@@ -27,8 +27,8 @@ from fedleak.audit import AuditAttack, AuditLog, AuditRecord, audit_attack, audi
 from fedleak.device import resolve_device
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.payload import ClientData, PublicHyperparameters
-from fedleak.integrations.flower.records import (TrainKeys, build_payload, config_dict, mean_update, num_examples,
-                                                 only, public_hyperparameters, state_dict)
+from fedleak.integrations.flower.records import (MAX_EXAMPLES, MAX_LOCAL_STEPS, TrainKeys, build_payload, config_dict,
+                                                 mean_update, num_examples, only, public_hyperparameters, state_dict)
 from fedleak.metrics.lpips import lpips_scorers
 from fedleak.models.external import check_attackable
 
@@ -76,6 +76,10 @@ class LeakageAudit(Strategy):
     built from the Flower records and the attack live there; a device this machine lacks is a
     :class:`~fedleak.errors.ConfigError` when the strategy is built. The clients train wherever their
     ClientApp puts them.
+
+    ``max_steps`` and ``max_examples`` bound what the audit emulates and attacks: an update whose train
+    config asks for more local steps, or whose reply reports more examples, is skipped with a note
+    (``None``: no bound).
     """
 
     def __init__(
@@ -102,6 +106,8 @@ class LeakageAudit(Strategy):
         overwrite: bool = False,
         strict: bool = False,
         device: str | torch.device = "auto",
+        max_steps: int | None = MAX_LOCAL_STEPS,
+        max_examples: int | None = MAX_EXAMPLES,
     ) -> None:
         super().__init__()
         self.device = resolve_device(device)
@@ -111,6 +117,10 @@ class LeakageAudit(Strategy):
             raise ConfigError("every= must be at least 1")
         if view not in VIEWS:
             raise ConfigError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+        for name, bound in (("max_steps", max_steps), ("max_examples", max_examples)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
+                raise ConfigError(f"{name}= must be a whole number of at least 1 (or None: no bound)")
+        self.max_steps, self.max_examples = max_steps, max_examples
         if view == "aggregate" and clients is not None:
             raise ConfigError("view='aggregate' sees the mean of every reply: clients= does not apply")
         self.strategy = strategy
@@ -233,7 +243,7 @@ class LeakageAudit(Strategy):
         model = self.knowledge.architecture
         returned = state_dict(only(reply.content, ArrayRecord, f"node {node}'s reply"), model, f"node {node}'s reply")
         examples = num_examples(only(reply.content, MetricRecord, f"node {node}'s reply"), self.weighted_by_key,
-                                f"node {node}'s reply")
+                                f"node {node}'s reply", self.max_examples)
         return global_state, returned, config, examples
 
     def _truth(self, run_id: int, server_round: int, nodes: list[int]) -> Callable[[], ClientData | None]:
@@ -254,7 +264,7 @@ class LeakageAudit(Strategy):
         node = reply.metadata.src_node_id
         global_state, returned, config, examples = self._client_view(server_round, reply, sent)
         model = self.knowledge.architecture
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known)
+        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
         payload, more = build_payload(global_state, returned, hyper, model)
         return audit_update(payload, self.knowledge, self.attack.build(), round=server_round, client=str(node),
                             seed=self.seed, assumptions=assumptions + more, view="clients",
@@ -273,7 +283,7 @@ class LeakageAudit(Strategy):
             raise FedleakError("the clients were sent different global models: their mean is no FedAvg aggregate")
         model = self.knowledge.architecture
         returned = mean_update([v[1] for v in views], [float(v[3]) for v in views], global_state, model)
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known)
+        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
         spec = "+".join(filter(None, [hyper.defense, f"aggregate:clients={len(views)}"]))
         hyper = PublicHyperparameters(**{**vars(hyper), "clients": len(views), "defense": spec})
         payload, more = build_payload(global_state, returned, hyper, model)
