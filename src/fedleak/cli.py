@@ -131,7 +131,7 @@ def attack(
         **server_flags(server),
     }
     if prior is not None:
-        _check_prior_applies(config, flags, overrides)
+        _check_prior_applies(config, flags, overrides, trust_config)
     cfg = build_config(config, flags, overrides, trust_config=trust_config)
     cfg = cfg.model_copy(update={"device": device_name(resolve_device(cfg.device))})  # a missing device fails first
     if print_config:
@@ -153,14 +153,15 @@ def attack(
         print(f"fedleak: note: {hint}", file=sys.stderr)
 
 
-def _check_prior_applies(config: Path | None, flags: dict[str, Any], overrides: list[str] | None) -> None:
+def _check_prior_applies(config: Path | None, flags: dict[str, Any], overrides: list[str] | None,
+                         trust_config: bool) -> None:
     """``--prior`` is a restoration prior (``fedleak train-prior``), which only attacks that restore a
     low-resolution reconstruction take (ROG): say so instead of "unknown config key"."""
     from fedleak.attacks import ATTACKS, build_attack
     from fedleak.config import build_config
     from fedleak.errors import ConfigError
 
-    cfg = build_config(config, {**flags, "attack.prior": None}, overrides)
+    cfg = build_config(config, {**flags, "attack.prior": None}, overrides, trust_config=trust_config)
     takers = [n for n in ATTACKS.names() if "prior" in ATTACKS.get(n).Config.model_fields]
     if "prior" not in type(build_attack(cfg.attack.name).config).model_fields:
         raise ConfigError(f"--prior is a restoration prior from `fedleak train-prior`, used only by the "
