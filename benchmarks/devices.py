@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.device import device_name, resolve_device  # (what the --before tree has too)
+from fedleak.data.normalization import Normalization
 from fedleak.fl import Client, ClientData
 from fedleak.models import create_model
 
@@ -75,7 +76,7 @@ def clients(s: Scenario, count: int, device: torch.device):
     """``count`` payloads of one full-width model (eval mode, FedSGD), one image each."""
     net = create_model(s.model, CLASSES, 3, s.size, width=1.0, seed=0).to(device)
     g = torch.Generator().manual_seed(1)
-    client = Client(net, MEAN, STD)
+    client = Client(net, Normalization(MEAN, STD))
     payloads, knowledge = [], []
     for i in range(count):
         data = ClientData(torch.rand(1, 3, s.size, s.size, generator=g).to(device),
@@ -185,7 +186,7 @@ def batch1_worker(args) -> None:
     device = resolve_device(args.device)
     s = Scenario(args.worker_model, "ig", args.worker_model, 32, (1,), {})
     net = create_model(s.model, CLASSES, 3, 32, width=args.worker_width, seed=0).to(device)
-    client = Client(net, MEAN, STD)
+    client = Client(net, Normalization(MEAN, STD))
     data = ClientData(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device),
                       torch.tensor([3], device=device))
     payload = client.update(data)

@@ -14,6 +14,7 @@ import json
 from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.data import load_dataset, pick_indices
 from fedleak.errors import FedleakError
+from fedleak.data.normalization import Normalization
 from fedleak.fl import Client, ClientData
 from fedleak.metrics import label_accuracy
 from fedleak.models import create_model
@@ -30,7 +31,7 @@ def main() -> None:
     rows = []
     for model_name in args.models.split(","):
         model = create_model(model_name, 10, 3, 32, width=args.width, seed=0)
-        client = Client(model, ds.mean, ds.std)
+        client = Client(model, Normalization(ds.mean, ds.std))
         for b in (1, 4, 8):
             scores: dict[str, list[float]] = {m: [] for m in LABEL_METHODS.names()}
             for k in range(args.batches):

@@ -24,13 +24,14 @@ def worker(model_name: str, width: float, restarts: int, iterations: int, batche
 
     from fedleak.attacks import AttackerKnowledge, build_attack
     from fedleak.data import load_dataset
+    from fedleak.data.normalization import Normalization
     from fedleak.fl import Client, ClientData
     from fedleak.models import create_model
 
     ds = load_dataset("samples")
     data = ClientData(ds.images([1]), ds.label_of([1]))
     model = create_model(model_name, ds.num_classes, 3, 32, width=width, seed=0)
-    payload = Client(model, ds.mean, ds.std).update(data)
+    payload = Client(model, Normalization(ds.mean, ds.std)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), ds.image_shape, ds.num_classes, ds.mean, ds.std)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     losses = []

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fedleak.report.study import write_report
 from fedleak.studies import build_study, run_study
 from fedleak.studies.backends import LocalBackend
 
@@ -46,6 +47,7 @@ def study(alphas: int, images: int, iterations: int, tiny: bool = False, offset:
 def timed(s, backend, folder: Path) -> float:
     start = time.perf_counter()
     outcome = run_study(s, "cpu", folder, progress=False, backend=backend)
+    write_report(folder)  # as `fedleak study` does after the runs
     seconds = time.perf_counter() - start
     if outcome.failed:
         raise SystemExit(f"runs failed: {outcome.failed[0].error}")

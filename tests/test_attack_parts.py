@@ -12,6 +12,7 @@ from fedleak.attacks.layers import group_layers, select_layers
 from fedleak.attacks.matching import GradientMatching
 from fedleak.attacks.optimization import EarlyStop
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.data.normalization import Normalization
 from fedleak.fl import Client, ClientData
 from fedleak.metrics import label_accuracy
 from fedleak.models import create_model
@@ -24,7 +25,7 @@ def _payload(labels, model="resnet18", size=16, classes=10, seed=0):
     data = ClientData(torch.rand(len(labels), 3, size, size, generator=g), torch.tensor(labels))
     net = create_model(model, classes, 3, size, width=0.25, seed=seed)
     knowledge = AttackerKnowledge(copy.deepcopy(net), (3, size, size), classes, MEAN, STD)
-    return data, Client(net, MEAN, STD).update(data), knowledge
+    return data, Client(net, Normalization(MEAN, STD)).update(data), knowledge
 
 
 @pytest.mark.parametrize("method", ["yin", "wainakh"])
@@ -118,7 +119,7 @@ def test_bn_prior_is_zero_at_the_truth_and_needs_declared_stats():
     g = torch.Generator().manual_seed(0)
     data = ClientData(torch.rand(2, 3, 16, 16, generator=g), torch.tensor([1, 3]))
     net = create_model("convnet", 10, 3, 16, width=0.125, seed=0)
-    client = Client(net, MEAN, STD)
+    client = Client(net, Normalization(MEAN, STD))
     payload = client.update(data)
     stats = client.batch_norm_statistics(data)
     assert len(stats) == 8 and stats[0][0].shape == (8,)

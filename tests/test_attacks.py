@@ -8,6 +8,7 @@ from fedleak.attacks.labels import idlg
 from fedleak.attacks.objectives import COSTS
 from fedleak.attacks.regularizers import total_variation
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.data.normalization import Normalization
 from fedleak.fl import Client, ClientData
 from fedleak.metrics import evaluate, psnr
 from fedleak.models import create_model
@@ -22,7 +23,7 @@ def _setup(model_name="lenet", size=8, label=3, classes=5, width=1.0, seed=0):
     image = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=True)
     data = ClientData(image, torch.tensor([label]))
     model = create_model(model_name, classes, 3, size, width=width, seed=seed)
-    payload = Client(model, MEAN, STD).update(data)
+    payload = Client(model, Normalization(MEAN, STD)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, size, size), classes, MEAN, STD)
     return data, payload, knowledge
 
@@ -52,7 +53,7 @@ def test_idlg_recovers_single_labels(model_name):
 
 def test_idlg_refuses_batches():
     model = create_model("lenet", 4, 3, 8, seed=0)
-    payload = Client(model, MEAN, STD).update(ClientData(torch.rand(2, 3, 8, 8), torch.tensor([0, 1])))
+    payload = Client(model, Normalization(MEAN, STD)).update(ClientData(torch.rand(2, 3, 8, 8), torch.tensor([0, 1])))
     with pytest.raises(FedleakError, match="one image"):
         idlg(payload, 4)
 

@@ -18,7 +18,8 @@ from fedleak.data import load_dataset, pick_indices
 from fedleak.defenses import parse_defense
 from fedleak.defenses.compression import keep_count
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.fl import Client, ClientData, Payload, PublicHyperparameters, normalize
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData, Payload, PublicHyperparameters, normalize
 from fedleak.fl.federated import FederatedSettings, federated_train, shards
 from fedleak.models import create_model
 from fedleak.models.batchnorm import batch_norm_layers
@@ -54,8 +55,8 @@ def test_fedavg_shuffle_seed_attack_runs(attack):
 def test_default_labels_auto_recovers_batches(monkeypatch, capsys, tmp_path):
     assert build_attack("ig").config.labels == "auto" and build_attack("rog").config.labels == "auto"
     model = create_model("lenet", 5, 3, 8, seed=0)
-    one = Client(model, MEAN, STD).update(_data(1))
-    batch = Client(model, MEAN, STD).update(_data(4))
+    one = Client(model, Normalization(MEAN, STD)).update(_data(1))
+    batch = Client(model, Normalization(MEAN, STD)).update(_data(4))
     auto = LABEL_METHODS.get("auto")
     assert torch.equal(auto(one, 5), LABEL_METHODS.get("idlg")(one, 5))
     assert torch.equal(auto(batch, 5), wainakh(batch, 5))
@@ -74,12 +75,12 @@ def _attacker_subtracts_regenerated_noise(spec, seed):
     model, truth = result.target.model, result.truth
     g = torch.Generator().manual_seed(seed)
     if spec.startswith("noise"):
-        clean = Client(model, result.target.mean, result.target.std).update(truth).update
+        clean = Client(model, Normalization(result.target.mean, result.target.std)).update(truth).update
         noise = {n: t.var(unbiased=False).sqrt() * torch.randn(t.shape, generator=g) if t.numel() > 1
                  else torch.zeros_like(t) for n, t in clean.items()}  # σ at 0 dB; one-entry tensors get none
     else:  # DP-SGD: Opacus draws N(0, σ²C²) per parameter, in order, then divides by the batch size
         clipped = spec.replace("noise_multiplier=1", "noise_multiplier=0")
-        clean = Client(model, result.target.mean, result.target.std, defense=clipped).update(truth).update
+        clean = Client(model, Normalization(result.target.mean, result.target.std), defense=clipped).update(truth).update
         noise = {n: torch.normal(0.0, 1.0, size=t.shape, generator=g) / 2 for n, t in clean.items()}
     return {n: result.payload.update[n] - noise[n] for n in clean}, clean
 
@@ -141,8 +142,8 @@ def test_clip_after_aggregate_is_simulated(protocol, extra):
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(4)
     spec = "aggregate:clients=2+clip:c=0.1"
-    payload = Client(model, MEAN, STD, protocol, defense=spec, **extra).update(data)
-    plain = Client(model, MEAN, STD, protocol, defense="aggregate:clients=2", **extra).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra), defense=spec).update(data)
+    plain = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra), defense="aggregate:clients=2").update(data)
     assert math.sqrt(sum(float(t.pow(2).sum()) for t in plain.update.values())) > 0.1  # clipping acts
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 5, MEAN, STD)
     simulated = Simulation(payload, knowledge).update(normalize(data.images, MEAN, STD), data.labels)
@@ -175,7 +176,7 @@ def test_nan_restart_never_wins():
 def test_nan_restart_never_wins_in_attacks(attack, monkeypatch):
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(1)
-    payload = Client(model, MEAN, STD).update(data)
+    payload = Client(model, Normalization(MEAN, STD)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 5, MEAN, STD, labels=data.labels)
     monkeypatch.setattr(GradientMatching, "losses",  # the final scoring of every payload's restarts
                         lambda self, x, labels, data=None, chunk=None: torch.tensor([[math.nan, 0.5, 0.2]]))
@@ -230,19 +231,19 @@ def test_federated_train_aggregates_batch_norm_statistics():
 
 def test_fedavg_payload_carries_buffers_and_fedsgd_none():
     net = create_model("convnet", 2, 3, 12, width=0.25, seed=0)
-    fedavg = Client(net, MEAN, STD, "fedavg", "train", lr=0.1).update(_data(2, size=12))
+    fedavg = Client(net, Normalization(MEAN, STD), ClientTraining("fedavg", "train", lr=0.1)).update(_data(2, size=12))
     assert set(fedavg.buffers) == {n for n, _ in net.named_buffers()}
-    assert not Client(net, MEAN, STD, "fedsgd", "train").update(_data(2, size=12)).buffers
+    assert not Client(net, Normalization(MEAN, STD), ClientTraining("fedsgd", "train")).update(_data(2, size=12)).buffers
 
 
 # 11. DP-SGD's ε says which sampling it assumes
 def test_dpsgd_epsilon_states_its_sampling_assumption():
     model = create_model("lenet", 5, 3, 8, seed=0)
-    chunks = Client(model, MEAN, STD, "fedavg", lr=0.1, local_steps=2, local_batch_size=1, defense="dpsgd")
+    chunks = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", lr=0.1, local_steps=2, local_batch_size=1), defense="dpsgd")
     facts = chunks.privacy(chunks.update(_data(2)).hyper)["dpsgd"]
     assert "Poisson sampling q=0.5" in facts["accounting"] and facts["assumption_holds"] is False
     assert "fixed chunks, not Poisson" in facts["sampling"]
-    full = Client(model, MEAN, STD, defense="dpsgd")
+    full = Client(model, Normalization(MEAN, STD), defense="dpsgd")
     facts = full.privacy(full.update(_data(2)).hyper)["dpsgd"]
     assert facts["assumption_holds"] is True and "no sampling" in facts["sampling"]
     metrics = run(tiny_config(**{"client.defense": "dpsgd", "client.protocol": "fedavg", "client.batch_size": 2,

@@ -194,7 +194,8 @@ STUDY_ARGS = ["--set", "image_size=8", "--set", "model=lenet", "--set", "width=1
 
 @pytest.fixture(scope="session")
 def study_template(tmp_path_factory) -> Path:
-    from fedleak.studies import build_study, run_study
+    from fedleak.studies import build_study
+    from tests.studying import run_study
 
     base = tmp_path_factory.mktemp("template")
     root = cifar(base)

@@ -20,7 +20,8 @@ from fedleak.attacks.optimization import PRECISIONS, matmul_precision
 from fedleak.attacks.regularizers import forward_statistics
 from fedleak.config import build_config
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.fl import Client, ClientData
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData
 from fedleak.models import create_model
 from fedleak.pipeline import run, run_many
 from tests.test_cli import fedleak
@@ -38,7 +39,7 @@ def _clients(count, batch=1, model="lenet", size=8, classes=5, seed=0, mode="eva
     for i in range(count):
         data = ClientData(torch.rand(batch, 3, size, size, generator=g).to(device),
                           torch.randint(0, classes, (batch,), generator=g).to(device))
-        c = Client(net, MEAN, STD, protocol, mode, **client)
+        c = Client(net, Normalization(MEAN, STD), ClientTraining(protocol, mode, **client))
         know = AttackerKnowledge(copy.deepcopy(net), (3, size, size), classes, MEAN, STD, labels=data.labels,
                                  bn_stats=c.batch_norm_statistics(data) if mode == "train" else None)
         out.append((data, c.update(data), know))
@@ -232,7 +233,7 @@ def test_run_many_on_cuda_matches_the_cpu():
 
 
 def test_a_failing_run_in_a_batch_gets_its_own_error_and_the_others_their_results():
-    from fedleak.pipeline import RunSpec, attempt_many
+    from fedleak.run_unit import RunSpec, attempt_many
 
     good = [RunSpec(_config(i).model_dump(mode="json")) for i in (0, 1)]
     bad = RunSpec(_config(0).model_dump(mode="json") | {"data": {**_config(0).model_dump(mode="json")["data"],

@@ -1,7 +1,7 @@
 """The threat-model boundary: attacks see a Payload and declared knowledge, never client data.
 
-``leaks`` walks everything an attack is handed (the payload's model state, update and public
-hyperparameters with their ``extra`` dict; every field of the attacker knowledge, the architecture's
+``leaks`` walks everything an attack is handed (the payload's model state, update, buffers and public
+hyperparameters; every field of the attacker knowledge, the architecture's
 parameters, buffers, attributes and hooks included) and reports each tensor that shares storage with
 the client's images or labels, or holds their values. The tests of the checker itself make a
 pipeline leak on purpose and assert the checker names the leak.
@@ -183,8 +183,7 @@ def _leaky_client(payload_leak=None, bn_leak=None):
             payload = super().update(data)
             if payload_leak is None:
                 return payload
-            extra = {**payload.hyper.extra, "stash": payload_leak(data)}
-            return dataclasses.replace(payload, hyper=dataclasses.replace(payload.hyper, extra=extra))
+            return dataclasses.replace(payload, buffers={**payload.buffers, "stash": payload_leak(data)})
 
         def batch_norm_statistics(self, data):
             stats = super().batch_norm_statistics(data)
@@ -215,8 +214,8 @@ def _own_labels(fields, data):
 
 
 LEAKS = {  # name: (settings, client patch, knowledge patch, where the checker must point)
-    "the images in hyper.extra": (
-        "fedsgd", _leaky_client(payload_leak=lambda d: d.images), None, "payload.hyper.extra['stash']"),
+    "the images among the buffers": (
+        "fedsgd", _leaky_client(payload_leak=lambda d: d.images), None, "payload.buffers['stash']"),
     "a view of one image's channel": (
         "fedsgd", _leaky_client(payload_leak=lambda d: d.images[0, 0]), None, "shares storage with the client's images"),
     "the labels, copied, undeclared": (
@@ -252,11 +251,11 @@ def test_the_checker_catches_copied_normalised_images(spy, monkeypatch):
     class Leaky(Client):
         def update(self, data):
             payload = super().update(data)
-            extra = {"inputs": normalize(data.images, self.mean, self.std).clone()}
+            inputs = self.normalization.to_input(data.images).clone()
             seen["data"] = data
-            return dataclasses.replace(payload, hyper=dataclasses.replace(payload.hyper, extra=extra))
+            return dataclasses.replace(payload, buffers={**payload.buffers, "inputs": inputs})
 
     monkeypatch.setattr(pipeline, "Client", Leaky)
     cfg, result, payload, knowledge = _run_spied(spy, SETTINGS["fedsgd"])
     assert seen["data"] is result.truth
-    assert leaks(payload, knowledge, result.truth, False) == ["payload.hyper.extra['inputs'] holds the client's images"]
+    assert leaks(payload, knowledge, result.truth, False) == ["payload.buffers['inputs'] holds the client's images"]

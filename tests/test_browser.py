@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from fedleak.studies import run_study
+from tests.studying import run_study
 from tests.test_cli import TINY, fedleak
 from tests.test_studies import tiny
 

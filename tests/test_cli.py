@@ -268,3 +268,21 @@ def test_train_prior_then_attack_with_it(tmp_path, monkeypatch, capsys, cifar_ro
     code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(tmp_path / "r2"), "--attack",
                            "rog", "--prior", str(tmp_path / "missing.safetensors"))
     assert code == 2 and "not found" in err and not (tmp_path / "r2").exists()
+
+
+def test_attack_options_that_set_one_config_key_come_from_one_table():
+    """`fedleak attack`'s one-to-one options: each in FLAGS, its parameter the one config_flags reads,
+    its help the config field's description (unless HELP words it for the command line)."""
+    import typer
+
+    from fedleak.cli import app
+    from fedleak.cli.attack import FLAGS, HELP, PARAMETERS, field_help
+
+    params = {p.opts[0]: p for p in typer.main.get_command(app).commands["attack"].params if p.opts}
+    assert set(FLAGS) <= set(params)
+    for flag, key in FLAGS.items():
+        assert params[flag].name == PARAMETERS.get(flag, flag[2:].replace("-", "_"))
+        assert params[flag].help == (HELP[flag] if flag in HELP else field_help(key)) and params[flag].help
+    assert len(FLAGS) - len(HELP) >= 19  # the rest: the config model's descriptions
+    assert field_help("client.batch_size") == "images in the client batch"
+    assert field_help("attack.iterations") == "optimisation steps"  # the default attack's (ig), not DLG's L-BFGS

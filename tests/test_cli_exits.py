@@ -95,23 +95,23 @@ def test_ctrl_c_mid_study_keeps_committed_runs(tmp_path, cifar_root):
 
 def test_typer_exit_code_130_is_not_dropped(monkeypatch, capsys):
     # Typer (standalone_mode=False) turns KeyboardInterrupt into a *returned* 130; main() used to drop it.
-    import fedleak.attacks
+    import fedleak.cli.attack
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fedleak.attacks, "build_attack", interrupted)
+    monkeypatch.setattr(fedleak.cli.attack, "build_attack", interrupted)  # what `config` calls
     code, out, err = run_cli(monkeypatch, capsys, "config", "ig")
     assert code == 130 and err == "fedleak: interrupted\n" and out == ""
 
 
 def test_a_bug_is_one_line_exit_1_with_the_traceback_only_under_debug(monkeypatch, capsys):
-    import fedleak.attacks
+    import fedleak.cli.attack
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(fedleak.attacks, "build_attack", broken)
+    monkeypatch.setattr(fedleak.cli.attack, "build_attack", broken)
     code, _, err = run_cli(monkeypatch, capsys, "config", "ig")
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("fedleak: internal error: RuntimeError: boom second line — please report it")

@@ -14,7 +14,8 @@ from fedleak.attacks.simulation import Simulation
 from fedleak.defenses import DEFENSES, dp_epsilon, parse_defense
 from fedleak.defenses.compression import keep_count
 from fedleak.errors import ConfigError, DataError
-from fedleak.fl import Client, ClientData
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData
 from fedleak.models import create_model
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -165,8 +166,8 @@ def _data(n=4, size=8, seed=0):
 def test_client_applies_the_defense_and_the_payload_records_it():
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(2)
-    plain = Client(model, MEAN, STD).update(data)
-    defended = Client(model, MEAN, STD, defense="topk:sparsity=0.9").update(data)
+    plain = Client(model, Normalization(MEAN, STD)).update(data)
+    defended = Client(model, Normalization(MEAN, STD), defense="topk:sparsity=0.9").update(data)
     assert plain.hyper.defense is None and defended.hyper.defense == "topk:sparsity=0.9,scope=tensor"
     for name, t in plain.update.items():
         expected = one("topk:sparsity=0.9", t)
@@ -192,10 +193,10 @@ def test_dpsgd_clips_every_sample_and_adds_calibrated_noise():
     assert (norms > clip).any() and (norms < clip).any()
     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
     expected = {n: (g * factor.view(-1, *[1] * (g.ndim - 1))).sum(0) / 4 for n, g in per.items()}
-    quiet = Client(model, MEAN, STD, defense=f"dpsgd:clip={clip},noise_multiplier=0").update(data)
+    quiet = Client(model, Normalization(MEAN, STD), defense=f"dpsgd:clip={clip},noise_multiplier=0").update(data)
     for n in expected:  # every sample, the first included, is clipped
         assert torch.allclose(quiet.update[n], expected[n], atol=1e-6)
-    noisy = Client(model, MEAN, STD, defense=f"dpsgd:clip={clip},noise_multiplier=2").update(data)
+    noisy = Client(model, Normalization(MEAN, STD), defense=f"dpsgd:clip={clip},noise_multiplier=2").update(data)
     residual = torch.cat([(noisy.update[n] - expected[n]).flatten() for n in expected])
     assert float(residual.std()) == pytest.approx(2 * clip / 4, rel=0.1)  # σ·C/B per coordinate
 
@@ -203,9 +204,9 @@ def test_dpsgd_clips_every_sample_and_adds_calibrated_noise():
 def test_dpsgd_refuses_batch_norm_and_reports_epsilon():
     model = create_model("convnet", 5, 3, 9, width=0.25, seed=0)
     with pytest.raises(ConfigError, match="norm=group"):
-        Client(model, MEAN, STD, defense="dpsgd").update(_data(2, size=9))
+        Client(model, Normalization(MEAN, STD), defense="dpsgd").update(_data(2, size=9))
     grouped = create_model("convnet", 5, 3, 9, width=0.25, seed=0, norm="group")
-    client = Client(grouped, MEAN, STD, defense="dpsgd:noise_multiplier=1.1")
+    client = Client(grouped, Normalization(MEAN, STD), defense="dpsgd:noise_multiplier=1.1")
     payload = client.update(_data(2, size=9))
     info = client.privacy(payload.hyper)["dpsgd"]
     assert info["steps"] == 1 and info["sample_rate"] == 1.0
@@ -219,9 +220,9 @@ def test_dpsgd_refuses_batch_norm_and_reports_epsilon():
 def test_aggregation_is_the_mean_of_clients_and_the_attacker_can_simulate_it(protocol, extra):
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(4)
-    agg = Client(model, MEAN, STD, protocol, defense="aggregate:clients=2", **extra).update(data)
+    agg = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra), defense="aggregate:clients=2").update(data)
     assert agg.hyper.batch_size == 2 and agg.hyper.clients == 2 and agg.hyper.observed_images == 4
-    halves = [Client(model, MEAN, STD, protocol, **extra).update(ClientData(data.images[s], data.labels[s]))
+    halves = [Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra)).update(ClientData(data.images[s], data.labels[s]))
               for s in (slice(0, 2), slice(2, 4))]
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 5, MEAN, STD)
     simulated = Simulation(agg, knowledge).update((data.images - 0.5) / 0.25, data.labels)
@@ -229,16 +230,16 @@ def test_aggregation_is_the_mean_of_clients_and_the_attacker_can_simulate_it(pro
         assert torch.allclose(t, (halves[0].update[n] + halves[1].update[n]) / 2, atol=1e-6)
         assert torch.allclose(simulated[n], t, atol=1e-5)
     with pytest.raises(DataError, match="4 images cannot be split among 3 clients"):
-        Client(model, MEAN, STD, defense="aggregate:clients=3").update(data)
+        Client(model, Normalization(MEAN, STD), defense="aggregate:clients=3").update(data)
 
 
 def test_stages_after_aggregation_act_on_the_mean():
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(4)
-    payload = Client(model, MEAN, STD, defense="aggregate:clients=2+sign").update(data)
+    payload = Client(model, Normalization(MEAN, STD), defense="aggregate:clients=2+sign").update(data)
     for t in payload.update.values():
         assert set(t.unique().tolist()) <= {-1.0, 0.0, 1.0}
-    before = Client(model, MEAN, STD, defense="sign+aggregate:clients=4").update(data)
+    before = Client(model, Normalization(MEAN, STD), defense="sign+aggregate:clients=4").update(data)
     values = torch.cat([t.flatten() for t in before.update.values()]).unique().tolist()
     assert set(values) <= {-1.0, -0.5, 0.0, 0.5, 1.0} and {-0.5, 0.5} & set(values)  # means of 4 signs
 
@@ -256,8 +257,8 @@ def test_the_attacker_re_runs_clipping(spec, protocol, extra):
     ROG's L2 matching compared an unclipped simulation with the clipped update)."""
     model = create_model("lenet", 5, 3, 8, seed=0)
     data = _data(4)
-    payload = Client(model, MEAN, STD, protocol, defense=spec, **extra).update(data)
-    plain = Client(model, MEAN, STD, protocol, **extra).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra), defense=spec).update(data)
+    plain = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **extra)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 5, MEAN, STD)
     simulated = Simulation(payload, knowledge).update((data.images - 0.5) / 0.25, data.labels)
     assert any(not torch.allclose(plain.update[n], t) for n, t in payload.update.items())  # clipping acted

@@ -28,11 +28,11 @@ from torch.overrides import TorchFunctionMode
 import fedleak
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.optimization import box_bounds, to_unit_range
 from fedleak.config import RunConfig, build_config
 from fedleak.device import device_name, payload_device, resolve_device
 from fedleak.errors import ConfigError
-from fedleak.fl import Client, ClientData, Payload
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData, Payload
 from fedleak.fl.client import normalize
 from fedleak.fl.protocols import PROTOCOLS
 from fedleak.defenses import batch_gradient, parse_defense
@@ -161,9 +161,10 @@ def _round(model_name: str = "convnet", defense: str | None = None, protocol: st
                       torch.arange(batch).remainder(classes).to(device))
     model = create_model(model_name, classes, 3, size, width=0.25 if model_name == "convnet" else 1.0,
                          seed=0, **options).to(device)
-    client = Client(model, MEAN, STD, protocol, lr=0.1 if protocol == "fedavg" else None,
-                    local_steps=2 if protocol == "fedavg" else 1, local_batch_size=1 if protocol == "fedavg" else None,
-                    shuffle_seed=3 if protocol == "fedavg" else None, defense=defense, defense_seed=5)
+    fedavg = protocol == "fedavg"
+    training = ClientTraining(protocol, lr=0.1 if fedavg else None, local_steps=2 if fedavg else 1,
+                              local_batch_size=1 if fedavg else None, shuffle_seed=3 if fedavg else None)
+    client = Client(model, Normalization(MEAN, STD), training, defense=defense, seed=5)
     payload = client.update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, size, size), classes, MEAN, STD,
                                   bn_stats=client.batch_norm_statistics(data))
@@ -237,8 +238,8 @@ def test_the_audit_catches_a_tensor_made_without_a_device():
 def test_constants_are_made_on_their_input_s_device():
     x = torch.empty(2, 3, 8, 8, device="meta")
     assert normalize(x, MEAN, STD).device.type == "meta"
-    assert to_unit_range(x, MEAN, STD).device.type == "meta"
-    assert all(t.device.type == "meta" for t in box_bounds(MEAN, STD, x.device))
+    assert Normalization(MEAN, STD).to_pixels(x).device.type == "meta"
+    assert all(t.device.type == "meta" for t in Normalization(MEAN, STD).bounds(x.device))
     assert psnr(x, x).device.type == "meta" and ssim(x, x).device.type == "meta"
 
 

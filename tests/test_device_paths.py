@@ -41,9 +41,11 @@ from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.config import build_config
 from fedleak.device import device_name
 from fedleak.errors import ConfigError
-from fedleak.fl import Client, ClientData
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData
 from fedleak.fl.payload import Payload
-from fedleak.fl.server import apply_server, server_flags
+from fedleak.fl.server import server_flags
+from fedleak.serving import apply_server
 from fedleak.models import create_model
 from tests.test_cli import fedleak as run_cli
 
@@ -94,9 +96,9 @@ def unchecked_updates(monkeypatch):
 
 def client_for(model: torch.nn.Module, protocol: str, defense: str | None) -> Client:
     fedavg = protocol == "fedavg"
-    return Client(model, MEAN, STD, protocol, lr=0.1 if fedavg else None, local_steps=2 if fedavg else 1,
-                  local_batch_size=1 if fedavg else None, shuffle_seed=3 if fedavg else None, defense=defense,
-                  defense_seed=5)
+    training = ClientTraining(protocol, lr=0.1 if fedavg else None, local_steps=2 if fedavg else 1,
+                              local_batch_size=1 if fedavg else None, shuffle_seed=3 if fedavg else None)
+    return Client(model, Normalization(MEAN, STD), training, defense=defense, seed=5)
 
 
 def model_for(defense: str | None, device: str, name: str = "convnet") -> torch.nn.Module:
@@ -176,7 +178,7 @@ def test_the_imprint_attack_reads_an_imprinted_update_on_meta(meta_generators):
     body = create_model("convnet", dataset.num_classes, 3, 12, width=0.125, seed=0, norm="none").to("meta")
     config = build_config(flags={**FACES, **server_flags("imprint:bins=32")})
     sent = apply_server(config, Target(body, dataset.mean, dataset.std), dataset, load_dataset).model
-    client = Client(sent, dataset.mean, dataset.std, "fedsgd")
+    client = Client(sent, Normalization(dataset.mean, dataset.std), ClientTraining("fedsgd"))
     payload = client.update(ClientData(torch.empty(4, 3, 12, 12, device="meta"),
                                        torch.zeros(4, dtype=torch.long, device="meta")))
     candidates, db = bin_images(payload.update["imprint.encoder.weight"], payload.update["imprint.encoder.bias"],
@@ -206,7 +208,6 @@ def test_one_ig_step_stays_on_meta(protocol, defense, matching, meta_generators,
     """IG's step: the objective's image gradient for two restarts (the vmap-ed path) with the TV and
     BN priors, then the signed Adam step and the box projection — all on meta."""
     from fedleak.attacks.matching import GradientMatching
-    from fedleak.attacks.optimization import box_bounds
 
     payload, knowledge, labels = meta_round(protocol, defense)
     objective = GradientMatching(payload, knowledge, "cosine", priors={"tv": 1e-3, "bn": 1e-3}, matching=matching)
@@ -215,7 +216,7 @@ def test_one_ig_step_stays_on_meta(protocol, defense, matching, meta_generators,
     gx, match = objective.image_gradients(x, labels)
     x.grad = gx.sign()
     optimizer.step()
-    low, high = box_bounds(MEAN, STD, x.device)
+    low, high = Normalization(MEAN, STD).bounds(x.device)
     with torch.no_grad():
         x.data = torch.maximum(torch.minimum(x, high), low)
     assert gx.shape == x.shape and match.shape == (2,)

@@ -5,6 +5,7 @@ import torch
 
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.errors import FedleakError
+from fedleak.data.normalization import Normalization
 from fedleak.fl import Client, ClientData
 from fedleak.metrics import evaluate
 from fedleak.models import create_model
@@ -19,7 +20,7 @@ def _case(model="lenet", size=8, label=3, b=1):
     data = ClientData(images, torch.tensor([label] * b))
     net = create_model(model, 5, 3, size, seed=label)
     knowledge = AttackerKnowledge(copy.deepcopy(net), (3, size, size), 5, MEAN, STD)
-    return data, Client(net, MEAN, STD).update(data), knowledge
+    return data, Client(net, Normalization(MEAN, STD)).update(data), knowledge
 
 
 @pytest.mark.parametrize("name, restarts", [("dlg", 4), ("idlg", 1)])

@@ -8,7 +8,8 @@ import torch
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.simulation import Simulation
 from fedleak.errors import ConfigError
-from fedleak.fl import Client, ClientData, PublicHyperparameters, normalize
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData, PublicHyperparameters, normalize
 from fedleak.metrics import evaluate, psnr
 from fedleak.models import create_model
 
@@ -31,7 +32,7 @@ def _data(b=4, size=12):
 def test_unrolled_simulation_reproduces_the_client_update(model_name, mode, kwargs):
     data = _data()
     model = create_model(model_name, 3, 3, 12, width=0.25, seed=1)
-    payload = Client(model, MEAN, STD, "fedavg", mode, lr=0.05, **kwargs).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", mode, lr=0.05, **kwargs)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 12, 12), 3, MEAN, STD)
     simulated = Simulation(payload, knowledge).update(normalize(data.images, MEAN, STD), data.labels)
     assert list(simulated) == list(payload.update)
@@ -51,13 +52,13 @@ def test_minibatch_schedule():
 
 def test_fedavg_needs_a_learning_rate():
     with pytest.raises(ConfigError, match="learning rate"):
-        Client(create_model("lenet", 3, 3, 8), MEAN, STD, "fedavg", lr=None)
+        Client(create_model("lenet", 3, 3, 8), Normalization(MEAN, STD), ClientTraining("fedavg", lr=None))
 
 
 def test_ig_attacks_a_fedavg_update():
     data = _data(b=1, size=8)
     model = create_model("lenet", 3, 3, 8, seed=0)
-    payload = Client(model, MEAN, STD, "fedavg", lr=0.1, local_steps=3).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", lr=0.1, local_steps=3)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 3, MEAN, STD, labels=data.labels)
     rec = build_attack("ig", {"iterations": 150}).run(payload, knowledge)
     mean_colour = data.images.mean((2, 3), keepdim=True).expand_as(data.images)  # what "nothing leaked" scores

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from fedleak.errors import ConfigError
-from fedleak.fl import Client, ClientData
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData
 from fedleak.fl.federated import FederatedSettings, federated_train, server_step, shards
 from fedleak.training import accuracy
 
@@ -39,7 +40,7 @@ def model():
 def test_server_step_is_the_weighted_mean_of_client_updates():
     net = model()
     images, labels = colour_data(6, 0)
-    payloads = [Client(net, (0.5,) * 3, (0.5,) * 3, "fedavg", "train", lr=0.1, local_steps=2)
+    payloads = [Client(net, Normalization((0.5,) * 3, (0.5,) * 3), ClientTraining("fedavg", "train", lr=0.1, local_steps=2))
                 .update(ClientData(images[p], labels[p], ())) for p in ([0, 1, 2, 3], [4, 5])]
     before = copy.deepcopy(net)
     server_step(net, payloads, [4.0, 2.0], server_lr=1.0)

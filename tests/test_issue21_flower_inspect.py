@@ -239,7 +239,7 @@ def test_inspect_model_verdict_is_one_line_without_columns(tmp_path, monkeypatch
     path = tmp_path / ("a-long-folder-name-" * 6) / "honest [v2].safetensors"
     save_tensors(path, create_model("convnet", 10, 3, 12, width=0.125, seed=0).state_dict(), {})
     for console in (fedleak.cli.console, Console(width=80)):  # as the CLI has it, and a narrow one
-        monkeypatch.setattr(fedleak.cli, "console", console)
+        monkeypatch.setattr(fedleak.cli.models, "console", console)  # the one inspect-model prints on
         code, out, _ = cli(monkeypatch, capsys, "inspect-model", str(path))
         assert code == 0
         (line,) = [ln for ln in out.splitlines() if "no imprint-like or fishing-like structure" in ln]

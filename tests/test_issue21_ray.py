@@ -23,9 +23,10 @@ from types import SimpleNamespace
 import pytest
 
 from fedleak.errors import ConfigError, DataError, FedleakError
-from fedleak.pipeline import Outcome
+from fedleak.run_unit import Outcome
 from fedleak.store import Failure, Owner, ResultsDB
-from fedleak.studies import build_study, run_study
+from fedleak.studies import build_study
+from tests.studying import run_study
 from fedleak.studies.backends import LocalBackend
 from fedleak.studies.runner import plan
 from fedleak.studies.sweep import build_sweep

@@ -40,7 +40,8 @@ def write_cifar(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A finished two-run TV study (8×8 LeNet, two iterations), made once for the module."""
-    from fedleak.studies import build_study, run_study
+    from fedleak.studies import build_study
+    from tests.studying import run_study
 
     base = tmp_path_factory.mktemp("issue21")
     root = write_cifar(base / "data")

@@ -14,8 +14,11 @@ import yaml
 from fedleak.config import build_config, load_yaml
 from fedleak.errors import ConfigError
 from fedleak.store import ResultsDB, RunRecord
-from fedleak.studies import STUDIES, build_study, run_study
-from fedleak.studies.runner import check_factories, load_study, plan
+from fedleak.studies import STUDIES, build_study
+from tests.studying import run_study
+from fedleak.studies.checks import check_factories
+from fedleak.studies.planning import plan
+from fedleak.studies.reading import load_study
 from fedleak.studies.secret import SECRET_FILE, client_seed, folder_secret, read_secret, seed_runs
 from fedleak.studies.sweep import build_sweep
 from tests.test_cli import fedleak
@@ -263,7 +266,7 @@ def test_a_huge_config_file_is_refused_before_it_is_parsed(tmp_path, monkeypatch
 
 
 def test_yaml_values_are_counted_while_the_document_is_read(monkeypatch):
-    import fedleak.config as config
+    import fedleak.config_yaml as config
 
     monkeypatch.setattr(config, "MAX_YAML_NODES", 1000)
 

@@ -16,7 +16,7 @@ from fedleak.data import load_dataset
 from fedleak.models import create_model
 from fedleak.models.cards import IMAGENET_MEAN, IMAGENET_STD
 from fedleak.models.layouts import inverse
-from fedleak.report.grid import image_grid, upscale
+from fedleak.images import image_grid, upscale
 
 from tests.test_cli import fedleak
 
@@ -98,7 +98,8 @@ def test_imagenet_checkpoint_at_224_uses_the_cards_normalisation(photos, tmp_pat
 
 def test_study_images_are_drawn_at_their_size(photos, tmp_path):
     from fedleak.config import build_config
-    from fedleak.pipeline import image_files, run
+    from fedleak.pipeline import run
+    from fedleak.run_unit import image_files
 
     config = build_config(flags={"data.name": "folder", "data.root": str(photos), "data.image_size": 128,
                                  "data.channels": 3, "model.name": "resnet18", "model.width": 0.125,

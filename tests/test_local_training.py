@@ -13,7 +13,8 @@ from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.simulation import Simulation
 from fedleak.config import build_config
 from fedleak.errors import ConfigError
-from fedleak.fl import Client, ClientData, PublicHyperparameters, normalize
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData, PublicHyperparameters, normalize
 from fedleak.metrics import evaluate, psnr
 from fedleak.models import create_model
 
@@ -55,7 +56,7 @@ CASES = [
 def test_client_round_is_bit_identical_to_a_pytorch_sgd_loop(name, mode, kw):
     data = _data(size=SIZE[name])
     model = create_model(name, 3, 3, SIZE[name], width=0.25, seed=2)
-    payload = Client(model, MEAN, STD, "fedavg", mode, lr=0.05, **kw).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", mode, lr=0.05, **kw)).update(data)
     reference = reference_round(model, data, mode, 0.05, kw["momentum"], kw["weight_decay"], kw["epochs"],
                                 kw["local_batch_size"], kw["shuffle_seed"])
     start = model.state_dict()
@@ -73,7 +74,7 @@ def test_client_round_is_bit_identical_to_a_pytorch_sgd_loop(name, mode, kw):
 def test_unrolled_simulation_matches_the_client_with_momentum_and_weight_decay(name, mode, kw):
     data = _data(size=SIZE[name])
     model = create_model(name, 3, 3, SIZE[name], width=0.25, seed=2)
-    payload = Client(model, MEAN, STD, "fedavg", mode, lr=0.05, **kw).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", mode, lr=0.05, **kw)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, SIZE[name], SIZE[name]), 3, MEAN, STD)
     simulated = Simulation(payload, knowledge).update(normalize(data.images, MEAN, STD), data.labels)
     for n, observed in payload.update.items():
@@ -84,7 +85,7 @@ def test_ignoring_momentum_does_not_reproduce_the_update():
     """The simulation really uses the public momentum: without it the update differs."""
     data = _data()
     model = create_model("lenet", 3, 3, 8, seed=2)
-    payload = Client(model, MEAN, STD, "fedavg", lr=0.05, momentum=0.9, local_steps=4, local_batch_size=2).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", lr=0.05, momentum=0.9, local_steps=4, local_batch_size=2)).update(data)
     plain = type(payload)(payload.model_state, payload.update,
                           PublicHyperparameters(**{**vars(payload.hyper), "momentum": 0.0}), payload.buffers)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 3, MEAN, STD)
@@ -114,7 +115,7 @@ def test_config_epochs_set_the_local_steps_and_exclude_explicit_steps():
     with pytest.raises(ConfigError, match="momentum"):
         build_config(overrides=["client.momentum=-0.1"])
     with pytest.raises(ConfigError, match="epochs"):
-        Client(create_model("lenet", 3, 3, 8), MEAN, STD, "fedavg", lr=0.1, epochs=0)
+        Client(create_model("lenet", 3, 3, 8), Normalization(MEAN, STD), ClientTraining("fedavg", lr=0.1, epochs=0))
 
 
 def test_attack_run_carries_momentum_weight_decay_and_epochs_into_the_payload():
@@ -131,7 +132,7 @@ def test_attack_run_carries_momentum_weight_decay_and_epochs_into_the_payload():
 def test_ig_reconstructs_from_a_momentum_update():
     data = _data(b=1)
     model = create_model("lenet", 3, 3, 8, seed=0)
-    payload = Client(model, MEAN, STD, "fedavg", lr=0.1, momentum=0.9, weight_decay=1e-3, local_steps=3).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining("fedavg", lr=0.1, momentum=0.9, weight_decay=1e-3, local_steps=3)).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 8, 8), 3, MEAN, STD, labels=data.labels)
     rec = build_attack("ig", {"iterations": 150}).run(payload, knowledge)
     mean_colour = data.images.mean((2, 3), keepdim=True).expand_as(data.images)

@@ -14,7 +14,8 @@ from fedleak.data import load_dataset
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.client import normalize
 from fedleak.fl.modifications import Imprinted, classifier_of
-from fedleak.fl.server import MODIFICATIONS, apply_server, parse_modification, server_flags
+from fedleak.fl.server import MODIFICATIONS, parse_modification, server_flags
+from fedleak.serving import apply_server
 from fedleak.metrics.recovery import is_exact, recovery_summary
 from fedleak.pipeline import build_target, run
 from tests.test_cli import fedleak as cli
@@ -170,7 +171,8 @@ def _knowledge_of(result):
 
 
 def test_secure_aggregation_study_runs_and_tabulates(tmp_path):
-    from fedleak.studies import build_study, run_study
+    from fedleak.studies import build_study
+    from tests.studying import run_study
 
     overrides = ["dataset=samples", "image_size=12", "width=0.125",
                  "batch_sizes=[4]", "clients=[1,2]", "defenses=[none,noise:snr_db=10]", "honest_attack.iterations=2",

@@ -16,14 +16,13 @@ from fedleak.config import RunConfig, build_config
 from fedleak.data import load_dataset
 from fedleak.errors import ConfigError
 from fedleak.models import CARDS, MODELS, ModelCard, card_of, create_model
-from fedleak.models.cards import (
-    CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD, card_table, describe_model,
-    file_card,
-)
+from fedleak.models.cards import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
+from fedleak.models.catalogue import card_table, describe_model, file_card
 from fedleak.models.checkpoint import CheckpointInfo, save_checkpoint, save_tensors
 from fedleak.models.layouts import inverse
 from fedleak.models.normalization import SOURCES, Evidence, declared_normalization, resolve_normalization
-from fedleak.pipeline import RunSpec, build_target, resolve_checkpoint
+from fedleak.pipeline import build_target, resolve_checkpoint
+from fedleak.run_unit import RunSpec
 
 from tests.test_cli import fedleak
 

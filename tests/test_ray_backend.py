@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from fedleak.errors import ConfigError
-from fedleak.studies import build_study, run_study
+from fedleak.studies import build_study
+from tests.studying import run_study
 from fedleak.studies.backends import LocalBackend, make_backend
 from fedleak.studies.runner import plan
 from fedleak.studies.secret import read_secret

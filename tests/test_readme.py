@@ -77,7 +77,7 @@ def _cap_attacks(monkeypatch):
 def _plan_only(monkeypatch, planned: list[int]):
     """Studies that need a cluster or a full preset: plan, and check before any run (the study's own
     pre-run check), then stop."""
-    import fedleak.cli as cli
+    import fedleak.cli.studies as cli  # where `study` and `sweep` look _run_study up
     from fedleak.data import load_dataset
     from fedleak.studies.runner import plan, preflight
 

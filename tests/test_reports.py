@@ -19,7 +19,8 @@ from fedleak.report.plots import pyplot
 from fedleak.report.run import loss_curve
 from fedleak.report.study import MAX_COLUMNS, render_figure, table_view, write_report
 from fedleak.store import RunRecord
-from fedleak.studies import STUDIES, build_study, run_study
+from fedleak.studies import STUDIES, build_study
+from tests.studying import run_study
 from tests.test_cli import TINY, fedleak
 from tests.test_studies import tiny
 

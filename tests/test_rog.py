@@ -11,7 +11,8 @@ from fedleak.attacks.priors import (
     PriorInfo, PriorSettings, RestorationNet, degrade, load_prior, save_prior, train_prior, upsample,
 )
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.fl import Client, ClientData
+from fedleak.data.normalization import Normalization
+from fedleak.fl import Client, ClientTraining, ClientData
 from fedleak.metrics import evaluate, psnr
 from fedleak.models import create_model
 from fedleak.models.checkpoint import save_tensors
@@ -27,7 +28,7 @@ def smooth_images(n, size, seed=0):
 def _setup(defense=None, size=16, n=1, protocol="fedsgd", **client):
     data = ClientData(smooth_images(n, size), torch.arange(n) % 5)
     model = create_model("convnet", 5, 3, size, width=0.25, seed=0)
-    payload = Client(model, MEAN, STD, protocol, defense=defense, **client).update(data)
+    payload = Client(model, Normalization(MEAN, STD), ClientTraining(protocol, **client), defense=defense).update(data)
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, size, size), 5, MEAN, STD, labels=data.labels)
     return data, payload, knowledge
 

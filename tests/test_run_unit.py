@@ -13,11 +13,15 @@ import pytest
 
 from fedleak.config import build_config
 from fedleak.errors import ConfigError, DataError, FedleakError
-from fedleak.pipeline import RUN_KINDS, RunSpec, attempt, execute, run
+from fedleak.pipeline import run
+from fedleak.run_unit import RUN_KINDS, RunSpec, attempt, execute
 from fedleak.store import Claim, Failure, Owner, ResultsDB, RunRecord, run_key
-from fedleak.studies import build_study, run_study
+from fedleak.studies import build_study
+from tests.studying import run_study
 from fedleak.studies.backends import LocalBackend, make_backend
-from fedleak.studies.runner import load_study, plan
+from fedleak.studies.base import study_of
+from fedleak.studies.planning import plan
+from fedleak.studies.reading import load_study
 from tests.test_cli import fedleak
 
 TINY = ["image_size=8", "model=lenet", "width=1.0", "attack.iterations=2"]
@@ -37,7 +41,7 @@ def test_a_spec_pickles_and_executes_to_what_the_pipeline_gives(cifar_root):
     spec = plan(tv(cifar_root))[0].spec
     again = pickle.loads(pickle.dumps(spec))
     assert again == spec and again.key == spec.key
-    outcome = execute(again)
+    outcome = execute(again, study=study_of(again))
     direct = run(spec.run_config())
     assert outcome.ok and outcome.key == spec.key
     assert outcome.metrics["psnr"] == direct.metrics()["psnr"]  # execute wires nothing of its own
@@ -149,10 +153,10 @@ def test_the_study_command_reports_failed_runs_in_one_line(cifar_root, tmp_path,
 
 def test_an_error_is_one_line_in_the_outcome(cifar_root):
     spec = plan(tv(cifar_root, images="[12]"))[0].spec  # the test split holds 10 images
-    outcome = attempt(spec)
+    outcome = attempt(spec, study=study_of(spec))
     assert not outcome.ok and outcome.error == "index 12 is out of range for cifar10 (0 to 9)"
     with pytest.raises(DataError):
-        execute(spec)
+        execute(spec, study=study_of(spec))
 
 
 def test_failures_are_not_retried_by_the_invocation_that_saw_them(tmp_path):
@@ -188,7 +192,8 @@ def test_fl_training_goes_through_the_run_unit(cifar_root):
                                                          "train_images=10", "test_images=5", "fl_clients=2",
                                                          "rounds=1", "fl_batch_size=5", "model_options={}"])
     [train] = [p.spec for p in plan(study) if p.spec.kind == "fl-train"]
-    outcome = execute(pickle.loads(pickle.dumps(train)))
+    shipped = pickle.loads(pickle.dumps(train))
+    outcome = execute(shipped, study=study_of(shipped))
     assert outcome.ok and 0 <= outcome.metrics["test_accuracy"] <= 1 and outcome.artifacts == {}
     assert outcome.metrics["defense"] == "noise:snr_db=0"
 

@@ -64,7 +64,8 @@ def test_the_page_shows_mean_and_interval_with_n_where_it_differs():
 
 
 def test_every_studys_table_has_intervals(tmp_path, cifar_root):
-    from fedleak.studies import build_study, run_study
+    from fedleak.studies import build_study
+    from tests.studying import run_study
     import json
 
     study = build_study("stacking", "cpu", overrides=[f"root={cifar_root}", "image_size=8", "model=lenet",

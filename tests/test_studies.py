@@ -11,7 +11,8 @@ import pytest
 from fedleak.errors import DataError, FedleakError
 from fedleak.metrics.classify import recognition_rates
 from fedleak.store import ResultsDB, RunRecord, run_key
-from fedleak.studies import STUDIES, build_study, run_study
+from fedleak.studies import STUDIES, build_study
+from tests.studying import run_study
 from fedleak.studies import runner
 from tests.test_cli import fedleak
 

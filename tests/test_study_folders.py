@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from fedleak.store import Claim, Owner, ResultsDB, RunRecord
-from fedleak.studies import build_study, run_study
+from fedleak.studies import build_study
+from tests.studying import run_study
 from fedleak.studies import runner
 from fedleak.studies.runner import plan
 from tests.test_cli import fedleak

@@ -136,7 +136,7 @@ def test_sweep_bad_input_leaves_no_folder(tmp_path, monkeypatch, capsys, args, m
 
 
 def test_a_sweep_over_the_study_setting_kinds_records_its_grid(tmp_path, cifar_root):
-    from fedleak.studies import run_study
+    from tests.studying import run_study
 
     study = build_sweep(["model.options=[{norm: none}, {norm: group}]"], images="0",
                         overrides=[f"data.root={cifar_root}", "data.name=cifar10", "model.name=convnet",

@@ -21,26 +21,23 @@ simulation that shares each client's batch for scoring) is an :class:`~fedleak.m
 attached, with the no-leak baselines beside it; that truth reaches the scoring only, after the attack
 has returned.
 
-:class:`AuditLog` writes records to a results database with the study tooling: the folder is a
-study of kind ``flower-audit`` (:class:`AuditStudy`) whose grid — one cell per audited (round,
-client) — grows as the federation runs, so ``fedleak runs list|show|export`` and ``fedleak report``
-work on it.
+Where the records go: :class:`fedleak.integrations.flower.log.AuditLog` writes them to a results
+folder, a study of kind ``flower-audit`` (:class:`fedleak.studies.flower_audit.AuditStudy`) whose
+grid — one cell per audited (round, client) — grows as the federation runs, so ``fedleak runs
+list|show|export`` and ``fedleak report`` work on it.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch import Tensor
 
 from fedleak.attacks.base import Attack, AttackerKnowledge, Reconstruction, build_attack
@@ -51,13 +48,11 @@ from fedleak.device import device_name
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.client import normalize
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
+from fedleak.images import image_grid, png_bytes
 from fedleak.metrics.baselines import scores as baseline_scores
 from fedleak.metrics.evaluate import Evaluation, evaluate
 from fedleak.metrics.lpips import LPIPS
-from fedleak.store import ResultsDB, RunRecord
-from fedleak.studies.base import Figure, PlannedRun, Study, register
 
-STUDY = "flower-audit"
 PREVIEW_IMAGES = 16  # images of a batch kept as a preview in the database (for the report's figure)
 DEFAULT_ATTACK = {"name": "ig", "iterations": 300}  # a CPU-sized default: seconds per update on a small model
 Truth = Callable[[], ClientData | None]
@@ -241,267 +236,6 @@ def audit_attack(spec: str | Path | Mapping[str, Any] | None) -> AuditAttack:
     return chosen
 
 
-# --- the results folder -------------------------------------------------------------------------------------
-
-
-class AuditCell(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    round: int = Field(ge=0)
-    client: str
-
-
-class AuditSettings(BaseModel):
-    """What an audit folder's ``study.json`` holds: the attack, what was audited, and the cells so far."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    attack: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_ATTACK), description="the attack section")
-    knowledge: dict[str, Any] = Field(default_factory=dict, description="the knowledge section")
-    view: Literal["clients", "aggregate"] = Field("clients", description="each client's update, or only their "
-                                                  "mean (what a server under secure aggregation sees)")
-    model: str = Field("", description="the audited architecture")
-    selection: dict[str, Any] = Field(default_factory=dict, description="which rounds and clients were audited")
-    cells: list[AuditCell] = Field(default_factory=list, description="every audited (round, client), in order")
-
-
-@register(STUDY)
-class AuditStudy(Study):
-    """What an honest-but-curious server could reconstruct from each update it received in a live
-    federation, round by round and client by client. Without ground truth (the real case) the table
-    shows what the server can observe: the matching loss the attack reached, the labels it recovered,
-    the update fit (cosine similarity between the update the reconstruction would produce and the one
-    observed), the label signal (share of the classifier update's negative evidence on the recovered
-    classes) and their product, the risk: 1 means a batch the attacker built explains the update
-    completely. Where a simulation shared each client's batch for scoring, PSNR and SSIM stand beside
-    the mean-colour baseline (what a guess knowing only each image's average colour scores)."""
-
-    title = "Leakage audit of a Flower federation"
-    Settings = AuditSettings  # type: ignore[assignment]
-    settings: AuditSettings  # type: ignore[assignment]
-    live: ClassVar[bool] = True  # its grid is discovered while the federation runs: presets plan nothing
-    grid_columns = False
-
-    def __init__(self, settings: AuditSettings) -> None:  # type: ignore[override]
-        super().__init__(settings)  # type: ignore[arg-type]
-        self._previews: list[dict[str, Any]] = []
-
-    def plan(self) -> list[PlannedRun]:
-        flags = {f"attack.{k}": v for k, v in self.settings.attack.items()}
-        flags |= {f"knowledge.{k}": v for k, v in self.settings.knowledge.items()}
-        return [PlannedRun(name=f"round {c.round} · client {c.client}", params={"round": c.round, "client": c.client},
-                           flags=dict(flags), kind=STUDY, extra={"round": c.round, "client": c.client})
-                for c in self.settings.cells]
-
-    def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        rows, self._previews = [], []
-        for r in sorted(records, key=lambda r: (str(r.metrics.get("round", "")).zfill(9), str(r.metrics.get("client", "")))):
-            m = r.metrics
-            # At most eight columns, so the page shows one row per update; `fedleak runs export` has every number.
-            row = {"round": m.get("round"), "client": m.get("client"), "risk": m.get("risk")}
-            if "psnr" in m:
-                row |= {"matching_loss": m.get("matching_loss"), "labels": m.get("labels", ""), "psnr": m["psnr"],
-                        "psnr_mean_colour": m.get("psnr_mean_colour"), "ssim": m.get("ssim")}
-            else:
-                row |= {"images": m.get("observed_images"), "update_fit": m.get("update_fit"),
-                        "label_signal": m.get("label_signal"), "matching_loss": m.get("matching_loss"),
-                        "labels": m.get("labels", "")}
-            rows.append(row)
-            preview = m.get("preview") or {}
-            if preview.get("reconstruction"):
-                self._previews.append({"label": f"r{m.get('round')} · {str(m.get('client'))[-6:]}",
-                                       "labels": m.get("recovered_labels", []), **preview})
-        return rows
-
-    def figures(self) -> list[Figure]:
-        figures = [Figure("risk", "Risk per round and client", _draw_risk),
-                   Figure("reconstructions", "What the server reconstructed, per round and client",
-                          lambda ax, rows: _draw_previews(ax, self._previews))]
-        if any(p.get("original") for p in self._previews):
-            figures.append(Figure("psnr-vs-risk", "PSNR against risk (ground truth shared for scoring)",
-                                  _draw_psnr_vs_risk))
-        return figures
-
-    def notes(self) -> list[str]:
-        return ["risk = update fit (≥ 0) × label signal, from what the server observes only; it ranks updates by how "
-                "completely an attack's reconstruction explains them, and is no proof that an image is "
-                "recognisable (nor that a stronger attack would not do better).",
-                "Under a defense that drops or coarsens coordinates (top-k, quantisation, sign) even the true batch "
-                "does not reproduce the observed update exactly: the update fit is then capped below 1 by what the "
-                "defense removed.",
-                "Reconstructions are drawn in the figure \"What the server reconstructed\" (the originals to their "
-                "left where a batch was shared for scoring); the grid below needs per-image originals. Every number "
-                "of every update: fedleak runs export DIR."]
-
-
-def _draw_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
-    rounds = sorted({r["round"] for r in rows})
-    clients = list(dict.fromkeys(r["client"] for r in rows))
-    width = 0.8 / max(1, len(clients))
-    for j, client in enumerate(clients):
-        values = {r["round"]: r["risk"] for r in rows if r["client"] == client}
-        ax.bar([i + j * width for i in range(len(rounds))], [values.get(t, 0.0) for t in rounds], width,
-               label=f"client {str(client)[-6:]}")
-    ax.set_xticks([i + width * (len(clients) - 1) / 2 for i in range(len(rounds))])
-    ax.set_xticklabels([str(t) for t in rounds])
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("round")
-    ax.set_ylabel("risk (update fit × label signal)")
-    if not rows:
-        ax.text(0.5, 0.5, "no audited update yet", ha="center", va="center", transform=ax.transAxes)
-    elif len(clients) <= 12:
-        ax.legend(fontsize=7)
-
-
-def _draw_previews(ax: Any, previews: list[dict[str, Any]]) -> None:
-    """One cell per audited update — its reconstructions, with the originals to their left where the
-    batch was shared for scoring — labelled with its round, client and recovered labels; two columns
-    of cells beyond four updates."""
-    import numpy as np
-    from PIL import Image
-
-    def pixels(b64: str | None) -> Any:
-        return None if not b64 else np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-
-    decoded = []
-    for p in previews:
-        try:  # a hand-edited database may hold anything: what does not decode is left out
-            decoded.append((p, pixels(p.get("original")), pixels(p["reconstruction"])))
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
-    if decoded:  # images of another size than the first update's do not share its mosaic
-        side = decoded[0][2].shape[0]
-        decoded = [d for d in decoded if d[2].shape[0] == side and (d[1] is None or d[1].shape[0] == side)]
-    previews = [p for p, _, _ in decoded]
-    truth = any(p.get("original") for p in previews)
-    ax.set_xlabel("originals (shared for scoring)  |  reconstructions" if truth else "reconstructions of each batch")
-    ax.set_ylabel("round · client → recovered labels")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if not previews:
-        ax.text(0.5, 0.5, "no audited update yet", ha="center", va="center", transform=ax.transAxes)
-        return
-    shown = previews[:16]
-    cells = [(original, reconstruction) for _, original, reconstruction in decoded[:16]]
-    side = cells[0][1].shape[0]
-    gap = max(2, side // 4)
-    left = max((o.shape[1] for o, _ in cells if o is not None), default=0)
-    cell_w = left + (gap if truth else 0) + max(r.shape[1] for _, r in cells)
-    columns = 1 if len(cells) <= 4 else 2
-    rows = -(-len(cells) // columns)
-    label_h = max(6, side // 3)
-    canvas = np.full((rows * (label_h + side + gap), columns * (cell_w + 2 * gap), 3), 255, np.uint8)
-    for i, ((original, reconstruction), p) in enumerate(zip(cells, shown)):
-        top, x0 = (i % rows) * (label_h + side + gap) + label_h, (i // rows) * (cell_w + 2 * gap)
-        if original is not None:
-            canvas[top:top + original.shape[0], x0:x0 + original.shape[1]] = original
-        start = x0 + left + (gap if truth else 0)
-        canvas[top:top + reconstruction.shape[0], start:start + reconstruction.shape[1]] = reconstruction
-    ax.imshow(canvas, interpolation="nearest")
-    for i, p in enumerate(shown):
-        labels = ",".join(str(v) for v in (p.get("labels") or [])[:PREVIEW_IMAGES])
-        ax.text((i // rows) * (cell_w + 2 * gap), (i % rows) * (label_h + side + gap) + label_h - 1,
-                f"{p['label']} → {labels}" if labels else p["label"], fontsize=6, va="bottom")
-
-
-def _draw_psnr_vs_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
-    scored = [r for r in rows if r.get("psnr") is not None]
-    ax.scatter([r["risk"] for r in scored], [r["psnr"] for r in scored], label="reconstruction PSNR")
-    ax.scatter([r["risk"] for r in scored], [r["psnr_mean_colour"] for r in scored], marker="x",
-               label="mean-colour baseline PSNR")
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel("risk (update fit × label signal)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
 def _preview(images: Tensor) -> str:
     """The first :data:`PREVIEW_IMAGES` images side by side at their own resolution, as base64 PNG."""
-    from fedleak.report.grid import image_grid, png_bytes
-
     return base64.b64encode(png_bytes(image_grid([images[:PREVIEW_IMAGES].cpu()], scale=1, pad=0))).decode("ascii")
-
-
-class AuditLog:
-    """An audit's results folder: ``study.json`` (kind ``flower-audit``), ``results.sqlite`` (one
-    row per audited update), ``runs/KEY/`` (its images) and the study report, rebuilt on request.
-
-    ``out`` must be new or empty; a folder holding an earlier audit is replaced only with
-    ``overwrite`` (and a folder holding anything else never)."""
-
-    def __init__(self, out: str | Path, attack: AuditAttack, view: str = "clients", model: str = "",
-                 selection: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
-        from fedleak.studies.folder import DB_NAME, STUDY_FILE
-
-        self.out = Path(out)
-        self._prepare(overwrite, STUDY_FILE)
-        self.settings = AuditSettings(attack=attack.resolved(), knowledge=attack.knowledge, view=view, model=model,
-                                      selection=json.loads(json.dumps(dict(selection or {}), default=str)))
-        self.db_path = self.out / DB_NAME
-        self._write_meta()
-        with ResultsDB(self.db_path):
-            pass
-
-    def _prepare(self, overwrite: bool, study_file: str) -> None:
-        from fedleak.studies.folder import read_meta
-
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"audit folder {str(out)!r} exists and is not a folder")
-        if not out.exists() or not any(out.iterdir()):
-            out.mkdir(parents=True, exist_ok=True)
-            return
-        is_audit = (out / study_file).is_file() and read_meta(out).get("study") == STUDY
-        if not is_audit:
-            raise ConfigError(f"folder {str(out)!r} is not empty and holds no audit; choose another folder")
-        if not overwrite:
-            raise ConfigError(f"folder {str(out)!r} holds an earlier audit; choose another folder or pass overwrite=True")
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
-
-    def _write_meta(self) -> None:
-        from fedleak.studies.folder import study_meta, write_meta
-
-        write_meta(self.out, study_meta(STUDY, "live", self.settings.model_dump(mode="json")))
-
-    def key(self, round: int, client: str) -> str:
-        """The database key of cell (round, client), as the study's plan computes it."""
-        from fedleak.studies.runner import plan
-
-        settings = self.settings.model_copy(update={"cells": [AuditCell(round=round, client=client)]})
-        return plan(AuditStudy(settings))[0].key
-
-    def add(self, record: AuditRecord, seed: int = 0) -> str:
-        """Store ``record`` (and its images) and extend the folder's grid by its cell; returns its key."""
-        from fedleak.report.grid import image_grid, png_bytes
-        from fedleak.store import write_atomically
-
-        key = self.key(record.round, record.client)
-        artifacts: dict[str, str] = {}
-
-        def fill(tmp: Path) -> None:
-            batches = {"reconstruction": record.images}
-            if record.truth_images is not None:
-                batches["original"] = record.truth_images
-            for name, images in batches.items():
-                (tmp / f"{name}.png").write_bytes(png_bytes(image_grid([images.cpu()])))
-                artifacts[name] = f"runs/{key}/{name}.png"
-
-        write_atomically(self.out / "runs" / key, fill)
-        cell = AuditCell(round=record.round, client=record.client)
-        if cell not in self.settings.cells:
-            self.settings.cells.append(cell)
-        self._write_meta()
-        config = {"attack": self.settings.attack, "knowledge": self.settings.knowledge, "view": record.view,
-                  "hyper": asdict(record.hyper), "assumptions": list(record.assumptions)}
-        with ResultsDB(self.db_path) as db:
-            db.add(RunRecord(key=key, study=STUDY, name=f"round {record.round} · client {record.client}",
-                             params={"round": record.round, "client": record.client}, config=config, seed=seed,
-                             metrics=record.metrics(), artifacts=artifacts, seconds=record.seconds))
-        return key
-
-    def write_report(self) -> Path:
-        """(Re)build the folder's report (``fedleak report`` does the same)."""
-        from fedleak.report.study import write_report
-
-        return write_report(self.out)

@@ -1,4 +1,5 @@
-"""Typed run configuration: defaults < YAML file < command-line flags < ``--set a.b=c`` overrides.
+"""Typed run configuration: defaults < YAML file < command-line flags < ``--set a.b=c`` overrides
+(files and overrides are read by :mod:`fedleak.config_yaml`).
 
 Every section forbids unknown keys, so a typo is an error naming the key rather than a silently
 ignored setting. Attack settings are validated by the chosen attack's own config class.
@@ -7,85 +8,20 @@ ignored setting. Attack settings are validated by the chosen attack's own config
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# load_yaml: fedleak.config's own reader of settings (imported for the callers of fedleak.config).
+from fedleak.config_yaml import apply_override, cut, load_yaml, parse_override, read_yaml  # noqa: F401
+from fedleak.data.transforms import size_hw
+from fedleak.defenses import check_spec, parse_defense
+from fedleak.device import check_device
 from fedleak.errors import ConfigError
+from fedleak.fl.server import HONEST, canonical, default_attack
+from fedleak.models.external import is_external, refuse_file_factory
 from fedleak.validate import short
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; accept exponents without a decimal point as floats. Nodes
-    are counted as they are composed: a document of more than :data:`MAX_YAML_NODES` is refused
-    while it is read, before it is built."""
-
-    _nodes = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        self._nodes += 1
-        if self._nodes > MAX_YAML_NODES:
-            raise ConfigError(f"YAML holds more than {MAX_YAML_NODES:,} values")
-        return super().compose_node(parent, index)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-MAX_YAML_NODES = 100_000  # a config's size with every alias expanded (a "billion laughs" file is refused)
-MAX_CONFIG_BYTES = 1 << 20  # a config or settings file larger than 1 MiB is refused before it is parsed
-MAX_KEY_DEPTH = 16  # dotted keys (--set a.b.c=…, grid keys) of at most this many parts
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
-    """How many nodes ``node`` stands for once every alias (a shared node) is written out in full."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_:
-        raise ConfigError("YAML holds a recursive alias (a node that contains itself)")
-    open_.add(key)
-    children = node.value if isinstance(node, yaml.SequenceNode) else \
-        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
-    total = 1
-    for child in children:
-        total += _expanded_size(child, sizes, open_)
-        if total > MAX_YAML_NODES:
-            raise ConfigError(f"YAML expands to more than {MAX_YAML_NODES:,} values (aliases repeating aliases?)")
-    open_.discard(key)
-    sizes[key] = total
-    return total
-
-
-def load_yaml(text: str) -> Any:
-    """Read YAML safely: plain data only (no tags that build objects), and at most
-    :data:`MAX_YAML_NODES` values once aliases are expanded, so a small hostile file cannot make
-    validation walk (or an error message print) billions of values."""
-    loader = _Loader(text)  # a SafeLoader subclass
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node, {}, set())
-        return loader.construct_document(node)
-    except RecursionError:
-        raise ConfigError("YAML nests too deeply") from None
-    finally:
-        loader.dispose()
 
 
 class Section(BaseModel):
@@ -115,8 +51,6 @@ class DataSection(Section):
     @classmethod
     def _size(cls, v: Any) -> Any:
         """A side or [H, W], both positive; a square [S, S] is the side S."""
-        from fedleak.data.transforms import size_hw
-
         if v is None:
             return v
         h, w = size_hw(v)  # its ValueError is the config error
@@ -159,8 +93,6 @@ class ModelSection(Section):
     def _resolve_width(self) -> ModelSection:
         """A registered model's unset width is its default, 1, written out so that the resolved config
         says so; an external factory's stays unset (the factory's own default applies)."""
-        from fedleak.models.external import is_external
-
         if self.width is None and not is_external(self.name):
             self.width = 1.0
         return self
@@ -185,8 +117,6 @@ class ClientSection(Section):
     @field_validator("defense")
     @classmethod
     def _defense(cls, v: str | None) -> str | None:
-        from fedleak.defenses import check_spec
-
         return check_spec(v)
 
     @model_validator(mode="after")
@@ -204,10 +134,14 @@ class KnowledgeSection(Section):
     bn_stats: bool = Field(False, description="the attacker knows the client batch's BN statistics")
 
 
+def _alex() -> list[Literal["alex", "vgg"]]:
+    return ["alex"]
+
+
 class MetricsSection(Section):
     """Optional metrics beyond PSNR and SSIM."""
 
-    lpips: list[Literal["alex", "vgg"]] = Field(default_factory=lambda: ["alex"],
+    lpips: list[Literal["alex", "vgg"]] = Field(default_factory=_alex,
                                                 description="LPIPS backbones (n/a without local weights)")
     lpips_weights: str | None = Field(None, description="folder with LPIPS weight files (searched first)")
 
@@ -238,8 +172,6 @@ class ServerSection(Section):
     @field_validator("modification")
     @classmethod
     def _modification(cls, v: str | None) -> str | None:
-        from fedleak.fl.server import canonical
-
         return None if v is None else canonical(v)
 
     @model_validator(mode="after")
@@ -267,8 +199,6 @@ class RunConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from fedleak.device import check_device
-
         return check_device(v)
 
     @model_validator(mode="after")
@@ -285,71 +215,13 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     are cut to a short prefix (a hostile file's value could be megabytes long)."""
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
-    key = _cut(f"{prefix}{key}" if key else prefix.rstrip("."))
+    key = cut(f"{prefix}{key}" if key else prefix.rstrip("."))
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     if err["type"] == "value_error":
-        return f"config{' ' + key if key else ''}: {_cut(str(err['ctx']['error']), 300)}"  # no key: the whole config
+        return f"config{' ' + key if key else ''}: {cut(str(err['ctx']['error']), 300)}"  # no key: the whole config
     got = f" (got {short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
     return f"config {key}: {err['msg']}{got}"
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=c`` → (["a", "b"], c) with ``c`` read as YAML (numbers, booleans, lists)."""
-    key, sep, raw = text.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"malformed --set {short(text)}: expected key.path=value")
-    if len(parts) > MAX_KEY_DEPTH:
-        raise ConfigError(f"--set {_cut(key.strip())}: the key has {len(parts):,} parts; "
-                          f"config keys have at most {MAX_KEY_DEPTH}")
-    try:
-        value = load_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"malformed --set {short(text)}: the value is not valid YAML") from None
-    except ConfigError as exc:
-        raise ConfigError(f"--set {_cut(key.strip())}: {exc}") from None
-    return parts, value
-
-
-def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
-    if len(parts) > MAX_KEY_DEPTH:
-        raise ConfigError(f"config key {_cut('.'.join(parts))} has {len(parts):,} parts; "
-                          f"config keys have at most {MAX_KEY_DEPTH}")
-    node = tree
-    for i, p in enumerate(parts[:-1]):
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found")
-    try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more than the limit, whatever the file claims
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB; "
-                          "a config holds settings, not data")
-    try:
-        data = load_yaml(raw.decode("utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {_cut(str(exc).splitlines()[0], 200)}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"config file {p}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of sections")
-    return data
 
 
 DEFAULT_JOB: dict[str, dict[str, Any]] = {
@@ -366,8 +238,6 @@ seed picks the images. Naming a model gives that model at its own default width 
 
 def _clients(spec: str | None) -> int:
     """How many clients' batches a defense spec aggregates (1 without ``aggregate``)."""
-    from fedleak.defenses import parse_defense
-
     return parse_defense(spec).clients
 
 
@@ -395,9 +265,7 @@ def _apply_server_attack(tree: dict[str, Any]) -> None:
     if not isinstance(server, dict) or not isinstance(attack, dict) or attack.get("name") is not None:
         return
     spec = server.get("modification")
-    if isinstance(spec, str) and server.get("threat", "honest") == "malicious":
-        from fedleak.fl.server import default_attack
-
+    if isinstance(spec, str) and server.get("threat", HONEST) == "malicious":
         try:
             tree["attack"] = {**attack, "name": default_attack(spec)}
         except ConfigError:
@@ -407,15 +275,13 @@ def _apply_server_attack(tree: dict[str, Any]) -> None:
 def _refuse_file_factory(tree: dict[str, Any], given: dict[str, Any], file: str | Path) -> None:
     """The run's ``model.name`` — the one setting that names code to import — may be external only
     when the user's own layers (``given``) name that factory, not when only ``file`` does."""
-    from fedleak.models.external import is_external, refuse_file_factory
-
     def name_in(t: dict[str, Any]) -> Any:
         model = t.get("model")
         return model.get("name") if isinstance(model, dict) else None
 
     name = name_in(tree)
     if isinstance(name, str) and is_external(name) and name_in(given) != name:
-        refuse_file_factory(name, f"config file {_cut(str(file))}", "--model {name}")
+        refuse_file_factory(name, f"config file {cut(str(file))}", "--model {name}")
 
 
 def _batch_from_index(config: RunConfig) -> RunConfig:

@@ -20,6 +20,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -56,10 +57,10 @@ def _validation(exc: ValidationError) -> str:
     return describe_validation_error(exc)
 
 
-def _library_errors() -> list[tuple[type[BaseException], Callable[[BaseException], str]]]:
+def _library_errors() -> list[tuple[type[BaseException], Callable[[Any], str]]]:
     """(exception type, message) for the libraries that report bad files; Pillow and safetensors
     are looked up only when an error needs classifying (they are slow to import)."""
-    table: list[tuple[type[BaseException], Callable[[BaseException], str]]] = [
+    table: list[tuple[type[BaseException], Callable[[Any], str]]] = [  # each message takes its own type
         (FedleakError, str),
         (ValidationError, _validation),
         (json.JSONDecodeError, lambda e: f"invalid JSON: {e}"),

@@ -94,7 +94,7 @@ class WeightMatrix(tuple):
     ndim: int
 
     def __new__(cls, matrix: Tensor, bias: Tensor | None = None, bias_name: str | None = None,
-                ndim: int = 2) -> "WeightMatrix":
+                ndim: int = 2) -> WeightMatrix:
         self = super().__new__(cls, (matrix, bias))
         self.bias_name, self.ndim = bias_name, ndim
         return self
@@ -280,8 +280,8 @@ def sent_model(config: Any, loader: Callable[..., Any] | None = None) -> tuple[n
     on the config's ``device``, as the run builds it (the modification and its public images there)."""
     from fedleak.data import load_dataset
     from fedleak.device import resolve_device
-    from fedleak.fl.server import apply_server
     from fedleak.pipeline import build_target, resolve_checkpoint
+    from fedleak.serving import apply_server
 
     load = loader or load_dataset
     device = resolve_device(config.device)

@@ -1,53 +1,38 @@
-"""One run, end to end, and the run unit that carries it to wherever it executes.
+"""One run, end to end: :func:`run` (and :func:`run_many`) is the one place that wires an attack run:
+client → Payload → attack → reconstruction → evaluation. Data flows one way. The private
+:class:`ClientData` goes to the client and, at the end, to evaluation; the attack receives only the
+payload and the declared :class:`AttackerKnowledge`.
 
-:func:`run` is the one place that wires an attack run: client → Payload → attack → reconstruction →
-evaluation. Data flows one way. The private :class:`ClientData` goes to the client and, at the end,
-to evaluation; the attack receives only the payload and the declared :class:`AttackerKnowledge`.
-
-The *run unit* is how studies, sweeps and backends execute runs. A :class:`RunSpec` is plain,
-picklable data — the run's config, its study's name and settings, its grid coordinates and the
-extras of its kind — naming the dataset by identity (name, split, size, channels, options), not by
-where it lies: its :attr:`~RunSpec.key` leaves ``data.root`` out, so moving the data does not make a
-study redo its runs. :func:`execute` turns a spec into an :class:`Outcome` — metrics and the
-artifacts as bytes keyed by their file names — on whichever machine it runs; only the driver writes
-the results database and files. Every run kind (``attack``, ``fl-train``, …) is one entry of
-:data:`RUN_KINDS`, so the local runner and Ray tasks share one code path.
+How studies, sweeps and backends carry a run to wherever it executes — the picklable spec, its key,
+its outcome — is the run unit above this module (:mod:`fedleak.run_unit`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from fedleak.attacks import AttackerKnowledge, Reconstruction, build_attack
 from fedleak.config import RunConfig
+from fedleak.data import ImageDataset, load_dataset, pick_indices
+from fedleak.data.normalization import Normalization
 from fedleak.defenses import parse_defense
 from fedleak.device import device_name, peak_memory, resolve_device
-from fedleak.data import ImageDataset, load_dataset, pick_indices
-from fedleak.fl import Client, ClientData, Payload
-from fedleak.fl.server import apply_server, record_server
+from fedleak.errors import ConfigError
+from fedleak.fl import Client, ClientData, Payload, client_training
 from fedleak.metrics import Evaluation, evaluate, lpips_scorers
-from fedleak.metrics.baselines import no_leak_baselines
-from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info
-from fedleak.models.normalization import Evidence, resolve_normalization
 from fedleak.models.external import check_attackable, is_external
-from fedleak.registry import Registry
-from fedleak.store import run_key
-
-if TYPE_CHECKING:
-    from fedleak.studies.base import PlannedRun, Study
+from fedleak.models.normalization import Evidence, resolve_normalization
+from fedleak.serving import apply_server, record_server
 
 
 @dataclass
@@ -255,11 +240,8 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
     config = config.model_copy(update={"model": written})
     target.model.to(device)
     target = apply_server(config, target, dataset, loader)  # a malicious server's modified model, made on the device
-    c = config.client
-    client = Client(target.model, target.mean, target.std, c.protocol, config.model.mode, lr=c.lr,
-                    local_steps=c.local_steps, local_batch_size=c.local_batch_size,
-                    shuffle_seed=c.shuffle_seed, update_scale=c.update_scale, defense=c.defense,
-                    defense_seed=client_seed, momentum=c.momentum, weight_decay=c.weight_decay, epochs=c.epochs)
+    training = client_training({**config.client.model_dump(), "model_mode": config.model.mode})
+    client = Client(target.model, Normalization(target.mean, target.std), training, config.client.defense, client_seed)
     payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
 
     knowledge = AttackerKnowledge(
@@ -333,231 +315,3 @@ def run_many(configs: Sequence[RunConfig], progress: bool = False, model: nn.Mod
                                          [p.config.seed for p in ps], progress)
         results.update({i: finish(p, r, memory, len(ps)) for i, p, r in zip(members, ps, recs)})
     return [results[i] for i in range(len(prepared))]
-
-
-# ---------------------------------------------------------------------------------------- the run unit
-
-RunKind = Callable[["Study | None", "RunSpec", Callable[..., ImageDataset], bool],
-                   tuple[dict[str, Any], dict[str, bytes]]]
-RUN_KINDS: Registry[RunKind] = Registry("run kind")
-"""``kind(study, spec, loader, detail) → (metrics, artifacts)``: one run of that kind; ``artifacts``
-maps file names (relative to the run's folder) to their bytes."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run as plain data that pickles anywhere (a Ray task, another process).
-
-    ``config`` is the run's validated :class:`RunConfig` as JSON data; ``study`` and ``settings``
-    name the study whose ``measure`` adds its numbers (``None``: a bare run); ``name``, ``params``
-    and ``flags`` are its grid cell; ``extra`` holds what its kind needs beyond the config.
-    ``client_seed`` is the private client seed a study's driver derived from its folder's secret
-    (:mod:`fedleak.studies.secret`) for a config that names none; it travels with the spec (a worker
-    never reads the folder) and is no part of the run's key.
-    """
-
-    config: dict[str, Any]
-    study: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    name: str = "run"
-    params: dict[str, Any] = field(default_factory=dict)
-    kind: str = "attack"
-    extra: dict[str, Any] = field(default_factory=dict)
-    flags: dict[str, Any] = field(default_factory=dict)
-    client_seed: int | None = None
-
-    @property
-    def dataset(self) -> dict[str, Any]:
-        """The dataset's identity: what it is, not where it lies."""
-        d = self.config.get("data", {})
-        return {k: d.get(k) for k in ("name", "split", "image_size", "channels", "options")}
-
-    def identity(self) -> dict[str, Any]:
-        """What makes the run this run: its kind, its config without ``data.root`` and ``device``,
-        its extras."""
-        config = copy.deepcopy(self.config)
-        if isinstance(config.get("data"), dict):
-            config["data"]["root"] = None  # where the data lies is no part of the run
-        config.pop("device", None)  # nor where it runs: a study started on a CPU resumes on a GPU
-        model = config.get("model")
-        if isinstance(model, dict):  # an unset normalisation (the default) leaves keys as they were before it existed
-            for key in ("mean", "std"):
-                if model.get(key) is None:
-                    model.pop(key, None)
-        return {"kind": self.kind, "config": config, "extra": self.extra}
-
-    @property
-    def key(self) -> str:
-        """The run's id in a results database: its study and :meth:`identity`, hashed."""
-        return run_key(self.study or "run", self.identity())
-
-    def seeded_config(self) -> dict[str, Any]:
-        """:attr:`config` with :attr:`client_seed` filled in where it names no client seed: what the
-        run executes, and what its record keeps (so that it repeats exactly)."""
-        client = self.config.get("client")
-        if self.client_seed is None or not isinstance(client, dict) or client.get("seed") is not None:
-            return self.config
-        return {**self.config, "client": {**client, "seed": self.client_seed}}
-
-    def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.seeded_config())
-
-    def planned(self) -> PlannedRun:
-        from fedleak.studies.base import PlannedRun
-
-        return PlannedRun(self.name, dict(self.params), dict(self.flags), self.kind, dict(self.extra))
-
-
-@dataclass
-class Outcome:
-    """What executing a :class:`RunSpec` gives back to the driver: metrics and artifact bytes, or
-    the one-line ``error`` of a run that raised; where and how long it ran."""
-
-    key: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, bytes] = field(default_factory=dict)
-    seconds: float = 0.0
-    error: str | None = None
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def study_of(spec: RunSpec) -> Study | None:
-    """The spec's study, rebuilt from its name and settings (``None`` for a bare run)."""
-    if spec.study is None:
-        return None
-    from fedleak.studies import STUDIES
-
-    cls = STUDIES.get(spec.study)
-    return cls(cls.Settings.model_validate(spec.settings))
-
-
-def execute(spec: RunSpec, loader: Callable[..., ImageDataset] = load_dataset, detail: bool = False) -> Outcome:
-    """Run ``spec`` here and return its outcome; an error propagates (see :func:`attempt`)."""
-    start = time.perf_counter()
-    metrics, artifacts = RUN_KINDS.get(spec.kind)(study_of(spec), spec, loader, detail)
-    metrics.setdefault("dataset", spec.dataset)
-    return Outcome(spec.key, metrics, artifacts, round(time.perf_counter() - start, 3))
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a run's error: a user-facing error's message, otherwise its type and message."""
-    from fedleak.exits import one_line
-
-    text = str(exc) if isinstance(exc, FedleakError) else f"{type(exc).__name__}: {exc}"
-    return one_line(text)
-
-
-def attempt(spec: RunSpec, loader: Callable[..., ImageDataset] = load_dataset, detail: bool = False) -> Outcome:
-    """:func:`execute`, with a run that raises turned into an outcome carrying its one-line error,
-    so one bad run never stops a study (Ctrl-C still does)."""
-    start = time.perf_counter()
-    try:
-        return execute(spec, loader, detail)
-    except Exception as exc:  # noqa: BLE001 - any failure of one run is that run's result
-        return Outcome(spec.key, seconds=round(time.perf_counter() - start, 3), error=describe_error(exc))
-
-
-def image_files(result: RunResult) -> dict[str, bytes]:
-    """Each original and its matched reconstruction as PNG bytes: ``original-<i>.png``, …"""
-    from fedleak.report.grid import image_grid, png_bytes
-
-    matched = result.reconstruction.images[result.evaluation.order]
-    return {f"{kind}-{i}.png": png_bytes(image_grid([image[None]], pad=0))
-            for i in range(len(matched))
-            for kind, image in (("original", result.truth.images[i]), ("reconstruction", matched[i]))}
-
-
-def content_digest(images: torch.Tensor) -> str:
-    """A short SHA-256 of the attacked images' pixels: evidence that a moved dataset is the same data."""
-    return hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def _attack_outcome(study: Study | None, spec: RunSpec, result: RunResult) -> tuple[dict[str, Any], dict[str, bytes]]:
-    metrics = result.metrics()
-    metrics["dataset"] = {**spec.dataset, "content": content_digest(result.truth.images)}
-    metrics["baselines"] = no_leak_baselines(result.truth.images, result.dataset, result.truth.indices)
-    if study is not None:
-        metrics.update(study.measure(result, spec.planned()))
-    return metrics, image_files(result)
-
-
-@RUN_KINDS.register("attack")
-def attack_kind(study: Study | None, spec: RunSpec, loader: Callable[..., ImageDataset],
-                detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """One attack run (:func:`run`), with the study's own measurements and the images."""
-    return _attack_outcome(study, spec, run(spec.run_config(), progress=detail, loader=loader))
-
-
-BatchedKind = Callable[[list["Study | None"], list[RunSpec], Callable[..., ImageDataset], bool],
-                       list[tuple[dict[str, Any], dict[str, bytes]]]]
-BATCHED_KINDS: Registry[BatchedKind] = Registry("batched run kind")
-"""Run kinds that execute many specs together better than one by one (the attacks' batched
-optimisation); a kind not listed here runs its specs one after another."""
-
-
-@BATCHED_KINDS.register("attack")
-def attack_kind_many(studies: list[Study | None], specs: list[RunSpec], loader: Callable[..., ImageDataset],
-                     detail: bool) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
-    """Several attack runs through :func:`run_many` (one batched optimisation where they allow it)."""
-    results = run_many([spec.run_config() for spec in specs], progress=detail, loader=loader)
-    return [_attack_outcome(study, spec, result) for study, spec, result in zip(studies, specs, results)]
-
-
-def attempt_many(specs: Sequence[RunSpec], loader: Callable[..., ImageDataset] = load_dataset,
-                 detail: bool = False) -> list[Outcome]:
-    """:func:`attempt` for several specs, those of a batched kind executed together. When a batch
-    raises, its specs are attempted one by one, so each failing run gets its own one-line error and
-    the others their results."""
-    outcomes: dict[int, Outcome] = {}
-    together: dict[str, list[int]] = {}
-    for i, spec in enumerate(specs):
-        if len(specs) > 1 and spec.kind in BATCHED_KINDS:
-            together.setdefault(spec.kind, []).append(i)
-        else:
-            outcomes[i] = attempt(spec, loader, detail)
-    for kind, members in together.items():
-        start = time.perf_counter()
-        group = [specs[i] for i in members]
-        try:
-            done = BATCHED_KINDS.get(kind)([study_of(s) for s in group], group, loader, detail)
-        except Exception:  # noqa: BLE001 - find the failing run(s): one at a time
-            outcomes.update({i: attempt(specs[i], loader, detail) for i in members})
-            continue
-        seconds = round(time.perf_counter() - start, 3)
-        for i, spec, (metrics, artifacts) in zip(members, group, done):
-            metrics.setdefault("dataset", spec.dataset)
-            outcomes[i] = Outcome(spec.key, metrics, artifacts, seconds)
-    return [outcomes[i] for i in range(len(specs))]
-
-
-@RUN_KINDS.register("fl-train")
-def fl_train_kind(study: Study | None, spec: RunSpec, loader: Callable[..., ImageDataset],
-                  detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """FedAvg training of the configured model with the run's defense (``extra``: train_images,
-    test_images, fl_clients, rounds, local_epochs, fl_lr, fl_batch_size); returns its test accuracy."""
-    from fedleak.fl.federated import FederatedSettings, federated_train
-
-    config, info = resolve_checkpoint(spec.run_config())
-    x = spec.extra
-    train, test = load_data(config, loader, "train"), load_data(config, loader, "test")
-    torch.manual_seed(config.seed)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    train_idx = sorted(pick[: x["train_images"]])
-    test_idx = list(range(min(x["test_images"], len(test))))
-    target = build_target(config, train, info)
-    device = resolve_device(config.device)
-    target.model.to(device)  # federated_train follows the model's device
-    settings = FederatedSettings(clients=x["fl_clients"], rounds=x["rounds"], local_epochs=x["local_epochs"],
-                                 lr=x["fl_lr"], batch_size=x["fl_batch_size"], defense=config.client.defense,
-                                 seed=config.seed)
-    history = federated_train(target.model, train.images(train_idx), train.label_of(train_idx),
-                              test.images(test_idx), test.label_of(test_idx), target.mean, target.std, settings,
-                              progress=detail)
-    return {"test_accuracy": history.final_accuracy, "accuracy_per_round": history.test_accuracy,
-            "fl_seconds": round(history.seconds, 3), "defense": config.client.defense,
-            "device": device_name(device), "client_seed": config.client.seed}, {}

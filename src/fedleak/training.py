@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fedleak.data import ImageDataset
-from fedleak.device import device_of
-from fedleak.errors import ConfigError
-from fedleak.fl.client import normalize
+from fedleak.data import ImageDataset, load_dataset
+from fedleak.data.normalization import normalize
+from fedleak.device import device_name, device_of, resolve_device
+from fedleak.errors import ConfigError, DataError
+from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo
 
 
@@ -34,8 +36,6 @@ class TrainSettings:
     device: str = "cpu"  # where to train: a ``device`` setting (auto | cpu | cuda[:N] | mps), resolved when set
 
     def __post_init__(self) -> None:
-        from fedleak.device import device_name, resolve_device
-
         self.device = device_name(resolve_device(self.device))  # recorded resolved, in the checkpoint too
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("training needs epochs ≥ 1, batch size ≥ 1 and a positive lr")
@@ -103,7 +103,7 @@ def train(
     there); report test accuracy after each epoch."""
     device = device_of(model)
     images, labels = (t.to(device) for t in train_data)
-    test_data = tuple(t.to(device) for t in test_data)
+    test_data = (test_data[0].to(device), test_data[1].to(device))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
@@ -169,12 +169,8 @@ def train_target(
 
     ``width`` unset is the model's own default (1 for registered models). The checkpoint records the
     image size as an int for square images and ``[H, W]`` otherwise."""
-    from fedleak.data import load_dataset
-    from fedleak.errors import DataError
-    from fedleak.models import create_model
-
     settings = settings or TrainSettings()
-    kw = dict(image_size=image_size, channels=channels)
+    kw: dict[str, Any] = dict(image_size=image_size, channels=channels)
     test = load_dataset(dataset, root, split="test", **kw)
     try:
         train_set = load_dataset(dataset, root, split="train", **kw)

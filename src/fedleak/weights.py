@@ -145,7 +145,7 @@ def _stream(item: WeightFile, sink, progress: bool, timeout: float) -> tuple[int
                     bar.update(len(chunk))
     except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
         plain = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
-        reason = str(exc.reason if plain else exc) or type(exc).__name__
+        reason = str(exc.reason if plain and isinstance(exc, urllib.error.URLError) else exc) or type(exc).__name__
         raise FedleakError(f"cannot download {item.name} from {item.url}: {reason}; nothing was kept") from None
     return received, declared, digest.hexdigest()
 

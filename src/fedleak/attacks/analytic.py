@@ -14,10 +14,8 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
-from fedleak.attacks.base import target_model
+from fedleak.attacks.base import Attack, AttackConfig, AttackerKnowledge, Reconstruction, register_attack, target_model
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
-from fedleak.attacks.optimization import to_unit_range
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import Payload
 
@@ -36,14 +34,12 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
     raise FedleakError("the model has no parameters")
 
 
-@ATTACKS.register("analytic")
+@register_attack("analytic")
 class Analytic(Attack):
     Config = AnalyticConfig
     config: AnalyticConfig
 
-    def run(
-        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
-    ) -> Reconstruction:
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
         if payload.hyper.observed_images != 1:
             raise FedleakError(f"analytic recovery needs a batch of one image, got {payload.hyper.observed_images}")
@@ -63,7 +59,7 @@ class Analytic(Attack):
         x = (gw[row] / gb[row]).view(1, *knowledge.input_shape)
         labels = recover_labels(payload, knowledge, self.config.labels)
         return Reconstruction(
-            images=to_unit_range(x, knowledge.mean, knowledge.std),
+            images=knowledge.normalization.to_pixels(x),
             labels=labels,
             matching_loss=0.0,
             restart_losses=[0.0],

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from fedleak.attacks.objectives import COSTS
 from fedleak.attacks.optimization import INITS
 from fedleak.config import describe_validation_error
+from fedleak.data.normalization import Normalization
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.payload import Payload
+from fedleak.presets import load_preset
 from fedleak.registry import Registry
 
 
@@ -42,6 +44,11 @@ class AttackerKnowledge:
     std: tuple[float, ...]
     labels: Tensor | None = None
     bn_stats: list[tuple[Tensor, Tensor]] | None = None
+
+    @property
+    def normalization(self) -> Normalization:
+        """The client's normalisation the attacker is declared to know (``mean``, ``std``)."""
+        return Normalization(self.mean, self.std)
 
 
 @dataclass
@@ -123,13 +130,23 @@ class Attack(ABC):
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
+A = TypeVar("A", bound=Attack)
+
+
+def register_attack(name: str) -> Callable[[type[A]], type[A]]:
+    """Class decorator: register an attack under ``name``, which is also its :attr:`Attack.name`."""
+
+    def add(cls: type[A]) -> type[A]:
+        cls.name = name
+        ATTACKS.register(name)(cls)
+        return cls
+
+    return add
 
 
 def build_attack(name: str, settings: dict[str, Any] | None = None) -> Attack:
     """Build attack or preset ``name`` with ``settings`` (which override a preset's) validated
     against the attack's config."""
-    from fedleak.presets import load_preset
-
     preset = load_preset(name)
     if preset is not None:
         name = preset.pop("name")
@@ -155,7 +172,7 @@ def target_model(payload: Payload, knowledge: AttackerKnowledge) -> nn.Module:
     return model
 
 
-def check_update(payload: Payload, params: dict[str, Tensor]) -> None:
+def check_update(payload: Payload, params: Mapping[str, Tensor]) -> None:
     """The payload's update must name the model's parameters, with their shapes, and be finite."""
     if not payload.update:
         raise FedleakError("the payload holds no update")

@@ -9,15 +9,16 @@ another here (batching them would couple their line searches); the winner has th
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackerKnowledge, OptimizationConfig, Reconstruction
+from fedleak.attacks.base import Attack, AttackerKnowledge, OptimizationConfig, Reconstruction, register_attack
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
 from fedleak.attacks.matching import GradientMatching
-from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, matmul_precision, to_unit_range
+from fedleak.attacks.optimization import INITS, EarlyStop, Trace, best_restart, matmul_precision
 from fedleak.device import payload_device
 from fedleak.fl.payload import Payload
 
@@ -36,15 +37,12 @@ class DLGConfig(OptimizationConfig):
     _labels = field_validator("labels")(lambda v: v if v == JOINT else LABEL_METHODS.check(v))
 
 
-@ATTACKS.register("dlg")
+@register_attack("dlg")
 class DLG(Attack):
     Config = DLGConfig
     config: DLGConfig
-    name = "dlg"
 
-    def run(
-        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
-    ) -> Reconstruction:
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         with matmul_precision(self.config.precision):
             return self._run(payload, knowledge, seed, progress)
 
@@ -67,11 +65,11 @@ class DLG(Attack):
                                           history_size=cfg.history_size)
 
             def labels_now() -> torch.Tensor:
-                return torch.softmax(logits, dim=-1) if joint else fixed
+                return torch.softmax(logits, dim=-1) if joint else cast(torch.Tensor, fixed)  # noqa: B023  (called in this restart)
 
             def closure() -> torch.Tensor:
-                optimizer.zero_grad()
-                loss = objective.matching_loss(x, labels_now())
+                optimizer.zero_grad()  # noqa: B023  (closure: called by this restart's optimizer.step)
+                loss = objective.matching_loss(x, labels_now())  # noqa: B023
                 loss.backward()
                 return loss.detach()
 
@@ -95,7 +93,7 @@ class DLG(Attack):
         winner = best_restart(torch.tensor(losses, device=device))
         images, labels = candidates[winner]
         return Reconstruction(
-            images=to_unit_range(images, knowledge.mean, knowledge.std),
+            images=knowledge.normalization.to_pixels(images),
             labels=labels.long(),
             matching_loss=losses[winner],
             restart_losses=losses,
@@ -109,7 +107,6 @@ class IDLGConfig(DLGConfig):
     labels: str = Field("idlg", description="label recovery method (iDLG: from the last layer)")
 
 
-@ATTACKS.register("idlg")
+@register_attack("idlg")
 class IDLG(DLG):
     Config = IDLGConfig
-    name = "idlg"

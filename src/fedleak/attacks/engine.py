@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from fedleak.attacks.base import AttackerKnowledge
-from fedleak.attacks.matching import GradientMatching, matched_layers, same_state, shared_key, take
-from fedleak.attacks.optimization import Trace, optimize_group
+from fedleak.attacks.base import Attack, AttackerKnowledge, Reconstruction
+from fedleak.attacks.labels import recover_labels
+from fedleak.attacks.matching import GradientMatching, MatchingConfig, matched_layers, same_state, shared_key, take
+from fedleak.attacks.optimization import INITS, Trace, best_restart, matmul_precision, optimize_group
+from fedleak.device import generator, payload_device
 from fedleak.fl.payload import Payload
 
 
@@ -35,7 +38,7 @@ class Variable:
     value: Tensor
     to_input: Callable[[Tensor], Tensor] | None = None
     grad_transform: Callable[[Tensor], Tensor] = lambda g: g
-    project: Callable[[Tensor], None] = lambda v: None
+    project: Callable[[Tensor], object] = lambda v: None
 
     def inputs(self, value: Tensor) -> Tensor:
         return value if self.to_input is None else self.to_input(value)
@@ -73,7 +76,7 @@ def optimize_variable(objective: GradientMatching, variable: Variable, labels: T
     """Optimise ``variable`` for the payloads of ``objective`` (``labels``: P×B) and score every
     restart by its final matching loss; returns each payload's result."""
     value, count = variable.value, objective.count
-    subset: dict[str, object] = {"active": list(range(count))}
+    subset: dict[str, Any] = {"active": list(range(count))}  # the cache select() fills, of mixed types
 
     def select(active: list[int]) -> None:
         """Cache the active payloads' part of the objective and the stopped ones' frozen values."""
@@ -112,3 +115,57 @@ def optimize_variable(objective: GradientMatching, variable: Variable, labels: T
         x = variable.inputs(value.detach())
     final = objective.losses(x, labels, chunk=chunk)
     return [GroupResult(final[p], traces[p], done[p]) for p in range(count)]
+
+
+class BatchedMatching(Attack):
+    """Base of the gradient-matching attacks (IG, ROG): :meth:`run_many` optimises each group of
+    payloads that can share one model (:func:`groups`) in one batched optimisation, which a subclass
+    sets up in :meth:`attack_group` from the helpers below; :meth:`run` is one payload's group."""
+
+    config: MatchingConfig
+
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
+        return self.run_many([payload], [knowledge], [seed], progress)[0]
+
+    def run_many(self, payloads: Sequence[Payload], knowledges: Sequence[AttackerKnowledge],
+                 seeds: Sequence[int], progress: bool = False) -> list[Reconstruction]:
+        cfg = self.config
+        results: dict[int, Reconstruction] = {}
+        with matmul_precision(cfg.precision):
+            for members in groups(payloads, knowledges, cfg.layers, cfg.layer_count):
+                done = self.attack_group([payloads[i] for i in members], [knowledges[i] for i in members],
+                                         [seeds[i] for i in members], progress)
+                results.update(zip(members, done))
+        return [results[i] for i in range(len(payloads))]
+
+    def attack_group(self, payloads: list[Payload], knowledges: list[AttackerKnowledge], seeds: list[int],
+                     progress: bool) -> list[Reconstruction]:
+        """Reconstruct the batch behind each payload of one group (same model, same public settings)."""
+        raise NotImplementedError
+
+    def labels(self, payloads: Sequence[Payload], knowledges: Sequence[AttackerKnowledge]) -> Tensor:
+        """Each payload's labels (P×B): known, or recovered from its update."""
+        return torch.stack([recover_labels(p, k, self.config.labels) for p, k in zip(payloads, knowledges)])
+
+    def initial(self, payloads: Sequence[Payload], seeds: Sequence[int], shape: tuple[int, ...]) -> Tensor:
+        """The starting variable (P×``shape``, a leaf): each payload's restarts drawn from its own seed,
+        on the payloads' device."""
+        device = payload_device(payloads[0])
+        init = INITS.get(self.config.init)
+        return torch.stack([init(shape, generator(seed, device)) for seed in seeds]).requires_grad_(True)
+
+    def optimize(self, objective: GradientMatching, variable: Variable, labels: Tensor,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                 progress: bool, images: Callable[[int, int], Tensor]) -> list[Reconstruction]:
+        """Run :func:`optimize_variable` with the config's budget and return each payload's winning
+        restart (the lowest final matching loss) as a reconstruction; ``images(p, r)`` are payload
+        ``p``'s restart ``r`` as [0, 1] images."""
+        cfg = self.config
+        outcomes = optimize_variable(objective, variable, labels, optimizer, scheduler, cfg.iterations,
+                                     cfg.patience, cfg.min_delta, cfg.chunk, progress, self.name, cfg.log_every)
+        reconstructions = []
+        for p, outcome in enumerate(outcomes):
+            winner = best_restart(outcome.final)
+            reconstructions.append(Reconstruction.from_restarts(images(p, winner), labels[p], outcome.final, winner,
+                                                                outcome.trace, outcome.iterations))
+        return reconstructions

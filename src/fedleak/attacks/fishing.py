@@ -18,14 +18,21 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
-from fedleak.attacks.base import build_attack, target_model
+from fedleak.attacks.base import (
+    Attack,
+    AttackConfig,
+    AttackerKnowledge,
+    Reconstruction,
+    build_attack,
+    register_attack,
+    target_model,
+)
 from fedleak.attacks.labels import recover_labels
-from fedleak.attacks.optimization import to_unit_range
 from fedleak.device import payload_device
 from fedleak.errors import FedleakError
+from fedleak.fl.modifications import Fishing, classifier_of
 from fedleak.fl.payload import Payload
-
+from fedleak.fl.server import modification_of
 
 INNER = {"name": "ig", "iterations": 400}  # the inner attack unless the run names another
 
@@ -72,20 +79,14 @@ def other_labels(payload: Payload, knowledge: AttackerKnowledge, target: int, n:
     return torch.tensor(every, dtype=torch.long, device=payload_device(payload))
 
 
-@ATTACKS.register("fishing")
+@register_attack("fishing")
 class FishingAttack(Attack):
     """Wen et al.'s fishing: an inner attack on the gradient of the isolated target class."""
 
     Config = FishingAttackConfig
     config: FishingAttackConfig
-    name = "fishing"
 
-    def run(
-        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
-    ) -> Reconstruction:
-        from fedleak.fl.modifications import Fishing, classifier_of
-        from fedleak.fl.server import modification_of
-
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
         fishing = modification_of(payload.hyper.server)
         if not isinstance(fishing, Fishing):
@@ -116,7 +117,7 @@ class FishingAttack(Attack):
         found = inner.run(isolated, told, seed=seed, progress=progress)
         rest = payload.hyper.observed_images - n
         shape = knowledge.input_shape
-        mean_colour = to_unit_range(torch.zeros(rest, *shape, device=device), knowledge.mean, knowledge.std)
+        mean_colour = knowledge.normalization.to_pixels(torch.zeros(rest, *shape, device=device))
         return Reconstruction(
             images=torch.cat([found.images, mean_colour]),
             labels=torch.cat([found.labels, other_labels(payload, knowledge, target, n, rest)]),

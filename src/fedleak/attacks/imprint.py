@@ -19,11 +19,18 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from fedleak.attacks.base import ATTACKS, Attack, AttackConfig, AttackerKnowledge, Reconstruction
-from fedleak.attacks.base import check_update, target_model
+from fedleak.attacks.base import (
+    Attack,
+    AttackConfig,
+    AttackerKnowledge,
+    Reconstruction,
+    check_update,
+    register_attack,
+    target_model,
+)
 from fedleak.attacks.labels import LABEL_METHODS, recover_labels
-from fedleak.attacks.optimization import to_unit_range
 from fedleak.errors import FedleakError
+from fedleak.fl.modifications import ImprintBlock, exact_dtype
 from fedleak.fl.payload import Payload
 
 
@@ -35,10 +42,8 @@ class ImprintAttackConfig(AttackConfig):
     _labels = field_validator("labels")(lambda v: LABEL_METHODS.check(v))
 
 
-def imprint_block(model: nn.Module) -> tuple[str, nn.Module]:
+def imprint_block(model: nn.Module) -> tuple[str, ImprintBlock]:
     """The (first) imprint block of the model the server sent, with its name."""
-    from fedleak.fl.modifications import ImprintBlock
-
     for name, module in model.named_modules():
         if isinstance(module, ImprintBlock):
             return name, module
@@ -49,8 +54,6 @@ def imprint_block(model: nn.Module) -> tuple[str, nn.Module]:
 def bin_images(weight_grad: Tensor, bias_grad: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
     """Per bin (rows in ascending threshold order): the image a bin's gradient difference stands for
     (``ΔW_i / Δb_i``, flattened) and ``Δb_i``, both in float64 (float32 on MPS), on the update's device."""
-    from fedleak.fl.modifications import exact_dtype
-
     wide = exact_dtype(weight_grad.device)
     order = torch.argsort(thresholds.to(weight_grad.device))
     gw, gb = weight_grad.to(wide)[order], bias_grad.to(wide)[order]
@@ -75,17 +78,14 @@ def pick_bins(candidates: Tensor, db: Tensor, wanted: int, empty: float) -> tupl
     return x, filled, found
 
 
-@ATTACKS.register("imprint")
+@register_attack("imprint")
 class ImprintRecovery(Attack):
     """Robbing the Fed: exact recovery from a malicious server's imprint block."""
 
     Config = ImprintAttackConfig
     config: ImprintAttackConfig
-    name = "imprint"
 
-    def run(
-        self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False
-    ) -> Reconstruction:
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
         model = target_model(payload, knowledge)
         check_update(payload, dict(model.named_parameters()))
@@ -96,7 +96,7 @@ class ImprintRecovery(Attack):
             raise FedleakError(f"the update holds no gradient of the imprint layer ({missing[0]!r})")
         candidates, db = bin_images(payload.update[keys[0]], payload.update[keys[1]], -block.encoder.bias.detach())
         x, filled, found = pick_bins(candidates, db, payload.hyper.observed_images, self.config.empty)
-        images = to_unit_range(x.view(-1, *knowledge.input_shape).float(), knowledge.mean, knowledge.std)
+        images = knowledge.normalization.to_pixels(x.view(-1, *knowledge.input_shape).float())
         labels = recover_labels(payload, knowledge, self.config.labels)
         return Reconstruction(
             images=images, labels=labels, matching_loss=0.0, restart_losses=[0.0], iterations=0,

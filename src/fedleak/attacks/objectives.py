@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from fedleak.defenses import parse_defense
 from fedleak.registry import Registry
 
 State = dict[str, Any]  # a tree of tensors (dicts and lists)
@@ -43,7 +44,7 @@ COSTS: Registry[Cost] = Registry("cost")
 
 
 def _squared_norm(tensors: Sequence[Tensor]) -> Tensor:
-    return sum(t.pow(2).sum() for t in tensors)
+    return cast(Tensor, sum(t.pow(2).sum() for t in tensors))
 
 
 def _cosine_evaluate(grads: Sequence[Tensor], state: State) -> Tensor:
@@ -122,13 +123,7 @@ def check_matching(name: str) -> str:
 
 
 def auto_matching(defense: str | None) -> str:
-    """The matching that suits a public defense spec: sign-aware after ``sign``, masked after a
-    sparsifier, plain otherwise."""
-    from fedleak.defenses import parse_defense
-
-    names = parse_defense(defense).names()
-    if "sign" in names:
-        return "sign"
-    if "topk" in names or "prune" in names:
-        return "masked"
-    return "plain"
+    """The matching that suits a public defense spec, as its stages declare it
+    (:attr:`fedleak.defenses.DefensePipeline.matching`: sign-aware after ``sign``, masked after a
+    sparsifier), plain when none declares one."""
+    return parse_defense(defense).matching or "plain"

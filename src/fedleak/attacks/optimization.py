@@ -1,10 +1,10 @@
-"""Shared pieces of the optimisation attacks: initialisation, box bounds, the lr schedule, the
-simulated gradient, and a loss trace."""
+"""Shared pieces of the optimisation attacks: initialisation, the lr schedule, restart selection,
+early stopping and a loss trace."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -30,22 +30,6 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
 @INITS.register("zeros")
 def _zeros(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     return torch.zeros(shape, device=generator.device)
-
-
-def box_bounds(mean: Sequence[float], std: Sequence[float],
-               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """The valid pixel range [0, 1] expressed in the model's normalised input space (built once, on
-    the ``device`` the candidate lives on)."""
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return (0 - m) / s, (1 - m) / s
-
-
-def to_unit_range(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalised model input → images clamped to [0, 1] (on ``x``'s device)."""
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x.detach() * s + m).clamp(0, 1)
 
 
 def step_milestones(iterations: int) -> list[int]:

@@ -20,9 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from fedleak import __version__
+from fedleak.data import load_dataset
+from fedleak.device import device_name, resolve_device
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.metrics.image import psnr
 from fedleak.models.checkpoint import load_state, read_metadata, refuse_oversized, save_tensors
+from fedleak.pixels import psnr
+from fedleak.training import holdout_split
 from fedleak.validate import ECHO, Check, check_fields, integer, mapping, number, one_of, size, text
 
 PRIOR_KEY = "fedleak_prior"
@@ -49,10 +53,12 @@ class RestorationNet(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        last = nn.Conv2d(width, channels, 3, padding=1)
+        layers.append(last)
         self.body = nn.Sequential(*layers)
-        nn.init.zeros_(layers[-1].weight)  # start as plain bicubic upsampling
-        nn.init.zeros_(layers[-1].bias)
+        nn.init.zeros_(last.weight)  # start as plain bicubic upsampling
+        if last.bias is not None:  # a Conv2d made with its bias
+            nn.init.zeros_(last.bias)
 
     def forward(self, low: Tensor, size: tuple[int, int]) -> Tensor:
         up = upsample(low, size)
@@ -113,8 +119,6 @@ class PriorSettings:
     device: str = "cpu"  # where to train: a ``device`` setting (auto | cpu | cuda[:N] | mps), resolved when set
 
     def __post_init__(self) -> None:
-        from fedleak.device import device_name, resolve_device
-
         self.device = device_name(resolve_device(self.device))
         if self.scale < 1 or self.width < 1 or self.depth < 2:
             raise ConfigError("the prior needs scale ≥ 1, width ≥ 1 and depth ≥ 2")
@@ -131,7 +135,7 @@ def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings)
     """Mean PSNR on held-out images degraded with a fixed seed: bicubic alone vs. the network."""
     g = torch.Generator(device=images.device).manual_seed(settings.seed + 1)
     low = degrade(images, settings.scale, settings.noise, g)
-    size = tuple(images.shape[-2:])
+    size = (images.shape[-2], images.shape[-1])
     with torch.no_grad():
         restored = net(low, size).clamp(0, 1)
     bicubic = upsample(low, size).clamp(0, 1)
@@ -143,8 +147,6 @@ def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False)
     the trained network is returned in host memory."""
     if images.shape[0] < 2:
         raise ConfigError("training a prior needs at least 2 public images")
-    from fedleak.training import holdout_split
-
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
     g = torch.Generator(device=device).manual_seed(settings.seed)
@@ -175,8 +177,6 @@ def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False)
 
 
 def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: PriorInfo) -> Path:
-    from fedleak import __version__
-
     info.fedleak_version = info.fedleak_version or __version__
     return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
 
@@ -225,8 +225,6 @@ def load_prior(path: str | os.PathLike[str]) -> Prior:
 def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: int | None, channels: int | None,
                    limit: int | None, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, PriorInfo]:
     """Load public images of a dataset and train a prior on them; returns the net and its info."""
-    from fedleak.data import load_dataset
-
     start = time.perf_counter()
     if limit is not None and limit < 2:
         raise ConfigError(f"--limit must be at least 2 (a prior trains on some images and validates on others), got {limit}")

@@ -8,7 +8,7 @@ pure function of the candidates, so it can be differentiated and ``vmap``-ed ove
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate
     current, velocity, stats = dict(params), None, None
     for step, index in enumerate(schedule):
         watch = observe if step == 0 and len(index) == len(x) else ()
-        g, seen = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index], watch), current)
+        g, seen = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index], watch), current)  # noqa: B023  (called now)
         if watch:
             stats = seen
         if hyper.weight_decay:
@@ -136,5 +136,5 @@ class Simulation:
                                           y[i * b:(i + 1) * b], self.hyper, self.schedule, differentiate, watch)
             updates.append(self.defense.simulate_client(update))
             stats = seen if watch else None
-        mean = updates[0] if k == 1 else {n: sum(u[n] for u in updates) / k for n in self.params}
+        mean = updates[0] if k == 1 else {n: cast(Tensor, sum(u[n] for u in updates)) / k for n in self.params}
         return self.defense.simulate_server(mean), stats

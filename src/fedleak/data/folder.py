@@ -46,8 +46,8 @@ def read_image(path: Path) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = im.convert("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+            with Image.open(path) as opened:
+                im = opened.convert("L" if opened.mode in ("1", "L", "I", "I;16", "F") else "RGB")
                 return to_tensor(np.asarray(im))
     except Exception as exc:  # any decoding failure of an untrusted file (Pillow's plugins raise many kinds)
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fedleak.data.base import ImageDataset
 from fedleak.data.transforms import size_hw
@@ -12,16 +13,9 @@ from fedleak.errors import DataError
 from fedleak.registry import Registry
 from fedleak.validate import check_options, declared_options
 
-
-class Loader(Protocol):
-    def __call__(
-        self,
-        root: Path | None,
-        split: str,
-        image_size: int | None,
-        channels: int | None,
-        **options: Any,
-    ) -> ImageDataset: ...
+# ``(root, split, image_size, channels, **options) → ImageDataset``, each dataset with its own keyword
+# options (a Protocol with ``**options`` would demand that every loader accept any keyword).
+Loader = Callable[..., ImageDataset]
 
 
 DATASETS: Registry[Loader] = Registry("dataset")
@@ -33,7 +27,7 @@ def load_dataset(
     name: str,
     root: str | os.PathLike[str] | None = None,
     split: str = "test",
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     **options: Any,
 ) -> ImageDataset:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
-from fedleak.defenses.base import Defense, DefenseConfig, Update, register
+from fedleak.defenses.base import Aggregation, DefenseConfig, register
 
 
 class AggregateConfig(DefenseConfig):
@@ -13,13 +12,13 @@ class AggregateConfig(DefenseConfig):
 
 
 @register("aggregate")
-class Aggregate(Defense):
+class Aggregate(Aggregation):
     """Secure aggregation's effect: the server sees only the mean of ``clients`` updates. Stages
     before it in a spec run on every client; stages after it on the mean."""
 
     Config = AggregateConfig
     config: AggregateConfig
-    stage = "aggregate"
 
-    def apply(self, update: Update, generator: torch.Generator) -> Update:
-        return update
+    @property
+    def clients(self) -> int:
+        return self.config.clients

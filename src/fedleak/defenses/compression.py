@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedleak.defenses.base import Defense, DefenseConfig, Update, register
+from fedleak.defenses.base import DefenseConfig, Update, UpdateDefense, register
 
 
 class QuantizeConfig(DefenseConfig):
@@ -23,7 +23,7 @@ class QuantizeConfig(DefenseConfig):
 
 
 @register("quantize")
-class Quantize(Defense):
+class Quantize(UpdateDefense):
     """Deterministic uniform quantization with a per-tensor max-abs scale.
 
     With L = 2^(b−1) − 1 levels, q = sign(g)·round(|g|/max|g|·L)·max|g|/L: at most 2L + 1 = 2^b − 1
@@ -45,7 +45,7 @@ class QSGDConfig(DefenseConfig):
 
 
 @register("qsgd")
-class QSGD(Defense):
+class QSGD(UpdateDefense):
     """QSGD (Alistarh et al. 2017): q = ‖g‖₂·sign(g)·ξ/s with ξ = ⌊|g|/‖g‖₂·s⌋ rounded up with
     probability equal to the remainder, so E[q] = g."""
 
@@ -86,12 +86,14 @@ def top_k_mask(values: Tensor, k: int) -> Tensor:
 
 
 @register("topk")
-class TopK(Defense):
+class TopK(UpdateDefense):
     """Top-k sparsification: exactly k = ⌈(1 − sparsity)·n⌉ entries of largest magnitude are sent,
     the rest are zero; per tensor, or ranked across the whole update with ``scope=global``."""
 
     Config = TopKConfig
     config: TopKConfig
+    matching = "masked"  # the zeros it wrote say nothing about the gradient there
+    matching_priority = 1
 
     def apply(self, update: Update, generator: torch.Generator) -> Update:
         if self.config.scope == "tensor":
@@ -113,12 +115,14 @@ class SignConfig(DefenseConfig):
 
 
 @register("sign")
-class Sign(Defense):
+class Sign(UpdateDefense):
     """signSGD (Bernstein et al. 2018): each entry becomes ±1 (0 stays 0), optionally scaled by the
     tensor's mean |g| so the update keeps its magnitude."""
 
     Config = SignConfig
     config: SignConfig
+    matching = "sign"  # only the signs are left: whatever else a spec does, they decide
+    matching_priority = 2
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
         signs = torch.sign(t)
@@ -130,13 +134,15 @@ class PruneConfig(DefenseConfig):
 
 
 @register("prune")
-class Prune(Defense):
+class Prune(UpdateDefense):
     """Gradient pruning as DLG's defense (Zhu et al. 2019): entries whose magnitude is below the
     ``ratio`` quantile of the tensor's magnitudes are set to zero (entries tied with the threshold
     survive, unlike top-k's exact count)."""
 
     Config = PruneConfig
     config: PruneConfig
+    matching = "masked"
+    matching_priority = 1
 
     def tensor(self, t: Tensor, generator: torch.Generator) -> Tensor:
         if self.config.ratio == 0 or t.numel() == 0:

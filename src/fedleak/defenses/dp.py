@@ -9,15 +9,16 @@ Unlike the ROG authors' release, every sample — the first included — is clip
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from fedleak.defenses.base import Defense, DefenseConfig, Gradient, Update, register
+from fedleak.defenses.base import DefenseConfig, Gradient, GradientDefense, Update, register
 from fedleak.errors import ConfigError
+from fedleak.parameters import trainable
 
 
 class DPSGDConfig(DefenseConfig):
@@ -53,13 +54,12 @@ def check_per_sample(model: nn.Module) -> None:
 
 
 @register("dpsgd")
-class DPSGD(Defense):
+class DPSGD(GradientDefense):
     """Each gradient the client trains on is Opacus's DP-SGD gradient:
     (Σᵢ gᵢ·min(1, C/‖gᵢ‖) + N(0, σ²C²)) / B."""
 
     Config = DPSGDConfig
     config: DPSGDConfig
-    stage = "gradient"
 
     def gradient(self, generator: torch.Generator) -> Gradient:
         cfg = self.config
@@ -70,7 +70,7 @@ class DPSGD(Defense):
 
             mode = model.training
             check_per_sample(model.train())  # Opacus records activations in training mode only
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            named = trainable(model)
             wrapped = GradSampleModule(model, loss_reduction="mean")
             optimizer = DPOptimizer(  # clipping, noise and the 1/B scaling, exactly as Opacus trains
                 torch.optim.SGD([p for _, p in named], lr=0.0),
@@ -86,7 +86,7 @@ class DPSGD(Defense):
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     F.cross_entropy(wrapped(inputs), labels).backward()
                 optimizer.pre_step()
-                return {n: p.grad.detach().clone() for n, p in named}
+                return {n: cast(Tensor, p.grad).detach().clone() for n, p in named}  # pre_step filled them
             finally:
                 optimizer.zero_grad(set_to_none=True)
                 wrapped.remove_hooks()

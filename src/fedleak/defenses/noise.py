@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from fedleak.defenses.base import Defense, DefenseConfig, Update, register
+from fedleak.defenses.base import DefenseConfig, Update, UpdateDefense, register
 
 
 class NoiseConfig(DefenseConfig):
@@ -26,7 +26,7 @@ class NoiseConfig(DefenseConfig):
 
 
 @register("noise")
-class Noise(Defense):
+class Noise(UpdateDefense):
     """Gaussian noise at a target SNR per tensor: σ² = var(g) / 10^(SNR/10) (Yue et al.'s setting)."""
 
     Config = NoiseConfig
@@ -45,7 +45,7 @@ class ClipConfig(DefenseConfig):
 
 
 @register("clip")
-class Clip(Defense):
+class Clip(UpdateDefense):
     """Norm clipping: g·min(1, c/‖g‖₂). By default the norm of the whole update (DP-FedAvg's client
     clipping, the usual partner of ``noise``); ``scope=tensor`` clips each tensor on its own."""
 
@@ -60,6 +60,6 @@ class Clip(Defense):
         c = self.config.c
         if self.config.scope == "tensor":
             return {n: t * (c / t.norm().clamp_min(1e-12)).clamp(max=1.0) for n, t in update.items()}
-        norm = torch.sqrt(sum(t.pow(2).sum() for t in update.values())).clamp_min(1e-12)
+        norm = torch.sqrt(cast(Tensor, sum(t.pow(2).sum() for t in update.values()))).clamp_min(1e-12)
         factor = (c / norm).clamp(max=1.0)
         return {n: t * factor for n, t in update.items()}

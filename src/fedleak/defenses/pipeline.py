@@ -4,10 +4,15 @@ Stages are joined with ``+`` and run left to right; each is ``name`` or ``name:k
 values validated by the defense's settings. Update stages before an ``aggregate`` stage run on every
 client, those after it on the mean the server sees. A ``gradient`` stage (DP-SGD) changes how the
 client trains, wherever it is written.
+
+A spec is parsed once (:func:`parse_defense` keeps the pipelines it built, by spec string): configs
+and payloads carry the string, and whoever needs the stages asks for the parsed pipeline again.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedleak.defenses.base import DEFENSES, Defense, Gradient, Update
+from fedleak.defenses.base import DEFENSES, Aggregation, Defense, Gradient, GradientDefense, Update, UpdateDefense
 from fedleak.errors import ConfigError
+from fedleak.parameters import trainable
 from fedleak.specs import parse_spec
 
 
 def batch_gradient(model: nn.Module, inputs: Tensor, labels: Tensor) -> Update:
     """The plain gradient of the mean cross-entropy over the batch, per trainable parameter."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = trainable(model)
     grads = torch.autograd.grad(F.cross_entropy(model(inputs), labels), [p for _, p in named])
     return {n: g.detach() for (n, _), g in zip(named, grads)}
 
@@ -35,7 +41,8 @@ def _parse_stage(text: str) -> Defense:
 
 @dataclass(frozen=True)
 class DefensePipeline:
-    """A parsed defense spec: stages in order, and where the aggregation sits."""
+    """A parsed defense spec: stages in order, and where the aggregation sits. Shared by every caller
+    that parses the same spec, so never changed."""
 
     stages: tuple[Defense, ...] = ()
 
@@ -47,19 +54,26 @@ class DefensePipeline:
     @property
     def clients(self) -> int:
         """How many clients' updates the server averages (1 without ``aggregate``)."""
-        agg = [s for s in self.stages if s.stage == "aggregate"]
-        return agg[0].config.clients if agg else 1
+        agg = [s for s in self.stages if isinstance(s, Aggregation)]
+        return agg[0].clients if agg else 1
 
     @property
-    def gradient(self) -> Gradient | None:
+    def gradient(self) -> Callable[[torch.Generator], Gradient] | None:
         """The gradient stage, if any, as a factory of the client's gradient function."""
-        stage = next((s for s in self.stages if s.stage == "gradient"), None)
-        return stage.gradient if stage is not None else None  # type: ignore[attr-defined]
+        stage = next((s for s in self.stages if isinstance(s, GradientDefense)), None)
+        return stage.gradient if stage is not None else None
 
-    def _split(self) -> tuple[list[Defense], list[Defense]]:
-        names = [s.stage for s in self.stages]
-        cut = names.index("aggregate") if "aggregate" in names else len(names)
-        upd = lambda part: [s for s in part if s.stage == "update"]  # noqa: E731
+    @property
+    def matching(self) -> str | None:
+        """The matching an attacker should use on updates this pipeline made, as its stages declare
+        it (:attr:`Defense.matching`): the declaring stage of the highest priority decides, the first
+        on a tie; ``None`` when no stage changes what the values mean."""
+        declared = [s for s in self.stages if s.matching is not None]
+        return max(declared, key=lambda s: s.matching_priority).matching if declared else None
+
+    def _split(self) -> tuple[list[UpdateDefense], list[UpdateDefense]]:
+        cut = next((i for i, s in enumerate(self.stages) if isinstance(s, Aggregation)), len(self.stages))
+        upd = lambda part: [s for s in part if isinstance(s, UpdateDefense)]  # noqa: E731
         return upd(self.stages[:cut]), upd(self.stages[cut:])
 
     def on_client(self, update: Update, generator: torch.Generator) -> Update:
@@ -74,7 +88,7 @@ class DefensePipeline:
             update = stage.apply(update, generator)
         return update
 
-    def _simulable(self) -> tuple[list[Defense], list[Defense]]:
+    def _simulable(self) -> tuple[list[UpdateDefense], list[UpdateDefense]]:
         """The leading simulable update stages, split at the aggregation: the attacker's re-run goes
         through the stages in order (client side, the mean, server side) until the first random or
         non-differentiable one."""
@@ -107,13 +121,18 @@ class DefensePipeline:
 
 def parse_defense(spec: str | None) -> DefensePipeline:
     """Parse a spec string; ``None``, ``""`` and ``"none"`` mean no defense. Bad specs raise a
-    one-line :class:`ConfigError`."""
+    one-line :class:`ConfigError`. A spec parsed before gives the same (immutable) pipeline again."""
     if spec is None or not spec.strip() or spec.strip() == "none":
         return DefensePipeline()
+    return _parse(spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(spec: str) -> DefensePipeline:
     stages = tuple(_parse_stage(part) for part in spec.split("+"))
-    for kind in ("aggregate", "gradient"):
-        if sum(s.stage == kind for s in stages) > 1:
-            raise ConfigError(f"defense spec {spec!r} has more than one {kind} stage")
+    for kind in (Aggregation, GradientDefense):
+        if sum(isinstance(s, kind) for s in stages) > 1:
+            raise ConfigError(f"defense spec {spec!r} has more than one {kind.stage} stage")
     return DefensePipeline(stages)
 
 

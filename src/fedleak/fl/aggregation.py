@@ -10,6 +10,7 @@ single model trained on all those batches would hold.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -21,11 +22,11 @@ def aggregate_buffers(start: dict[str, Tensor], clients: Sequence[dict[str, Tens
     client's buffers after its local training (each holding every name of ``start``), float buffers
     by weighted mean and counters by summed increments."""
     total = float(sum(weights))
-    out = {}
+    out: dict[str, Tensor] = {}
     for name, b0 in start.items():
         values = [c[name] for c in clients]
         if torch.is_floating_point(b0):
-            out[name] = sum(w * v for w, v in zip(weights, values)) / total
+            out[name] = cast(Tensor, sum(w * v for w, v in zip(weights, values))) / total
         else:
-            out[name] = b0 + sum(v - b0 for v in values)
+            out[name] = b0 + cast(Tensor, sum(v - b0 for v in values))
     return out

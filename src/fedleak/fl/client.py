@@ -8,78 +8,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedleak.device import matmul_precision
+from fedleak.data.normalization import Normalization, normalize  # noqa: F401  (normalize: fedleak.fl's)
 from fedleak.defenses import batch_gradient, parse_defense
-from fedleak.errors import ConfigError, DataError
+from fedleak.device import matmul_precision
+from fedleak.errors import DataError
 from fedleak.fl.aggregation import aggregate_buffers
-from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
+from fedleak.fl.payload import ClientData, ClientTraining, Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
 from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
 
-MODEL_MODES = ("eval", "train")
-UPDATE_SCALES = ("delta", "delta/lr")
-
-
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """[0, 1] images → the model's input space, channel-wise ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - m) / s
-
 
 class Client:
-    """Holds the global model the server sent and computes its update with ``protocol``.
+    """Holds the global model the server sent and computes its update as ``training`` says.
 
-    ``mean``/``std`` are the normalisation the client applies before the model; ``model_mode`` puts
-    batch-norm layers in eval (running statistics) or train (batch statistics) mode.
-    ``defense_seed`` is the client's private seed: it seeds its defense noise and any other random
-    draw of its round, and must not be derivable from anything the attacker is given.
-    FedAvg trains with ``torch.optim.SGD`` (``lr``, ``momentum``, ``weight_decay``); ``epochs``, when
-    set, makes the round that many passes over the batch (``local_steps`` = epochs × the number of
-    minibatches), as a PyTorch client's epoch loop over a data loader does.
+    ``normalization`` is what the client applies to its [0, 1] images before the model;
+    ``defense`` the obfuscation spec of its update. ``seed`` is the client's private seed: it seeds
+    its defense noise and any other random draw of its round, and must not be derivable from
+    anything the attacker is given.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        protocol: str = "fedsgd",
-        model_mode: str = "eval",
-        lr: float | None = None,
-        local_steps: int = 1,
-        local_batch_size: int | None = None,
-        shuffle_seed: int | None = None,
-        update_scale: str = "delta",
-        defense: str | None = None,
-        defense_seed: int = 0,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        epochs: int | None = None,
-    ) -> None:
-        if model_mode not in MODEL_MODES:
-            raise ConfigError(f"model mode must be one of {', '.join(MODEL_MODES)}, got {model_mode!r}")
-        if update_scale not in UPDATE_SCALES:
-            raise ConfigError(f"update scale must be one of {', '.join(UPDATE_SCALES)}, got {update_scale!r}")
-        if protocol == "fedavg" and (lr is None or lr <= 0):
-            raise ConfigError("fedavg needs a positive local learning rate (client.lr)")
-        if local_steps < 1 or (local_batch_size is not None and local_batch_size < 1):
-            raise ConfigError("local steps and local batch size must be at least 1")
-        if epochs is not None and epochs < 1:
-            raise ConfigError("local epochs must be at least 1")
-        if momentum < 0 or weight_decay < 0:
-            raise ConfigError("momentum and weight decay must not be negative")
-        self.protocol = PROTOCOLS.get(protocol)
-        self.protocol_name = protocol
+    def __init__(self, model: nn.Module, normalization: Normalization,
+                 training: ClientTraining = ClientTraining(), defense: str | None = None, seed: int = 0) -> None:
+        self.protocol = PROTOCOLS.get(training.protocol)
         self.model = model
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.model_mode = model_mode
-        self.training = dict(lr=lr, local_steps=local_steps, local_batch_size=local_batch_size,
-                             shuffle_seed=shuffle_seed, update_scale=update_scale, momentum=momentum,
-                             weight_decay=weight_decay)
-        self.epochs = epochs
+        self.normalization = normalization
+        self.training = training
         self.defense = parse_defense(defense)
-        self.defense_seed = defense_seed
+        self.seed = seed
 
     def update(self, data: ClientData) -> Payload:
         """Run one round on ``data`` and return what the server will see.
@@ -92,42 +47,30 @@ class Client:
             return self._update(data)
 
     def _update(self, data: ClientData) -> Payload:
-        if data.images.ndim != 4 or data.images.shape[1] != len(self.mean):
-            raise DataError(
-                f"client images must be B×{len(self.mean)}×H×W, got {tuple(data.images.shape)}"
-            )
+        channels = self.normalization.channels
+        if data.images.ndim != 4 or data.images.shape[1] != channels:
+            raise DataError(f"client images must be B×{channels}×H×W, got {tuple(data.images.shape)}")
         if data.labels.shape != (data.images.shape[0],):
             raise DataError("client labels must hold one class index per image")
         clients = self.defense.clients
         if data.images.shape[0] % clients:
             raise DataError(f"{data.images.shape[0]} images cannot be split among {clients} clients")
-        batch = int(data.images.shape[0]) // clients
-        training = dict(self.training)
-        if self.epochs is not None:  # every epoch walks the whole batch in minibatches
-            training["local_steps"] = self.epochs * -(-batch // (training["local_batch_size"] or batch))
-        hyper = PublicHyperparameters(
-            protocol=self.protocol_name,
-            batch_size=batch,
-            model_mode=self.model_mode,
-            defense=self.defense.spec,
-            clients=clients,
-            **training,
-        )
+        hyper = self.training.public(int(data.images.shape[0]) // clients, clients, self.defense.spec)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         device = data.images.device  # the defense's draws are made where the update lives
-        generator = torch.Generator(device=device).manual_seed(self.defense_seed)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
         make_gradient = self.defense.gradient
         gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
-        inputs = normalize(data.images, self.mean, self.std)
+        inputs = self.normalization.to_input(data.images)
         updates, buffers = [], []
         # Any draw from torch's global generator during the round (e.g. dropout) is the client's
         # private randomness too: seeded from its own seed, never from the run's.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.defense_seed)
+            torch.manual_seed(self.seed)
             for k in range(clients):
                 part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)
                 # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
-                local = copy.deepcopy(self.model).train(self.model_mode == "train")
+                local = copy.deepcopy(self.model).train(self.training.model_mode == "train")
                 update, sent = self.protocol(local, inputs[part], data.labels[part], hyper, gradient)
                 updates.append(self.defense.on_client(update, generator))
                 buffers.append(sent)
@@ -149,12 +92,12 @@ class Client:
         """Per-channel mean and variance of the client batch at each batch-norm layer's input.
 
         Private: a run hands these to the attacker only when it declares that knowledge."""
-        local = copy.deepcopy(self.model).train(self.model_mode == "train")
+        local = copy.deepcopy(self.model).train(self.training.model_mode == "train")
         stats: list[tuple[Tensor, Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, args, out: stats.append(batch_statistics(args[0].detach())))
                  for m in batch_norm_layers(local)]
         with torch.no_grad():
-            local(normalize(data.images, self.mean, self.std))
+            local(self.normalization.to_input(data.images))
         for h in hooks:
             h.remove()
         return stats

@@ -23,10 +23,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from fedleak.data.normalization import Normalization
+from fedleak.device import device_of
 from fedleak.errors import ConfigError
 from fedleak.fl.aggregation import aggregate_buffers
 from fedleak.fl.client import Client
-from fedleak.fl.payload import ClientData, Payload
+from fedleak.fl.payload import ClientData, ClientTraining, Payload
+from fedleak.training import accuracy
 
 
 @dataclass
@@ -85,10 +88,8 @@ def federated_train(model: nn.Module, images: Tensor, labels: Tensor, test_image
                     progress: bool = False) -> FederatedHistory:
     """Train ``model`` in place with FedAvg, on the device its parameters are on (the data goes
     there); returns test accuracy per round."""
-    from fedleak.device import device_of
-    from fedleak.training import accuracy
-
     device = device_of(model)
+    normalization = Normalization(mean, std)
     images, labels, test_images, test_labels = (t.to(device) for t in (images, labels, test_images, test_labels))
     start = time.perf_counter()
     parts = shards(len(images), settings.clients, settings.seed)
@@ -97,9 +98,11 @@ def federated_train(model: nn.Module, images: Tensor, labels: Tensor, test_image
         payloads, weights = [], []
         for k, part in enumerate(parts):
             steps = settings.local_epochs * math.ceil(len(part) / settings.batch_size)
-            client = Client(model, mean, std, "fedavg", "train", lr=settings.lr, local_steps=steps,
-                            local_batch_size=settings.batch_size, shuffle_seed=settings.seed * 100_003 + r * 1009 + k,
-                            defense=settings.defense, defense_seed=(settings.seed * 1_000 + r) * settings.clients + k)
+            training = ClientTraining("fedavg", "train", lr=settings.lr, local_steps=steps,
+                                      local_batch_size=settings.batch_size,
+                                      shuffle_seed=settings.seed * 100_003 + r * 1009 + k)
+            client = Client(model, normalization, training, settings.defense,
+                            seed=(settings.seed * 1_000 + r) * settings.clients + k)
             payloads.append(client.update(ClientData(images[part], labels[part], ())))
             weights.append(float(len(part)))
         server_step(model, payloads, weights, settings.server_lr)

@@ -6,12 +6,14 @@ sends with it (FedAvg: the local model's batch-norm statistics after training; F
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from fedleak.defenses import Gradient, batch_gradient
 from fedleak.fl.payload import PublicHyperparameters
+from fedleak.parameters import trainable
 from fedleak.registry import Registry
 
 Tensors = dict[str, Tensor]
@@ -35,17 +37,15 @@ def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperp
     so a fresh momentum buffer, each round) on minibatches, returning θ₀ − θ_τ (or divided by the lr)
     and the local model's buffers after training (in train mode, batch norm updated its running
     statistics). Each step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
-    if hyper.lr is None or hyper.lr <= 0:
-        raise ValueError("fedavg needs a positive local learning rate")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = trainable(model)
     start = {n: p.detach().clone() for n, p in named}
-    optimizer = torch.optim.SGD([p for _, p in named], lr=hyper.lr, momentum=hyper.momentum,
-                                weight_decay=hyper.weight_decay)
+    lr = cast(float, hyper.lr)  # fedavg's hyperparameters always hold one (checked when they are made)
+    optimizer = torch.optim.SGD([p for _, p in named], lr=lr, **hyper.sgd())
     for batch in hyper.minibatches():
         grads = gradient(model, inputs[batch], labels[batch])
         for n, p in named:
             p.grad = grads[n]
         optimizer.step()
-    scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
+    scale = lr if hyper.update_scale == "delta/lr" else 1.0
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     return {n: (start[n] - p.detach()) / scale for n, p in named}, buffers

@@ -11,28 +11,31 @@ architecture because it built it.
 A modification may use public facts only: the input shape, the class count, the normalisation, and
 public images (a split of the run's dataset named in its spec, by default ``train`` while clients
 hold ``test`` images) — never the client's batch.
+
+This module is the base of the modifications (:mod:`fedleak.fl.modifications` registers them; the
+``fedleak.fl`` package imports both) and their specs; it imports nothing above the data layer.
+Applying a run config's server section — building the model the run sends, recording the threat
+model in the payload — is the composition layer's (:mod:`fedleak.serving`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from fedleak.data.normalization import normalize
 from fedleak.errors import ConfigError
 from fedleak.registry import Registry
 from fedleak.specs import parse_spec
 
 if TYPE_CHECKING:
-    from fedleak.config import RunConfig
     from fedleak.data import ImageDataset
-    from fedleak.fl.payload import Payload
 
 HONEST = "honest"
 
@@ -53,8 +56,6 @@ class ServerContext:
         """Up to ``count`` images of ``split`` (a seeded draw), normalised as the clients normalise,
         on ``device`` (the model's: a modification passes its own). Which images is drawn on the
         host, where the dataset is, so the server holds the same public images on every device."""
-        from fedleak.fl.client import normalize
-
         if self.public is None:
             raise ConfigError("this modification needs public images, and the run gives the server none")
         data = self.public(split)
@@ -102,7 +103,8 @@ def register(name: str) -> Callable[[M], M]:
 
     def add(cls: M) -> M:
         cls.name = name
-        return MODIFICATIONS.register(name)(cls)
+        MODIFICATIONS.register(name)(cls)
+        return cls
 
     return add
 
@@ -143,44 +145,3 @@ def describe(threat: str, modification: str | None) -> str:
 def modification_of(server: str) -> Modification | None:
     """The modification a payload's ``server`` field names (``None`` for an honest server)."""
     return None if server == HONEST else parse_modification(server)
-
-
-class Sent(Protocol):
-    """What the server sends and the clients' normalisation (the pipeline's ``Target`` dataclass)."""
-
-    model: nn.Module
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-T = TypeVar("T", bound=Sent)
-
-
-def apply_server(config: RunConfig, target: T, dataset: ImageDataset, loader: Callable[..., ImageDataset]) -> T:
-    """The model the run's server sends: ``target`` (a pipeline ``Target``: model, mean, std) as it is
-    for an honest server, else with its model replaced by the modified one. ``dataset`` gives the
-    public input shape and class count; ``loader`` loads the server's public images (a split of the
-    run's dataset, with the run's data settings). The modification is built on the device of
-    ``target.model``, the public images moved there."""
-    s = config.server
-    if s.threat == HONEST or not s.modification:
-        return target
-    d = config.data
-    context = ServerContext(
-        input_shape=dataset.image_shape, num_classes=dataset.num_classes,
-        mean=tuple(target.mean), std=tuple(target.std), seed=config.seed,
-        public=lambda split: loader(d.name, d.root, split=split, image_size=d.image_size, channels=d.channels,
-                                    **d.options),
-    )
-    modified = parse_modification(s.modification).modify(target.model, context)
-    return dataclasses.replace(target, model=modified)  # type: ignore[type-var]
-
-
-def record_server(payload: Payload, config: RunConfig) -> Payload:
-    """``payload`` with the server threat model in its public hyperparameters (the server knows what
-    it sent)."""
-    server = describe(config.server.threat, config.server.modification)
-    return dataclasses.replace(payload, hyper=dataclasses.replace(payload.hyper, server=server))
-
-
-from fedleak.fl import modifications  # noqa: E402,F401  (fill the registry: the modifications' own module)

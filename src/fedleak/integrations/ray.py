@@ -16,7 +16,7 @@ resolved in its task: ``auto`` there is its GPU when it reserves one, and ``cuda
 tasks are in flight, as many as the cluster's resources hold now (or ``workers``): re-read as runs
 finish and every few seconds, so nodes that join get runs, and a cluster that has no room yet (an
 autoscaler's, starting empty) gets one queued run that waits for a node. The driver commits each
-outcome as it arrives. Tasks run :func:`fedleak.pipeline.execute` with its error captured, so a run
+outcome as it arrives. Tasks run :func:`fedleak.run_unit.execute` with its error captured, so a run
 that raises comes back as an outcome with its error and the others go on; a worker or node that dies
 is retried by Ray (``MAX_RETRIES``), then recorded as failed.
 
@@ -29,9 +29,7 @@ its failure records the host it last failed on.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import itertools
 import logging
 import math
@@ -46,107 +44,19 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.pipeline import Outcome, RunSpec, describe_error, execute
-from fedleak.studies.backends import Backend
+from fedleak.integrations.ray_task import absolute_roots, run_task
+from fedleak.run_unit import Outcome, RunSpec, describe_error
+from fedleak.studies.backends import BACKENDS, Backend, BackendOptions
 
 MAX_RETRIES = 2  # system failures only (a worker or node died); a run's own error is never retried here
 
 
 def _ray() -> Any:
     try:
-        import ray
+        import ray  # optional dependency: fedleak[ray]
     except ImportError as exc:
         raise ConfigError(f"the ray backend needs Ray ({exc}): pip install 'fedleak[ray]'") from None
     return ray
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_load(*args: Any, **kwargs: Any) -> Any:
-    """Each worker process keeps the datasets it loaded, so its next run on them starts at once."""
-    from fedleak.data import load_dataset
-
-    return load_dataset(*args, **kwargs)
-
-
-_session: list[str] = [""]  # the study invocation whose datasets this worker's cache holds
-
-
-def run_task(spec: RunSpec, detail: bool, threads: int, session: str,
-             driver_data: str | None = None) -> tuple[Outcome, str, bool]:
-    """The body of one Ray task: the run with ``threads`` torch threads, its error captured. A new
-    ``session`` (another study invocation) empties the worker's dataset cache: the files may have
-    changed in between. Returns the outcome, this node's id, and whether the run failed for a reason
-    of this node: its data could not be loaded here (the driver loaded it before the study started) or
-    a file could not be read here (an ``OSError``). ``driver_data`` is the driver's ``$FEDLEAK_DATA``,
-    named in the error of a run that had no data root here because this node lacks it."""
-    import torch
-
-    if _session[0] != session:
-        _cached_load.cache_clear()
-        _session[0] = session
-    torch.set_num_threads(threads)
-    loading: list[BaseException] = []
-
-    def load(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return _cached_load(*args, **kwargs)
-        except Exception as exc:
-            loading.append(exc)
-            raise
-
-    start = time.perf_counter()
-    try:
-        outcome = execute(spec, loader=load, detail=detail)
-    except Exception as exc:  # noqa: BLE001 - any failure of one run is that run's result
-        error = describe_error(exc)
-        data = spec.config.get("data")
-        if (loading and driver_data and isinstance(data, dict) and data.get("root") is None
-                and not os.environ.get("FEDLEAK_DATA")):
-            error += (f" (this Ray worker on {socket.gethostname()} has no $FEDLEAK_DATA; the driver's is "
-                      f"{driver_data!r}: set it on every node, or give the data root, e.g. --root)")
-        outcome = Outcome(spec.key, seconds=round(time.perf_counter() - start, 3), error=error)
-        return outcome, _node_id(), bool(loading) or isinstance(exc, OSError)
-    return outcome, _node_id(), False
-
-
-def _node_id() -> str:
-    try:
-        ray = _ray()
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except Exception:  # noqa: BLE001 - not in a Ray worker (a test calling the body directly)
-        return ""
-
-
-def _absolute(root: Any) -> Any:
-    return os.path.abspath(os.path.expanduser(root)) if isinstance(root, str) and root else root
-
-
-def absolute_roots(spec: RunSpec) -> RunSpec:
-    """``spec`` as it is shipped to a node: a relative data root (of its config and of its study's
-    settings, :attr:`~fedleak.studies.base.Study.locations`) made absolute here, on the driver, where
-    the study checked it. Its key does not change: the data root is no part of a run's identity."""
-    config = copy.deepcopy(spec.config)
-    if isinstance(config.get("data"), dict):
-        config["data"]["root"] = _absolute(config["data"].get("root"))
-    settings = copy.deepcopy(spec.settings)
-    locations: tuple[str, ...] = ("root",)
-    if spec.study:
-        try:
-            from fedleak.studies import STUDIES
-
-            locations = getattr(STUDIES.get(spec.study), "locations", locations)
-        except FedleakError:
-            pass
-    for dotted in locations:
-        *parents, leaf = dotted.split(".")
-        if leaf != "root":
-            continue
-        node: Any = settings
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            node[leaf] = _absolute(node[leaf])
-    return dataclasses.replace(spec, config=config, settings=settings)
 
 
 CONNECT_SECONDS = 10.0  # how long a cluster's address may take to answer before it counts as unreachable
@@ -168,7 +78,7 @@ def _find_auto() -> str:
     with ``ray start``, else one running here. None is a one-line error at once (Ray itself would
     wait minutes for a cluster that is not there)."""
     try:
-        from ray._private import services
+        from ray._private import services  # optional dependency (fedleak[ray]), imported where used
 
         found = services.canonicalize_bootstrap_address("auto")
     except ConnectionError:
@@ -182,8 +92,6 @@ def _find_auto() -> str:
 def _check_reachable(address: str) -> None:
     """Fail at once, in one line, when a ``HOST:PORT`` or ``ray://HOST[:PORT]`` address does not
     answer: Ray itself would retry for minutes, printing as it goes. ``auto`` is Ray's to resolve."""
-    import socket
-
     text = address.removeprefix("ray://")
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -346,6 +254,7 @@ class RayBackend(Backend):
     def _send(self, task: _Task, node: str | None = None) -> None:
         options = dict(self._options)
         if node:  # there, unless it died meanwhile
+            # optional dependency (fedleak[ray]), imported where used
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
@@ -382,7 +291,7 @@ class RayBackend(Backend):
             ready, _ = ray.wait(refs, num_returns=1, timeout=left)
             if ready:  # and whatever else has finished meanwhile
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            done = []
+            done: list[tuple[Hashable, Outcome]] = []
             for ref in ready:
                 task = self._pending.pop(ref)
                 outcome = self._outcome(ray, ref, task)
@@ -450,3 +359,13 @@ def _started_here(ray: Any) -> bool:
     except AttributeError:  # Ray Client, or Ray's internals changed
         return False
     return bool(node is not None and getattr(node, "head", False))
+
+
+@BACKENDS.register("ray")
+def ray_backend(options: BackendOptions, given: set[str]) -> Backend:
+    """``--backend ray``: the runs as Ray tasks (registered when this module is imported, which
+    :func:`fedleak.studies.backends.make_backend` tries for the backends of optional extras)."""
+    if options.batch > 1:
+        raise ConfigError("--batch applies to --backend local (each Ray task runs one run)")
+    return RayBackend(address=options.address, cpus_per_run=options.cpus_per_run,
+                      gpus_per_run=options.gpus_per_run, workers=options.workers)

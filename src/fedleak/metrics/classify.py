@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fedleak.data.normalization import normalize
 from fedleak.device import device_of
-from fedleak.fl.client import normalize
 
 
 @dataclass
@@ -40,23 +40,35 @@ def classify(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[fl
     return Classification(pred.tolist(), conf.tolist(), true.tolist())
 
 
-def recognition_rates(groups: Sequence[tuple[Sequence[bool], bool]]) -> dict[str, float]:
-    """Rates over originals: each group is (correctness of its reconstructions, original correct?).
+Groups = Sequence[tuple[Sequence[bool], bool]]
+"""One entry per original: (correctness of each of its reconstructions, was the original correct?)."""
 
-    Returns rate (a) and (b) overall and split by whether the original was classified correctly
-    (keys ``*_orig_correct`` / ``*_orig_wrong``; NaN where a split is empty)."""
 
-    def rates(subset: Sequence[tuple[Sequence[bool], bool]]) -> tuple[float, float]:
+def _splits(groups: Groups) -> list[tuple[str, Groups]]:
+    return [("", groups), ("_orig_correct", [g for g in groups if g[1]]),
+            ("_orig_wrong", [g for g in groups if not g[1]])]
+
+
+def recognition_counts(groups: Groups) -> dict[str, tuple[int, int]]:
+    """``(successes, total)`` of rate (a) (reconstructions) and rate (b) (originals), overall and split
+    by whether the original was classified correctly (keys ``rate_a``, ``rate_b``, ``rate_a_orig_correct``,
+    …): the counts every rate and interval of the recognition studies is computed from."""
+    counts = {}
+    for suffix, subset in _splits(groups):
         recs = [c for corrects, _ in subset for c in corrects]
-        if not subset or not recs:
-            return float("nan"), float("nan")
-        return sum(recs) / len(recs), sum(any(c) for c, _ in subset) / len(subset)
+        counts[f"rate_a{suffix}"] = (sum(recs), len(recs))
+        counts[f"rate_b{suffix}"] = (sum(any(c) for c, _ in subset), len(subset))
+    return counts
 
-    out = {}
-    for suffix, subset in (("", groups), ("_orig_correct", [g for g in groups if g[1]]),
-                           ("_orig_wrong", [g for g in groups if not g[1]])):
-        a, b = rates(subset)
-        out[f"rate_a{suffix}"], out[f"rate_b{suffix}"] = a, b
+
+def recognition_rates(groups: Groups) -> dict[str, float]:
+    """Rates (a) and (b) of :func:`recognition_counts`, overall and split (keys ``*_orig_correct`` /
+    ``*_orig_wrong``; NaN where a split holds no reconstruction), and how many originals (were correct)."""
+    counts, out = recognition_counts(groups), {}
+    for suffix, _ in _splits(groups):
+        (a, recs), (b, originals) = counts[f"rate_a{suffix}"], counts[f"rate_b{suffix}"]
+        out[f"rate_a{suffix}"] = a / recs if recs else float("nan")
+        out[f"rate_b{suffix}"] = b / originals if recs else float("nan")
     out["originals"] = len(groups)
     out["originals_correct"] = sum(1 for g in groups if g[1])
     return out

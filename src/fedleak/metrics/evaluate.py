@@ -55,7 +55,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     with torch.no_grad():
         perceptual = {net: (m.to(paired.device)(paired, orig).tolist() if m is not None else None)
                       for net, m in (lpips or {}).items()}
-    indices = list(truth.indices) or [None] * len(orig)
+    indices: list[int | None] = list(truth.indices) or [None] * len(orig)
     rec_labels = reconstruction.labels[order].tolist() if reconstruction.labels.numel() == len(orig) else None
     # Back to Python numbers once, at the end (one host transfer per tensor, not one per image).
     p_list, s_list, order_list, true_labels = p.tolist(), s.tolist(), order.tolist(), true.tolist()

@@ -4,6 +4,8 @@ SSIM follows Wang et al. (2004) with a Gaussian window of σ = 1.5 truncated at 
 population covariance and K1 = 0.01, K2 = 0.03 — scikit-image's ``structural_similarity`` with
 ``gaussian_weights=True``: the mean is taken over the pixels the full window covers, and channels are
 averaged. Images smaller than the window use the largest odd window that fits.
+
+PSNR is defined in :mod:`fedleak.pixels` (below the attacks, whose ROG prior scores itself with it).
 """
 
 from __future__ import annotations
@@ -12,13 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PSNR_CAP_MSE = 1e-10  # identical images score 100 dB instead of infinity
+from fedleak.pixels import PSNR_CAP_MSE, psnr
 
-
-def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """PSNR in dB of each image pair of two B×C×H×W batches in [0, 1] (peak 1)."""
-    mse = (x.clamp(0, 1) - y.clamp(0, 1)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(PSNR_CAP_MSE))
+__all__ = ["PSNR_CAP_MSE", "gaussian_window", "psnr", "ssim"]
 
 
 def gaussian_window(sigma: float = 1.5, truncate: float = 3.5, max_size: int | None = None,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,7 @@ class Backbone:
     linear_names: tuple[str, ...]
 
     def build(self) -> nn.Sequential:
-        make = {"conv": lambda a: nn.Conv2d(*a[:3], stride=a[3], padding=a[4]),
+        make: dict[str, Callable[[Any], nn.Module]] = {"conv": lambda a: nn.Conv2d(a[0], a[1], a[2], stride=a[3], padding=a[4]),
                 "relu": lambda a: nn.ReLU(), "pool": lambda a: nn.MaxPool2d(a[0], a[1])}
         return nn.Sequential(*(make[kind](args) for kind, *args in self.layers))
 
@@ -63,7 +65,8 @@ class Backbone:
 
 
 def _vgg16_layers() -> tuple[tuple, ...]:
-    layers, c = [], 3
+    layers: list[tuple[Any, ...]] = []
+    c: int | str = 3
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
         if v == "M":
             layers.append(("pool", 2, 2))
@@ -93,12 +96,15 @@ def backbone_spec(net: str) -> Backbone:
 class LPIPS(nn.Module):
     """LPIPS distance between batches of [0, 1] images; weights from :func:`load_lpips` or given."""
 
+    shift: Tensor  # buffers (registered in __init__)
+    scale: Tensor
+
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
         self.net = net
         self.spec = backbone_spec(net)
         stack = self.spec.build()
-        self.features = stack[: max(self.spec.taps) + 1]
+        self.features = cast(nn.Sequential, stack[: max(self.spec.taps) + 1])  # a slice of a Sequential is one
         self.lins = nn.ParameterList(nn.Parameter(torch.ones(c)) for c in self.spec.channels())
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1))
@@ -222,7 +228,7 @@ def load_lpips(net: str = "alex", folder: str | Path | None = None) -> LPIPS:
     return _load(net, *find_weights(net, folder))
 
 
-def lpips_scorers(nets: list[str], folder: str | Path | None = None) -> tuple[dict[str, LPIPS | None], list[str]]:
+def lpips_scorers(nets: Sequence[str], folder: str | Path | None = None) -> tuple[dict[str, LPIPS | None], list[str]]:
     """One scorer per requested backbone (``None`` where its files are missing) and the hints."""
     scorers: dict[str, LPIPS | None] = {}
     hints: list[str] = []

@@ -10,7 +10,8 @@ from fedleak.models import (  # noqa: F401  (fill the registry)
     resnet,
     vgg,
 )
-from fedleak.models.cards import ModelCard, card_of
+from fedleak.models.cards import ModelCard
+from fedleak.models.catalogue import card_of
 from fedleak.models.registry import CARDS, MODELS, create_model, register_model
 
 __all__ = ["CARDS", "MODELS", "ModelCard", "card_of", "create_model", "register_model"]

@@ -28,11 +28,27 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from fedleak import __version__
 from fedleak.errors import FedleakError
 from fedleak.models.external import is_external, refuse_external
+from fedleak.models.layouts import translate
+from fedleak.models.registry import MODELS, create_model
 from fedleak.validate import (
-    ECHO, OPTION_TYPES, check_fields, check_options, declared_options, integer, mapping, number, numbers, one_of,
-    optional, short, size, text, texts,
+    ECHO,
+    OPTION_TYPES,
+    check_fields,
+    check_options,
+    declared_options,
+    integer,
+    mapping,
+    number,
+    numbers,
+    one_of,
+    optional,
+    short,
+    size,
+    text,
+    texts,
 )
 
 METADATA_KEY = "fedleak"
@@ -66,7 +82,7 @@ class CheckpointInfo:
     architecture: str
     num_classes: int
     in_channels: int
-    image_size: int | tuple[int, int]  # [H, W] for non-square images
+    image_size: int | tuple[int, int] | list[int]  # (H, W) for non-square images; [H, W] as training writes it
     width: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
@@ -82,8 +98,6 @@ class CheckpointInfo:
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, info: CheckpointInfo) -> Path:
     """Write weights and metadata atomically (a temporary file renamed into place)."""
-    from fedleak import __version__
-
     info.fedleak_version = info.fedleak_version or __version__
     return save_tensors(path, model.state_dict(), {METADATA_KEY: json.dumps(asdict(info))})
 
@@ -131,8 +145,6 @@ def read_info(path: str | os.PathLike[str], named: str | None = None) -> Checkpo
         return None
     info = parse_info(meta[METADATA_KEY], f"checkpoint {path}", named)
     if not is_external(info.architecture):
-        from fedleak.models.registry import create_model
-
         refuse_oversized(lambda: create_model(info.architecture, info.num_classes, info.in_channels, info.image_size,
                                               info.width, **info.options), path, f"checkpoint {path}")
     return info
@@ -166,8 +178,6 @@ def parse_info(raw: str, what: str, named: str | None = None) -> CheckpointInfo:
     The architecture must be a registered fedleak model (or exactly the external factory ``named``
     by the user), its options only those the builder declares, of the declared types: a file never
     chooses code to import or arguments a builder does not take."""
-    from fedleak.models.registry import MODELS
-
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -178,7 +188,7 @@ def parse_info(raw: str, what: str, named: str | None = None) -> CheckpointInfo:
     if is_external(name):
         if name != named:
             refuse_external(name, f"{what}'s metadata")
-        declared = {key: OPTION_TYPES for key in options}  # the user's own factory takes what it takes
+        declared: dict[str, tuple[type, ...] | None] = {key: OPTION_TYPES for key in options}  # the user's own factory takes what it takes
     elif name in MODELS:
         declared = {k: t for k, t in declared_options(MODELS.get(name), _FIXED).items() if t is not None}
     else:
@@ -231,11 +241,11 @@ def load_into(model: nn.Module, path: str | os.PathLike[str], architecture: str 
     """:func:`load_weights`, returning the foreign layout the file was in (``"torchvision/timm"``), or
     ``""`` when it used fedleak's own names: a foreign layout means an ImageNet-style checkpoint, whose
     normalisation is the model card's (:mod:`fedleak.models.normalization`)."""
-    from fedleak.models.layouts import translate
-
     state, origin, layout = translate(load_state(path), model, architecture)
     own = model.state_dict()
-    as_given = (lambda k: f"{origin[k]!r} (as {k!r})" if origin.get(k, k) != k else repr(origin.get(k, k)))
+    def as_given(k: str) -> str:
+        return f"{origin[k]!r} (as {k!r})" if origin.get(k, k) != k else repr(origin.get(k, k))
+
     where = f"checkpoint {path} ({layout} layout)" if layout else f"checkpoint {path}"
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]

@@ -17,7 +17,6 @@ from fedleak.models.batchnorm import NormFactory, norm_layer
 from fedleak.models.cards import cifar10
 from fedleak.models.registry import ImageSize, image_hw, register_model, scaled, size_text
 
-
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
@@ -49,7 +48,8 @@ class ConvNet(nn.Module):
         for module in self.modules():  # He initialisation keeps activations (and gradients) in scale
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # every conv here has one
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))

@@ -3,10 +3,13 @@ compression 0.5. At ≤ 64 px (the longer side) the stem is one 3×3 convolution
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
 from fedleak.models.cards import imagenet
+from fedleak.models.layouts import PARAM, PARAMS, Layout, Rule
 from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
 
 
@@ -60,6 +63,59 @@ class DenseNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("densenet121", imagenet("Huang et al. 2017; torchvision/timm densenet121"))
+def _rules(model: nn.Module) -> list[Rule]:
+    """torchvision/timm DenseNet: ``features.{conv0,norm0,denseblockB.denselayerL,transitionB,norm5}``
+    and ``classifier``. fedleak's ``features`` is one flat Sequential, so the positions are read from
+    the model itself (they depend on the block sizes and on the small-image stem)."""
+    children = list(model.features.children())  # type: ignore[union-attr]
+    blocks: list[list[int]] = [[]]
+    transitions: list[int] = []
+    for i, child in enumerate(children):
+        if isinstance(child, DenseLayer):
+            blocks[-1].append(i)
+        elif isinstance(child, nn.Sequential):
+            transitions.append(i)
+            blocks.append([])
+    last = blocks[-1][-1] if blocks[-1] else len(children) - 1
+    body = {"norm1": 0, "conv1": 2, "norm2": 3, "conv2": 5}
+    trans = {"norm": 0, "conv": 2}
+
+    def layer(m: re.Match[str]) -> str:
+        b, j = int(m[1]) - 1, int(m[2]) - 1
+        if b >= len(blocks) or j >= len(blocks[b]):
+            return m[0]  # left as it is: reported as unexpected
+        return f"features.{blocks[b][j]}.body.{body[m[3] + m[4]]}.{m[5]}"
+
+    def transition(m: re.Match[str]) -> str:
+        b = int(m[1]) - 1
+        return f"features.{transitions[b]}.{trans[m[2]]}.{m[3]}" if b < len(transitions) else m[0]
+
+    return [
+        (r"^features\.conv0\.weight$", "features.0.weight"),
+        (rf"^features\.norm0\.{PARAM}$", r"features.1.\1"),
+        # old torchvision files spell ``norm.1`` for ``norm1`` (torchvision fixes them the same way)
+        (rf"^features\.denseblock(\d+)\.denselayer(\d+)\.(norm|conv)\.?([12])\.{PARAM}$", layer),
+        (rf"^features\.transition(\d+)\.(norm|conv)\.{PARAM}$", transition),
+        (rf"^features\.norm5\.{PARAM}$", rf"features.{last + 1}.\1"),
+        (r"^classifier\.(weight|bias)$", r"classifier.\1"),
+    ]
+
+
+def _foreign_keys() -> list[str]:
+    """Every key a torchvision/timm DenseNet of up to four blocks of 64 layers could hold."""
+    keys = ["classifier.weight", "classifier.bias", "features.conv0.weight"]
+    keys += [f"features.norm{i}.{p}" for i in (0, 5) for p in PARAMS]
+    for b in range(1, 5):
+        keys += [f"features.denseblock{b}.denselayer{j}.{n}.{p}" for j in range(1, 65)
+                 for n in ("norm1", "conv1", "norm2", "conv2") for p in PARAMS]
+        keys += [f"features.transition{b}.{n}.{p}" for n in ("norm", "conv") for p in PARAMS]
+    return keys
+
+
+TORCHVISION = Layout(rules=_rules, keys=_foreign_keys)
+"""torchvision's and timm's names for a DenseNet's tensors."""
+
+
+@register_model("densenet121", imagenet("Huang et al. 2017; torchvision/timm densenet121"), TORCHVISION)
 def densenet121(num_classes: int, in_channels: int, image_size: ImageSize, width: float) -> nn.Module:
     return DenseNet((6, 12, 24, 16), scaled(32, width), scaled(64, width), num_classes, in_channels, image_size)

@@ -16,13 +16,14 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.validate import short
 
 
 def is_external(name: str) -> bool:
@@ -34,8 +35,6 @@ def refuse_external(name: str, where: str) -> None:
     folder, a results database) names: importing it would run code a file chose. Only the user's own
     command line or Python may name an external factory (a config file too, with ``--trust-config``)."""
     if is_external(name):
-        from fedleak.validate import short
-
         raise ConfigError(f"{where} names the external model {short(name)}; fedleak imports no code a file "
                           "names (pass --model package.module:factory yourself to use your own model)")
 
@@ -61,8 +60,6 @@ def refuse_file_factory(name: str, where: str, how: str) -> None:
     """Refuse the ``package.module:factory`` that ``where`` (a config file, a study's settings) names
     and the command line does not: a file never chooses code to import. ``how`` is the command-line
     spelling that names it instead (``--model NAME``, ``--set model=NAME``)."""
-    from fedleak.validate import short
-
     raise ConfigError(f"{where} names the external model {short(name)}; fedleak imports no code a file names: "
                       f"name it on the command line ({how.format(name=short(name))}) or pass --trust-config "
                       "if you trust the file")
@@ -143,7 +140,7 @@ def check_attackable(model: nn.Module, input_shape: tuple[int, ...], num_classes
         grads = torch.autograd.grad(F.cross_entropy(out, labels), params,
                                     create_graph=True, allow_unused=True)
         used = [g for g in grads if g is not None]
-        second = torch.autograd.grad(sum(g.pow(2).sum() for g in used), x, allow_unused=True)[0]
+        second = torch.autograd.grad(cast(torch.Tensor, sum(g.pow(2).sum() for g in used)), x, allow_unused=True)[0]
     except RuntimeError as exc:
         raise FedleakError(
             f"the model does not support the double backward attacks need (an in-place operation?): {_first(exc)}"

@@ -28,15 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedleak.data.normalization import Normalization as PixelNormalization
 from fedleak.errors import ConfigError
+from fedleak.models.catalogue import card_of
 
 
 @dataclass(frozen=True)
-class Normalization:
-    """Per-channel ``mean`` and ``std`` (pixels in [0, 1]) and the :data:`SOURCES` entry they came from."""
+class Normalization(PixelNormalization):
+    """A run's :class:`~fedleak.data.normalization.Normalization` and the :data:`SOURCES` entry it came from."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     source: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,8 +74,6 @@ def _configured(e: Evidence) -> tuple[Sequence[float], Sequence[float]] | None:
 def _card(e: Evidence) -> tuple[Sequence[float], Sequence[float]] | None:
     if e.card_name is None:
         return None
-    from fedleak.models.cards import card_of
-
     card = card_of(e.card_name)
     return card.mean, card.std
 

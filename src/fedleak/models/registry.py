@@ -1,7 +1,8 @@
 """The model registry and :func:`create_model`.
 
 A model family is one builder ``(num_classes, in_channels, image_size, width, **kw) → nn.Module``,
-registered with its model card (:func:`register_model`: the input it was designed for).
+registered with its model card (:func:`register_model`: the input it was designed for) and, for a
+family with torchvision/timm checkpoints, its foreign state-dict layout (:mod:`fedleak.models.layouts`).
 ``image_size`` is an int for square images or an ``(H, W)`` pair (builders read it with
 :func:`image_hw`, so heads are sized from the real height and width). ``width`` multiplies every
 layer's channel count, giving CPU-sized variants.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,15 +20,16 @@ from torch import nn
 from fedleak.data.transforms import size_hw as image_hw
 from fedleak.errors import ConfigError
 from fedleak.models.cards import ModelCard
+from fedleak.models.external import build_external, is_external
+from fedleak.models.layouts import LAYOUTS, Layout
 from fedleak.registry import Registry
 
 ImageSize = int | Sequence[int]  # a square side, or (H, W)
 
 
-class Builder(Protocol):
-    def __call__(
-        self, num_classes: int, in_channels: int, image_size: ImageSize, width: float, **kwargs: Any
-    ) -> nn.Module: ...
+# ``(num_classes, in_channels, image_size, width, **options) → nn.Module``, each family with its own keyword
+# options (a Protocol with ``**kwargs`` would demand that every builder accept any keyword).
+Builder = Callable[..., nn.Module]
 
 
 MODELS: Registry[Builder] = Registry("model")
@@ -35,13 +37,16 @@ CARDS: Registry[ModelCard] = Registry("model card")
 """Each registered model's :class:`~fedleak.models.cards.ModelCard` (its intended input), by name."""
 
 
-def register_model(name: str, card: ModelCard) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder under ``name`` together with its model card: every
-    registered architecture says what input it was designed for."""
+def register_model(name: str, card: ModelCard, layout: Layout | None = None) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under ``name`` together with its model card (every registered
+    architecture says what input it was designed for) and, where torchvision or timm name its
+    tensors otherwise, its foreign ``layout`` (filed in :data:`~fedleak.models.layouts.LAYOUTS`)."""
 
     def add(builder: Builder) -> Builder:
         MODELS.register(name)(builder)
         CARDS.register(name)(card)
+        if layout is not None:
+            LAYOUTS.register(name)(layout)
         return builder
 
     return add
@@ -76,8 +81,6 @@ def create_model(
     registered builder gets 1.0, an external factory gets no ``width`` argument at all (its own
     default applies); a set width is passed to either.
     """
-    from fedleak.models.external import build_external, is_external
-
     builder = None if is_external(name) else MODELS.get(name)
     try:
         size: int | tuple[int, int] | None = compact_size(image_size)

@@ -10,7 +10,9 @@ from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
 from fedleak.models.cards import imagenet
-from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
+from fedleak.models.layouts import PARAM, PARAMS, Layout, Rule
+from fedleak.models.registry import Builder, ImageSize, image_hw, register_model, scaled
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -116,21 +118,47 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@register_model("resnet18", imagenet("He et al. 2016; torchvision/timm resnet18"))
-def resnet18(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, image_size, width, norm)
+# torchvision/timm ResNet: conv1/bn1 stem, layerN.J blocks, downsample.0/1 shortcut, fc head.
+# fedleak's blocks are one Sequential ``body``: conv, norm, relu, conv, norm[, relu, conv, norm][, SE].
+_RULES: list[Rule] = [
+    (r"^conv1\.weight$", "stem.0.weight"),
+    (rf"^bn1\.{PARAM}$", r"stem.1.\1"),
+    (rf"^layer([1-4])\.(\d+)\.(conv|bn)([1-3])\.{PARAM}$",
+     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.body.{3 * (int(m[4]) - 1) + (m[3] == 'bn')}.{m[5]}"),
+    (rf"^layer([1-4])\.(\d+)\.downsample\.([01])\.{PARAM}$", lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.shortcut.{m[3]}.{m[4]}"),
+    (r"^layer([1-4])\.(\d+)\.se\.fc([12])\.(weight|bias)$",  # timm's SEModule
+     lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.body.8.gate.{2 * int(m[3]) - 1}.{m[4]}"),
+    (r"^fc\.(weight|bias)$", r"fc.\1"),
+]
 
 
-@register_model("resnet34", imagenet("He et al. 2016; torchvision/timm resnet34"))
-def resnet34(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
+def _foreign_keys() -> list[str]:
+    """Every key a torchvision/timm ResNet of up to 64 blocks per stage could hold."""
+    keys = ["conv1.weight", "fc.weight", "fc.bias"] + [f"bn1.{p}" for p in PARAMS]
+    for s in range(1, 5):
+        for j in range(64):
+            keys += [f"layer{s}.{j}.{kind}{n}.{p}" for kind in ("conv", "bn") for n in (1, 2, 3) for p in PARAMS]
+            keys += [f"layer{s}.{j}.downsample.{i}.{p}" for i in (0, 1) for p in PARAMS]
+            keys += [f"layer{s}.{j}.se.fc{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
+    return keys
 
 
-@register_model("resnet50", imagenet("He et al. 2016; torchvision/timm resnet50"))
-def resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
+TORCHVISION = Layout(rules=lambda model: _RULES, keys=_foreign_keys)
+"""torchvision's and timm's names for a ResNet's tensors."""
 
 
-@register_model("se_resnet50", imagenet("Hu et al. 2018; timm seresnet50"))
-def se_resnet50(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
-    return ResNet(SEBottleneck, (3, 4, 6, 3), num_classes, in_channels, image_size, width, norm)
+def _variant(name: str, origin: str, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int]) -> Builder:
+    """Register the ResNet named ``name``: ``block`` stacked ``depths`` deep per stage, with torchvision's
+    and timm's tensor names (``origin`` credits the design)."""
+
+    def build(num_classes: int, in_channels: int, image_size: ImageSize, width: float, norm: str = "batch") -> nn.Module:
+        return ResNet(block, depths, num_classes, in_channels, image_size, width, norm)
+
+    build.__name__ = build.__qualname__ = name  # importable (and picklable) under its own name
+    return register_model(name, imagenet(origin), TORCHVISION)(build)
+
+
+resnet18 = _variant("resnet18", "He et al. 2016; torchvision/timm resnet18", BasicBlock, (2, 2, 2, 2))
+resnet34 = _variant("resnet34", "He et al. 2016; torchvision/timm resnet34", BasicBlock, (3, 4, 6, 3))
+resnet50 = _variant("resnet50", "He et al. 2016; torchvision/timm resnet50", Bottleneck, (3, 4, 6, 3))
+se_resnet50 = _variant("se_resnet50", "Hu et al. 2018; timm seresnet50", SEBottleneck, (3, 4, 6, 3))

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from fedleak import __version__
 from fedleak.defenses import parse_defense
+from fedleak.images import image_grid, png_bytes
 from fedleak.metrics.baselines import best_guess, no_leak_baselines, verdict
 from fedleak.metrics.recovery import recovery_summary
 from fedleak.pipeline import RunResult
-from fedleak.report.grid import image_grid, png_bytes
 from fedleak.report.html import data_uri, render
 from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import dump_json
@@ -37,7 +37,8 @@ def summary(result: RunResult, base: dict[str, Any] | None = None) -> dict[str, 
     """The run's scores for the console and the report's first table, the no-leak baseline beside
     PSNR and SSIM (``base``: :func:`baselines`, computed when not given) and a verdict on it."""
     m = result.metrics()
-    guess = best_guess(base if base is not None else baselines(result))
+    # A run scored here has its baselines (``None``, from a run stored without them, fails as before).
+    guess = cast(dict[str, float], best_guess(base if base is not None else baselines(result)))
     return {
         "PSNR (dB)": f"{m['psnr']:.2f}",
         "no-leak PSNR": f"{guess['psnr']:.2f}",

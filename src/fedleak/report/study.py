@@ -20,6 +20,8 @@ from fedleak.report.html import data_uri, render
 from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import RunRecord, write_atomically, write_text_atomically
 from fedleak.studies.aggregate import MIN_INTERVAL_N, NO_LEAK
+from fedleak.studies.folder import DB_NAME, first_difference
+from fedleak.studies.reading import load_study
 from fedleak.validate import short
 
 GRID_IMAGES = 16  # rows of the image grid (attacked images); the rest are counted, not shown
@@ -203,8 +205,6 @@ def settings_grid(folder: Path, records: list[RunRecord]) -> dict[str, Any]:
 def check_params(folder: Path, planned: list, records: list[RunRecord]) -> None:
     """Every record's grid coordinates are its planned run's (as JSON gives them back): the table
     groups and sorts by them, so a hand-edited value is one error naming the run and the field."""
-    from fedleak.studies.folder import DB_NAME, first_difference
-
     by_key = {p.key: p for p in planned}
     by_name = {p.run.name: p for p in planned}
     for r in records:
@@ -221,8 +221,6 @@ def check_params(folder: Path, planned: list, records: list[RunRecord]) -> None:
 
 def write_report(folder: Path) -> Path:
     """(Re)build ``folder``'s report from its database; the report parts are replaced atomically."""
-    from fedleak.studies.runner import load_study
-
     study, preset, planned, records = load_study(folder)
     check_params(folder, planned, records)
     rows = study.table(records) if records else []

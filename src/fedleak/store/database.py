@@ -5,15 +5,11 @@ A row holds the run's resolved config, seed, metrics and artifact paths, keyed b
 Ctrl-C loses nothing finished — each run is committed on its own). SQLite in WAL mode keeps readers
 (``fedleak runs list``) working while a study writes.
 
-Several processes may work on one study: before a run starts, its process *claims* it (a row in
-``claims`` naming the owner's host, pid and a token). Others skip a claimed run; a claim whose owner
-died (its pid is gone on this host) or that is older than ``stale_after`` seconds may be taken over,
-so a killed study never blocks the next one. A database is opened for reading without changing it:
-a file that is not a fedleak results database is refused, not converted.
-
-Rows are read back as files other people made: each column, and the metrics the reports and tables
-read, must have the type fedleak writes (strictly: a number is never a string that looks like one),
-else one error names the run's key and the field (``metrics.images[0].psnr``).
+Several processes may work on one study: before a run starts, its process *claims* it
+(:mod:`fedleak.store.claims`), so a run is never done twice at once and a killed study never blocks the
+next one. A database is opened for reading without changing it: a file that is not a fedleak results
+database is refused, not converted. Rows are checked strictly as they are read back
+(:mod:`fedleak.store.records`): a damaged row is one error naming the run's key and the field.
 
 A run that raised is *failed*: a row in ``failures`` with its one-line error and how often it was
 tried, so a study goes on with its other runs and ``fedleak runs list --failed`` shows what went
@@ -27,27 +23,31 @@ for writing (read as they are, they show no host).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
-import socket
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
-
 from fedleak.errors import FedleakError
-from fedleak.validate import short
+from fedleak.store.claims import STALE_AFTER, Claim, Owner, owner_alive
+from fedleak.store.records import (
+    FAILURE_COLUMNS,
+    RUN_COLUMNS,
+    Failure,
+    RunRecord,
+    read_failure,
+    read_record,
+    run_key,
+)
+
+__all__ = ["Claim", "Failure", "Owner", "ResultsDB", "RunRecord", "run_key"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -82,94 +82,6 @@ CREATE TABLE IF NOT EXISTS failures (
     host TEXT NOT NULL DEFAULT ''
 );
 """
-FAILURE_COLUMNS = ("key", "study", "name", "params", "config", "error", "attempts", "failed", "host")
-RUN_COLUMNS = ("key", "study", "name", "params", "config", "seed", "metrics", "artifacts", "seconds", "finished")
-STALE_AFTER = 24 * 3600.0  # a claim older than this is taken over even when its owner cannot be checked
-
-
-def run_key(study: str, config: dict[str, Any]) -> str:
-    """A stable id of a run: the study and its fully specified config, hashed (the caller leaves out
-    what only says where things lie, such as ``data.root``: see :meth:`fedleak.pipeline.RunSpec.key`)."""
-    text = json.dumps({"study": study, "config": config}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunRecord:
-    key: str
-    study: str
-    name: str
-    params: dict[str, Any]
-    config: dict[str, Any]
-    seed: int
-    metrics: dict[str, Any]
-    artifacts: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    finished: float = 0.0
-
-
-@dataclass
-class Failure:
-    """A run that raised: its coordinates, config and one-line error, how often it was tried, and
-    the host it last failed on."""
-
-    key: str
-    study: str
-    name: str
-    params: dict[str, Any]
-    config: dict[str, Any]
-    error: str
-    attempts: int = 1
-    failed: float = 0.0
-    host: str = ""  # where it last failed (a Ray node's host; "" when unknown)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who holds a claim: a process on a host, with a token unique to this study invocation and the
-    time the invocation started (failures recorded since then are not retried by it)."""
-
-    host: str
-    pid: int
-    token: str
-    started: float = field(default_factory=time.time, compare=False)
-
-    @classmethod
-    def me(cls) -> Owner:
-        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
-
-
-class Claim(Enum):
-    """What :meth:`ResultsDB.claim` found: the run is finished, now ours, another's, or failed
-    during this invocation (this one or another process sharing the folder tried it)."""
-
-    DONE = "done"
-    MINE = "mine"
-    BUSY = "busy"
-    FAILED = "failed"
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs on this host (a zombie — dead but not yet reaped — counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no /proc (macOS): trust the signal check
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _owner_alive(host: str, pid: int, token: str, me: Owner) -> bool:
-    if host != me.host:
-        return True  # cannot be checked from here: only ``stale_after`` frees it
-    if pid == me.pid:
-        return token == me.token  # an earlier, finished study call of this same process is gone
-    return _process_alive(pid)
 
 
 ROOM_TO_READ = 1 << 20  # a WAL reader needs room for SQLite's -shm file; a fuller disk is read as immutable
@@ -197,195 +109,6 @@ def _guarded(method: F) -> F:
             raise FedleakError(f"results database {self.path} cannot be used: {exc}") from None
 
     return call  # type: ignore[return-value]
-
-
-class _Stored(BaseModel):
-    """What fedleak writes, checked strictly on the way back (a number is a number, never a string
-    that looks like one); keys fedleak does not know are kept as they are."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class _Guess(_Stored):
-    psnr: float
-    ssim: float
-    index: Optional[int] = None
-
-
-class _Baselines(_Stored):
-    mean_colour: _Guess
-    other_image: Optional[_Guess] = None
-
-
-class _ImageScore(_Stored):
-    psnr: float
-    ssim: float
-    position: Optional[int] = None
-    dataset_index: Optional[int] = None
-    matched: Optional[int] = None
-    label: Optional[int] = None
-    recovered_label: Optional[int] = None
-    lpips: dict[str, Optional[float]] = {}
-
-
-class _Classification(_Stored):
-    original_correct: bool
-    original_confidence: float
-    recon_correct: list[bool]
-    recon_predicted: list[int] = []
-    recon_predicted_name: list[str] = []
-    recon_confidence: list[float] = []
-    recon_true_confidence: list[float] = []
-
-
-class _Metrics(_Stored):
-    """The metrics the report and the studies' tables read; every field optional (a training run
-    has no PSNR), typed where present."""
-
-    psnr: Optional[float] = None
-    ssim: Optional[float] = None
-    lpips: Optional[dict[str, Optional[float]]] = None
-    label_accuracy: Optional[float] = None
-    matching_loss: Optional[float] = None
-    restart_losses: Optional[list[Optional[float]]] = None
-    iterations: Optional[int] = None
-    attack_seconds: Optional[float] = None
-    seconds: Optional[float] = None
-    seed: Optional[int] = None
-    images: list[_ImageScore] = []
-    hints: list[str] = []
-    baselines: Optional[_Baselines] = None
-    classification: Optional[_Classification] = None
-    exact_images: Optional[int] = None
-    observed_images: Optional[int] = None
-    test_accuracy: Optional[float] = None
-    accuracy_per_round: Optional[list[float]] = None
-    ran_on: Optional[dict[str, Any]] = None
-    dataset: Optional[dict[str, Any]] = None
-
-
-
-EXTRA_METRICS: dict[str, TypeAdapter] = {  # metrics named by a prefix, and what each holds
-    "lpips_": TypeAdapter(Optional[float]),  # a backbone's score beside ``lpips``
-    "transfer:": TypeAdapter(_Classification),  # another classifier's verdict (the transfer study)
-}
-
-
-class _Row(_Stored):
-    """A ``runs`` row, its JSON columns decoded."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    key: str
-    study: str
-    name: str
-    params: dict[str, Any]
-    config: dict[str, Any]
-    seed: int
-    metrics: _Metrics
-    artifacts: dict[str, str]
-    seconds: float
-    finished: float
-
-
-class _FailureRow(_Stored):
-    model_config = ConfigDict(extra="ignore", strict=True)  # columns added later (a host, say) are read elsewhere
-    key: str
-    study: str
-    name: str
-    params: dict[str, Any]
-    config: dict[str, Any]
-    error: str
-    attempts: int
-    failed: float
-
-
-JSON_COLUMNS = ("params", "config", "metrics", "artifacts")
-
-
-def _where(loc: tuple) -> str:
-    """A pydantic error location as a dotted field name: ``metrics.images[0].psnr``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "model-")):  # a validator's own step, not a field
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-EXPECTS = {"float_type": "a number", "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
-           "dict_type": "a JSON object", "list_type": "a JSON list", "model_type": "a JSON object",
-           "missing": "present", "extra_forbidden": "absent"}
-
-
-def _decoded(row: Any, columns: tuple[str, ...], what: str, path: Path) -> dict[str, Any]:
-    """A row as a column → value mapping, its JSON columns decoded; a column that is no JSON is
-    one error naming the row and the column."""
-    values = dict(zip(columns, row))
-    key = values.get("key")
-    for column in JSON_COLUMNS:
-        if column not in values:
-            continue
-        try:
-            values[column] = json.loads(values[column])
-        except (json.JSONDecodeError, TypeError, RecursionError) as exc:
-            detail = (f"({str(exc)[:60]})" if isinstance(exc, json.JSONDecodeError) else "(it nests too deeply)"
-                      if isinstance(exc, RecursionError) else f"(a {type(values[column]).__name__})")
-            raise FedleakError(f"results database {path}: {what} {str(key)[:40]!r} is corrupt: "
-                               f"{column} is not valid JSON {detail}") from None
-    return values
-
-
-def _invalid(exc: ValidationError, key: Any, what: str, path: Path, within: tuple = ()) -> FedleakError:
-    """The first problem of a row as one line naming the run's key and the field."""
-    err = exc.errors()[0]
-    expect = EXPECTS.get(err["type"], err["msg"].removeprefix("Input should be ").removeprefix("Value error, "))
-    got = "" if err["type"] == "missing" else f", got {short(err.get('input'))}"
-    where = _where((*within, *err["loc"]))
-    return FedleakError(f"results database {path}: {what} {str(key)[:40]!r} is corrupt: "
-                        f"{where or 'the row'} must be {expect}{got}")
-
-
-def _record(row: tuple, path: Path) -> RunRecord:
-    """A row as a :class:`RunRecord`; a row that is not what fedleak wrote is one clear error naming
-    the run and the field."""
-    values = _decoded(row, RUN_COLUMNS, "run", path)
-    try:
-        _Row.model_validate(values)
-    except ValidationError as exc:
-        raise _invalid(exc, values.get("key"), "run", path) from None
-    for name, value in values["metrics"].items():
-        adapter = next((a for prefix, a in EXTRA_METRICS.items() if name.startswith(prefix)), None)
-        try:
-            if adapter is not None:
-                adapter.validate_python(value, strict=True)
-        except ValidationError as exc:  # located under its own name
-            raise _invalid(exc, values.get("key"), "run", path, ("metrics", name)) from None
-    return RunRecord(key=values["key"], study=values["study"], name=values["name"], params=values["params"],
-                     config=values["config"], seed=values["seed"], metrics=values["metrics"],
-                     artifacts=values["artifacts"], seconds=float(values["seconds"]),
-                     finished=float(values["finished"]))
-
-
-def _failure(row: sqlite3.Row | tuple, path: Path, columns: tuple[str, ...] | None = None) -> Failure:
-    """A ``failures`` row as a :class:`Failure`; a damaged row is one clear error naming the run
-    and the field."""
-    columns = columns or ("key", "study", "name", "params", "config", "error", "attempts", "failed")
-    values = _decoded(row, columns, "failed run", path)
-    try:
-        _FailureRow.model_validate(values)
-    except ValidationError as exc:
-        raise _invalid(exc, values.get("key"), "failed run", path) from None
-    return Failure(key=values["key"], study=values["study"], name=values["name"], params=values["params"],
-                   config=values["config"], error=values["error"], attempts=values["attempts"],
-                   failed=float(values["failed"]), host=_host(values.get("host")))
-
-
-def _host(value: Any) -> str:
-    """A failure's host column: a database made before it existed (or a damaged value) has none."""
-    return value if isinstance(value, str) else ""
 
 
 class ResultsDB:
@@ -510,7 +233,7 @@ class ResultsDB:
             held = self.conn.execute("SELECT owner, host, pid, since FROM claims WHERE key = ?", (key,)).fetchone()
             now = time.time()
             if held and held[0] != owner.token and now - held[3] < stale_after \
-                    and _owner_alive(held[1], held[2], held[0], owner):
+                    and owner_alive(held[1], held[2], held[0], owner):
                 return Claim.BUSY
             self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
                               (key, owner.token, owner.host, owner.pid, now))
@@ -547,7 +270,7 @@ class ResultsDB:
         query = "SELECT * FROM failures" + (" WHERE study = ?" if study else "") + " ORDER BY failed"
         cursor = self.conn.execute(query, (study,) if study else ())
         columns = tuple(d[0] for d in cursor.description)  # by name: a later column (a host, say) shifts none
-        return [_failure(r, self.path, columns) for r in cursor.fetchall()]
+        return [read_failure(r, self.path, columns) for r in cursor.fetchall()]
 
     @_guarded
     def rekey(self, moves: Iterable[tuple[str, str, dict[str, str]]]) -> int:
@@ -594,7 +317,7 @@ class ResultsDB:
     def records(self, study: str | None = None) -> list[RunRecord]:
         query = "SELECT * FROM runs" + (" WHERE study = ?" if study else "") + " ORDER BY finished"
         rows = self.conn.execute(query, (study,) if study else ()).fetchall()
-        return [_record(r, self.path) for r in rows]
+        return [read_record(r, self.path) for r in rows]
 
     def get(self, key: str) -> RunRecord:
         """The run whose key starts with ``key`` (a unique prefix is enough)."""

@@ -20,7 +20,7 @@ from fedleak.errors import ConfigError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer assumed
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # no module on Windows: None marks it missing
 
 
 def default_out() -> Path:

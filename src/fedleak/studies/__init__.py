@@ -1,9 +1,19 @@
 """The seeds' experiments as named studies: a grid of runs plus an aggregation, table, plots and grids."""
 
-from fedleak.studies import obfuscation, recognition, sweep, sweeps, tradeoff  # noqa: F401  (fill the registry)
-from fedleak import audit  # noqa: F401  (the flower-audit study: a live federation's grid)
-from fedleak.studies import secure_aggregation  # noqa: F401  (a malicious server against secure aggregation)
-from fedleak.studies.base import STUDIES, PlannedRun, Study, StudySettings
-from fedleak.studies.runner import build_study, load_study, run_study
+# Fill the registry (flower_audit: a live federation's grid; secure_aggregation: a malicious server against
+# secure aggregation).
+from fedleak.studies import (  # noqa: F401
+    flower_audit,
+    obfuscation,
+    recognition,
+    secure_aggregation,
+    sweep,
+    sweeps,
+    tradeoff,
+)
+from fedleak.studies.base import STUDIES, PlannedRun, Study, StudySettings, study_of
+from fedleak.studies.planning import build_study
+from fedleak.studies.reading import load_study
+from fedleak.studies.runner import run_study
 
-__all__ = ["STUDIES", "PlannedRun", "Study", "StudySettings", "build_study", "load_study", "run_study"]
+__all__ = ["STUDIES", "PlannedRun", "Study", "StudySettings", "build_study", "load_study", "run_study", "study_of"]

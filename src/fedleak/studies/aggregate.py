@@ -16,12 +16,16 @@ no-leak baseline, to read the mean beside.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scipy.stats import norm, t
+
+from fedleak.metrics.baselines import best_guess
 from fedleak.store import RunRecord
 
 CONFIDENCE = 0.95
@@ -64,8 +68,6 @@ class Summary:
 def t_interval(values: Iterable[Any], confidence: float = CONFIDENCE, min_n: int = 2) -> Summary:
     """The sample's mean with a two-sided Student-t confidence interval; fewer than ``min_n``
     (at least 2) values have none."""
-    from scipy.stats import t
-
     vals = _finite(values)
     n = len(vals)
     if not n:
@@ -89,8 +91,6 @@ def stats(name: str, values: Iterable[Any]) -> dict[str, Any]:
 def no_leak(records: Sequence[RunRecord], metric: str) -> dict[str, Any]:
     """``{metric_no_leak: mean}`` of the runs' no-leak baselines on ``metric`` (``psnr``/``ssim``);
     empty where no run stored baselines."""
-    from fedleak.metrics.baselines import best_guess
-
     base = [b[metric] for b in (best_guess(r.metrics.get("baselines")) for r in records) if b is not None]
     vals = _finite(base)
     return {f"{metric}{NO_LEAK}": statistics.fmean(vals)} if vals else {}
@@ -101,8 +101,6 @@ def proportion(name: str, successes: int, n: int, confidence: float = CONFIDENCE
     (which, unlike the normal approximation, stays inside [0, 1] and is sensible for small n)."""
     if n <= 0:
         return {name: math.nan, f"{name}_n": 0, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan}
-    from scipy.stats import norm
-
     z = float(norm.ppf(0.5 + confidence / 2))
     p = successes / n
     denom = 1 + z * z / n
@@ -128,8 +126,6 @@ def group(records: Sequence[RunRecord], by: Sequence[str]) -> dict[tuple, list[R
 def _hashable(v: Any) -> Any:
     """Grid values may be lists or mappings (e.g. ``model.options``): group them by their JSON text."""
     if isinstance(v, (list, dict)):
-        import json
-
         return json.dumps(v, sort_keys=True)
     return v
 

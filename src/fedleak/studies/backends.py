@@ -1,14 +1,17 @@
 """Where a study's runs execute: ``local`` (in this process, one after another) or ``ray`` (tasks on
-a local or remote Ray cluster, several at once). A backend only executes :class:`~fedleak.pipeline.RunSpec`
-s and hands back :class:`~fedleak.pipeline.Outcome` s; claiming runs, committing results and the
+a local or remote Ray cluster, several at once). A backend only executes :class:`~fedleak.run_unit.RunSpec`
+s and hands back :class:`~fedleak.run_unit.Outcome` s; claiming runs, committing results and the
 progress bar stay with the driver (:mod:`fedleak.studies.runner`), whatever the backend.
 
 A new backend is one class with :meth:`Backend.submit` and :meth:`Backend.collect` and one
-``@BACKENDS.register`` factory.
+``@BACKENDS.register`` factory, in its own module (``ray``: :mod:`fedleak.integrations.ray`, an
+optional extra tried when backends are looked up, :data:`EXTRAS`).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
@@ -19,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedleak.config import describe_validation_error
 from fedleak.errors import ConfigError
-from fedleak.pipeline import Outcome, RunSpec, attempt, attempt_many
 from fedleak.registry import Registry
+from fedleak.run_unit import Outcome, RunSpec, attempt, attempt_many
+from fedleak.studies.base import study_of
 
 
 class BackendOptions(BaseModel):
@@ -56,7 +60,7 @@ class Backend(ABC):
         else:
             logging.getLogger("fedleak").log(logging.WARNING if warn else logging.INFO, text)
 
-    def start(self, loader: Callable) -> None:
+    def start(self, loader: Callable) -> None:  # noqa: B027  (an optional hook: empty by default)
         """Get ready (connect, start workers); ``loader`` is the driver's cached dataset loader."""
 
     @abstractmethod
@@ -68,7 +72,7 @@ class Backend(ABC):
         """The submitted runs that have finished: at least one, unless ``timeout`` seconds pass first
         or the backend's :attr:`capacity` grew (room for more runs: none is returned then)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (an optional hook: empty by default)
         """Stop: runs still in flight are cancelled (their claims are released by the driver)."""
 
     def describe(self) -> str:
@@ -84,7 +88,7 @@ class Backend(ABC):
 class LocalBackend(Backend):
     """Each run in this process when collected, one at a time (a run's own progress bar works) — or,
     with ``batch`` N > 1, up to N runs together: attack runs that share model and attack settings go
-    through one batched optimisation (:func:`~fedleak.pipeline.attempt_many`)."""
+    through one batched optimisation (:func:`~fedleak.run_unit.attempt_many`)."""
 
     name = "local"
 
@@ -108,9 +112,10 @@ class LocalBackend(Backend):
         kwargs = {"loader": self._loader} if self._loader is not None else {}
         if self.capacity == 1:
             ticket, spec, detail = self._queue.popleft()
-            return [(ticket, attempt(spec, detail=detail, **kwargs))]
+            return [(ticket, attempt(spec, detail=detail, study=study_of(spec), **kwargs))]
         queued = [self._queue.popleft() for _ in range(min(self.capacity, len(self._queue)))]
-        outcomes = attempt_many([spec for _, spec, _ in queued], detail=any(d for *_, d in queued), **kwargs)
+        specs = [spec for _, spec, _ in queued]
+        outcomes = attempt_many(specs, detail=any(d for *_, d in queued), studies=[study_of(s) for s in specs], **kwargs)
         return [(ticket, outcome) for (ticket, _, _), outcome in zip(queued, outcomes)]
 
     def close(self) -> None:
@@ -132,20 +137,29 @@ def _local(options: BackendOptions, given: set[str]) -> Backend:
     return LocalBackend(options.batch)
 
 
-@BACKENDS.register("ray")
-def _ray(options: BackendOptions, given: set[str]) -> Backend:
-    if options.batch > 1:
-        raise ConfigError("--batch applies to --backend local (each Ray task runs one run)")
-    try:
-        from fedleak.integrations.ray import RayBackend
-    except ImportError as exc:
-        raise ConfigError(f"the ray backend needs Ray ({exc}): pip install 'fedleak[ray]'") from None
-    return RayBackend(address=options.address, cpus_per_run=options.cpus_per_run,
-                      gpus_per_run=options.gpus_per_run, workers=options.workers)
+# The backends of optional extras, each registered by its own module when that is imported: tried
+# when a backend is looked up, so a missing extra is one clear line (Ray itself is imported only
+# when such a backend starts).
+EXTRAS = {"ray": "fedleak.integrations.ray"}
+
+
+def _extras() -> None:
+    for name, module in EXTRAS.items():
+        if name not in BACKENDS:
+            try:
+                importlib.import_module(module)  # registers the backend (it sits above this layer)
+            except ImportError as exc:
+                BACKENDS.register(name)(functools.partial(_missing, f"the {name} backend needs Ray ({exc}): "
+                                                                    f"pip install 'fedleak[{name}]'"))
+
+
+def _missing(why: str, options: BackendOptions, given: set[str]) -> Backend:
+    raise ConfigError(why)
 
 
 def make_backend(name: str = "local", **options: Any) -> Backend:
     """The backend ``name`` with ``options`` (those left ``None`` take their defaults), checked."""
+    _extras()
     factory = BACKENDS.get(name)
     given = {k: v for k, v in options.items() if v is not None}
     try:

@@ -11,12 +11,14 @@ machines), then a YAML file, then ``--set`` overrides, validated like run config
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedleak.device import check_device
 from fedleak.registry import Registry
+from fedleak.run_unit import PlannedRun, RunSpec
 from fedleak.store import RunRecord
 
 
@@ -44,8 +46,6 @@ class StudySettings(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        from fedleak.device import check_device
-
         return check_device(v)
     client_seed: int | None = Field(None, description="mixed with the study folder's secret into "
                                     "every run's private client seed (see fedleak.studies.secret)")
@@ -70,20 +70,6 @@ class StudySettings(BaseModel):
 
 
 @dataclass
-class PlannedRun:
-    """One cell of a study's grid: ``params`` are its coordinates, ``flags`` its config.
-    ``seed_scope``: what its private client seed is derived from besides the folder's secret (runs
-    with the same scope attack the same client batches); ``None``: the run's own key."""
-
-    name: str
-    params: dict[str, Any]
-    flags: dict[str, Any]
-    kind: str = "attack"
-    extra: dict[str, Any] = field(default_factory=dict)
-    seed_scope: dict[str, Any] | None = None
-
-
-@dataclass
 class Figure:
     """One plot of a study: ``draw(ax, rows)`` on a matplotlib axis."""
 
@@ -102,6 +88,9 @@ class Study(ABC):
     # may import no other. ``None``: built in Python, which names what it likes.
     factories: frozenset[str] | None = None
     factory_hint: ClassVar[str] = "--set model={name}"  # how the command line names a study's model
+    # The settings that say where its data lies or where its runs compute (dotted paths): no part of
+    # what the study is (:mod:`fedleak.identity`) — moving the data is no other grid.
+    locations: ClassVar[tuple[str, ...]] = ("root", "device")
 
     def __init__(self, settings: StudySettings) -> None:
         self.settings = settings
@@ -127,6 +116,15 @@ class Study(ABC):
 
 
 STUDIES: Registry[type[Study]] = Registry("study")
+
+
+def study_of(spec: RunSpec) -> Study | None:
+    """The spec's study, rebuilt from its name and settings (``None`` for a bare run): what
+    :func:`fedleak.run_unit.execute` takes to add the study's numbers to the run."""
+    if spec.study is None:
+        return None
+    cls = STUDIES.get(spec.study)
+    return cls(cls.Settings.model_validate(spec.settings))
 
 
 def register(name: str):

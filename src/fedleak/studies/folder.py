@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.identity import identity
 from fedleak.store import check_writable_parent, write_atomically, write_text_atomically
 from fedleak.validate import check_fields, mapping, short, text
 
@@ -58,9 +60,17 @@ def first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] 
     return None if old == new else (key, old, new)
 
 
-def prepare(out: Path, meta: dict[str, Any], force: bool) -> bool:
+def grid_of(meta: dict[str, Any], locations: Iterable[str]) -> dict[str, Any]:
+    """``meta`` as folders compare it: its settings without their ``locations``."""
+    return {**meta, "settings": identity(meta.get("settings") or {}, locations)}
+
+
+def prepare(out: Path, meta: dict[str, Any], force: bool, locations: Iterable[str] = ()) -> bool:
     """Check ``out`` before any work: a new folder, or one made by this grid (another grid, or a
-    non-empty folder that is no study, only with ``force``). Returns whether ``out`` is new."""
+    non-empty folder that is no study, only with ``force``). Returns whether ``out`` is new.
+    Settings that only say where things lie or run (``locations``, :attr:`Study.locations
+    <fedleak.studies.base.Study.locations>`: the data root, the device) are no part of the grid
+    (:mod:`fedleak.identity`): the same grid on moved data is the same grid."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"study folder {str(out)!r} exists and is not a folder")
     if not out.exists():
@@ -76,7 +86,7 @@ def prepare(out: Path, meta: dict[str, Any], force: bool) -> bool:
             if force:
                 return False
             raise FedleakError(f"{exc}; {hint}") from None
-        diff = first_difference(old, meta)
+        diff = first_difference(grid_of(old, locations), grid_of(meta, locations))
         if diff and not force:
             key, was, now = diff
             raise ConfigError(f"study folder {str(out)!r} holds another grid ({key} is {short(was)} there, "

@@ -12,19 +12,22 @@ from fedleak.models.registry import without_batch_norm
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.figures import grouped_bars
 from fedleak.studies.sweeps import image_runs, quality
 
 DEFENSES = ["none", "quantize:bits=3", "qsgd:levels=4", "topk:sparsity=0.95", "sign", "noise:snr_db=0",
             "clip:c=1", "prune:ratio=0.9"]
 
 
+def _attacks() -> dict[str, dict[str, Any]]:
+    return {"ig": {"name": "ig", "iterations": 200},
+            "rog": {"name": "rog"},
+            "rog-aware": {"name": "rog", "matching": "auto"}}
+
+
 class ObfuscationSettings(StudySettings):
     defenses: list[str] = Field(default_factory=lambda: list(DEFENSES), description="defense specs ('none': no defense)")
-    attacks: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"ig": {"name": "ig", "iterations": 200},
-                                 "rog": {"name": "rog"},
-                                 "rog-aware": {"name": "rog", "matching": "auto"}},
-        description="label → attack settings")
+    attacks: dict[str, dict[str, Any]] = Field(default_factory=_attacks, description="label → attack settings")
 
 
 @register("obfuscation")
@@ -72,14 +75,7 @@ class ObfuscationStudy(Study):
         base = self.settings.model
 
         def draw(ax, rows):
-            cases = list(dict.fromkeys((r["model"], r["defense"]) for r in rows))
-            attacks = list(dict.fromkeys(r["attack"] for r in rows))
-            width = 0.8 / max(1, len(attacks))
-            for j, attack in enumerate(attacks):
-                vals = {(r["model"], r["defense"]): r["psnr"] for r in rows if r["attack"] == attack}
-                ax.bar([i + j * width for i in range(len(cases))], [vals.get(c, 0) for c in cases], width,
-                       label=attack)
-            ax.set_xticks([i + width * (len(attacks) - 1) / 2 for i in range(len(cases))])
+            cases = grouped_bars(ax, rows, lambda r: (r["model"], r["defense"]), "attack", "psnr")
             ax.set_xticklabels([d.split(",")[0] + ("" if m == base else f" ({m.removeprefix(base)})")
                                 for m, d in cases], rotation=35, ha="right", fontsize=7)
             ax.set_xlabel("defense (model variant)")

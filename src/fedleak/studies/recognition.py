@@ -14,10 +14,13 @@ from typing import Any
 
 from pydantic import Field
 
-from fedleak.metrics.classify import classify, recognition_rates
+from fedleak.config import RunConfig
+from fedleak.metrics.classify import classify, recognition_counts, recognition_rates
+from fedleak.pipeline import build_target, resolve_checkpoint
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import group, no_leak, proportion, stats
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.figures import rate_axes
 
 
 class StackingSettings(StudySettings):
@@ -57,9 +60,8 @@ def rate_rows(records: list[RunRecord], by: list[str], prefix: str = "") -> list
         row: dict[str, Any] = dict(zip(by, key))
         groups = [(c["recon_correct"], c["original_correct"]) for c in cls]
         row.update(recognition_rates(groups))
-        recons = [ok for corrects, _ in groups for ok in corrects]  # the rates with their Wilson intervals
-        row.update(proportion("rate_a", sum(recons), len(recons)))
-        row.update(proportion("rate_b", sum(any(c) for c, _ in groups), len(groups)))
+        counts = recognition_counts(groups)  # the rates with their Wilson intervals
+        row.update(proportion("rate_a", *counts["rate_a"]) | proportion("rate_b", *counts["rate_b"]))
         row.update(stats("confidence", (v for c in cls for v, ok in zip(c["recon_confidence"], c["recon_correct"]) if ok)))
         row.update(stats("psnr", (r.metrics["psnr"] for r in members)))
         row.update(stats("ssim", (r.metrics["ssim"] for r in members)))
@@ -72,12 +74,7 @@ def rates_plot(x: str):
     def draw(ax, rows):
         for key, label in (("rate_a", "rate (a)"), ("rate_b", "rate (b)")):
             ax.plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size B (copies of one image)")
-        ax.set_ylabel("rate (fraction)")
-        ax.set_ylim(-0.05, 1.05)
-        ax.legend()
-        ax.grid(alpha=0.3)
+        rate_axes(ax, "batch size B (copies of one image)", "rate (fraction)", 0.05)
 
     return draw
 
@@ -132,9 +129,6 @@ class TransferStudy(StackingStudy):
         return runs
 
     def measure(self, result, run: PlannedRun) -> dict[str, Any]:
-        from fedleak.config import RunConfig
-        from fedleak.pipeline import build_target, resolve_checkpoint
-
         out = {"classification": classification(result.target, result)}
         for path in self.settings.transfer:
             config = RunConfig.model_validate({"model": {"checkpoint": path}, "data": {"name": result.config.data.name}})
@@ -158,11 +152,6 @@ class TransferStudy(StackingStudy):
             for name in dict.fromkeys(r["classifier"] for r in rows):
                 sel = [r for r in rows if r["classifier"] == name]
                 ax.plot([r["batch_size"] for r in sel], [r["rate_a"] for r in sel], marker="o", label=name)
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("batch size B")
-            ax.set_ylabel("rate (a)")
-            ax.set_ylim(-0.05, 1.05)
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
+            rate_axes(ax, "batch size B", "rate (a)", 0.05, legend_size=7)
 
         return [Figure("transfer-rate-a", "Rate (a) by classifier against B", draw)]

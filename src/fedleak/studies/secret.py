@@ -8,8 +8,8 @@ from :mod:`secrets`, readable by its owner only: mode 0600), drawn once when the
 into the folder and kept with the auditor's records (``results.sqlite``); it never enters
 ``study.json``, a run's config before it executes, or a payload. A run's client seed is an
 HMAC-SHA256 of the secret over the study's ``client_seed`` setting (still a user setting, mixed in)
-and the run's seed scope (:attr:`~fedleak.studies.base.PlannedRun.seed_scope`, by default the run's
-key). The driver derives it and it travels with the run (:attr:`fedleak.pipeline.RunSpec.client_seed`,
+and the run's seed scope (:attr:`~fedleak.run_unit.PlannedRun.seed_scope`, by default the run's
+key). The driver derives it and it travels with the run (:attr:`fedleak.run_unit.RunSpec.client_seed`,
 no part of the run's key), so a Ray worker never reads the folder; the run records the seed it used
 (``metrics.client_seed`` and the stored config), so it repeats exactly.
 
@@ -33,14 +33,12 @@ import hmac
 import json
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedleak.errors import FedleakError
 from fedleak.store.folders import write_private_once
-
-if TYPE_CHECKING:
-    from fedleak.studies.runner import Planned
-    from fedleak.studies.base import Study
+from fedleak.studies.base import Study
+from fedleak.studies.planning import Planned
 
 SECRET_FILE = "client-secret"
 SECRET_BYTES = 32

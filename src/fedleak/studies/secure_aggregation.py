@@ -19,17 +19,18 @@ from typing import Any
 from pydantic import Field
 
 from fedleak.metrics.recovery import recovery_summary
-from fedleak.pipeline import RUN_KINDS, RunSpec
+from fedleak.run_unit import RUN_KINDS, Measures, RunSpec
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize, value
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.figures import grouped_bars, rate_axes
 
 SERVERS = ("honest", "imprint", "fishing")
 KEPT_IMAGES = 4  # originals and reconstructions kept per run (a run attacks up to thousands of images)
 
 
 @RUN_KINDS.register("attack-sample")
-def sampled_attack(study: Study | None, spec: RunSpec, loader: Callable[..., Any],
+def sampled_attack(study: Measures | None, spec: RunSpec, loader: Callable[..., Any],
                    detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
     """An attack run that keeps the image files of only its first ``extra["keep_images"]`` images."""
     metrics, artifacts = RUN_KINDS.get("attack")(study, spec, loader, detail)
@@ -155,23 +156,12 @@ class SecureAggregationStudy(Study):
                     if sel:
                         ax.plot([r["batch"] for r in sel], [r["exact_rate"] for r in sel], marker="o",
                                 label=f"{server}, K={k}")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("client batch size B")
-            ax.set_ylabel("images recovered exactly")
-            ax.set_ylim(-0.02, 1.02)
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
+            rate_axes(ax, "client batch size B", "images recovered exactly", 0.02, legend_size=7)
 
         def by_defense(ax, rows):
             sel = [r for r in rows if r["server"] == "imprint"]
-            cells = list(dict.fromkeys((r["batch"], r["clients"]) for r in sel))
-            defenses = list(dict.fromkeys(r["defense"] for r in sel))
-            width = 0.8 / max(1, len(defenses))
-            for j, d in enumerate(defenses):
-                vals = {(r["batch"], r["clients"]): r["exact_rate"] for r in sel if r["defense"] == d}
-                ax.bar([i + j * width for i in range(len(cells))], [vals.get(c, 0) for c in cells], width,
-                       label=d.split(",")[0])
-            ax.set_xticks([i + width * (len(defenses) - 1) / 2 for i in range(len(cells))])
+            cells = grouped_bars(ax, sel, lambda r: (r["batch"], r["clients"]), "defense", "exact_rate",
+                                 label=lambda d: d.split(",")[0])
             ax.set_xticklabels([f"B={b}\nK={k}" for b, k in cells], fontsize=7)
             ax.set_xlabel("client batch size B, aggregated clients K")
             ax.set_ylabel("images recovered exactly (imprint)")

@@ -19,6 +19,7 @@ Grid syntax (``--grid KEY=VALUES``), each value read as YAML (``1e-3`` a number,
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -28,8 +29,12 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedleak.attacks import build_attack
 from fedleak.config import apply_override, build_config, describe_validation_error, load_yaml, parse_override, read_yaml
+from fedleak.defenses import parse_defense
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.identity import identity
+from fedleak.models.external import named_factories
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, register
@@ -105,7 +110,7 @@ class SweepStudy(Study):
     per grid cell."""
 
     title = "Sweep over config settings"
-    Settings = SweepSettings  # type: ignore[assignment]  (not a StudySettings: the base config is a run config)
+    Settings = SweepSettings  # type: ignore[assignment]  # not a StudySettings: the base config is a run config
     settings: SweepSettings  # type: ignore[assignment]
     locations: ClassVar[tuple[str, ...]] = ("base.data.root", "base.device")  # where data lies / runs: no other grid
     presets = {  # examples for `fedleak study sweep`; `fedleak sweep` builds its settings from its options
@@ -120,6 +125,12 @@ class SweepStudy(Study):
     @property
     def keys(self) -> list[str]:
         return list(self.settings.grid)
+
+    def folder_name(self) -> str:
+        """The sweep's default folder, ``sweep-HASH``: the same for the same sweep, wherever its data
+        lies and whatever device it runs on (its settings' :func:`~fedleak.identity.identity`)."""
+        what = identity(self.settings.model_dump(mode="json"), self.locations)
+        return f"sweep-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]}"
 
     def count(self) -> int:
         """How many runs the sweep has, from the lengths alone (nothing is built)."""
@@ -166,8 +177,6 @@ class SweepStudy(Study):
     @staticmethod
     def _block(tree: dict[str, Any]) -> int:
         """How many image indices one run's clients hold: batch size × aggregated clients."""
-        from fedleak.defenses import parse_defense
-
         flags = {k: v for k, v in flatten(tree).items() if k != "data.index"}
         config = build_config(flags=flags)
         return config.client.batch_size * parse_defense(config.client.defense).clients
@@ -242,8 +251,6 @@ def validated(key: str, value: Any, base: dict[str, Any]) -> str:
     """The run config that ``key=value`` on top of ``base`` gives, validated (the attack's settings by
     its own config class, defaults filled in), as canonical JSON text. A value that does not validate
     is its own JSON text: its error is reported when the sweep is planned."""
-    from fedleak.attacks import build_attack
-
     tree = copy.deepcopy(base)
     try:
         apply_override(tree, key.split("."), value)
@@ -287,8 +294,6 @@ def build_sweep(grid: list[str], images: str | None = None, seeds: str | None = 
     """A sweep from the command line's options, every cell's config checked. A
     ``package.module:factory`` only the ``config`` file names is refused when the sweep runs, unless
     ``trust_config`` (the grid and ``overrides`` are the user's own)."""
-    from fedleak.models.external import named_factories
-
     base: dict[str, Any] = read_yaml(config) if config else {}
     given = []
     for text in overrides or []:
@@ -303,7 +308,7 @@ def build_sweep(grid: list[str], images: str | None = None, seeds: str | None = 
         settings = SweepSettings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, prefix="sweep.")) from None
-    study = SweepStudy(settings)
+    study = SweepStudy(settings)  # type: ignore[arg-type]  # SweepSettings, as SweepStudy.Settings says
     study.check_size()
     study.factories = None if trust_config else named_factories(list(cells.values()), given)
     return study

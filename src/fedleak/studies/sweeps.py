@@ -10,6 +10,7 @@ from fedleak.store import RunRecord
 from fedleak.studies.aggregate import summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
 
+
 def quality(records: list[RunRecord]) -> list[str]:
     """The quality columns: PSNR, SSIM, each LPIPS backbone the runs scored (n/a without weights),
     label accuracy and attack time."""

@@ -1,7 +1,7 @@
 """Privacy against utility under additive noise (``dp-tradeoff``): for each SNR, the test accuracy after
 FedAvg training with that noise on every client update, beside how well an attack reconstructs one
-client's images from an update with the same noise. (The ``fl-train`` run kind that trains is in
-:mod:`fedleak.pipeline`, beside ``attack``.)"""
+client's images from an update with the same noise. The ``fl-train`` run kind that trains is here:
+this study is the one that plans it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from pydantic import Field
 
+from fedleak.device import device_name, resolve_device
+from fedleak.fl.federated import FederatedSettings, federated_train
+from fedleak.pipeline import build_target, load_data, resolve_checkpoint
+from fedleak.run_unit import RUN_KINDS, Measures, RunSpec
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import stats, summarize, value
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
@@ -28,6 +33,32 @@ def noise_spec(snr: float | None, extra: str | None) -> str | None:
     """The defense at one SNR (``None`` = no noise), after ``extra`` stages such as clipping."""
     stages = [s for s in (extra, None if snr is None else f"noise:snr_db={snr:g}") if s]
     return "+".join(stages) or None
+
+
+@RUN_KINDS.register("fl-train")
+def fl_train_kind(study: Measures | None, spec: RunSpec, loader: Callable[..., Any],
+                  detail: bool) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """FedAvg training of the configured model with the run's defense (``extra``: train_images,
+    test_images, fl_clients, rounds, local_epochs, fl_lr, fl_batch_size); returns its test accuracy."""
+    config, info = resolve_checkpoint(spec.run_config())
+    x = spec.extra
+    train, test = load_data(config, loader, "train"), load_data(config, loader, "test")
+    torch.manual_seed(config.seed)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    train_idx = sorted(pick[: x["train_images"]])
+    test_idx = list(range(min(x["test_images"], len(test))))
+    target = build_target(config, train, info)
+    device = resolve_device(config.device)
+    target.model.to(device)  # federated_train follows the model's device
+    settings = FederatedSettings(clients=x["fl_clients"], rounds=x["rounds"], local_epochs=x["local_epochs"],
+                                 lr=x["fl_lr"], batch_size=x["fl_batch_size"], defense=config.client.defense,
+                                 seed=config.seed)
+    history = federated_train(target.model, train.images(train_idx), train.label_of(train_idx),
+                              test.images(test_idx), test.label_of(test_idx), target.mean, target.std, settings,
+                              progress=detail)
+    return {"test_accuracy": history.final_accuracy, "accuracy_per_round": history.test_accuracy,
+            "fl_seconds": round(history.seconds, 3), "defense": config.client.defense,
+            "device": device_name(device), "client_seed": config.client.seed}, {}
 
 
 class TradeoffSettings(StudySettings):

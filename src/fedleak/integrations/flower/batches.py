@@ -14,6 +14,7 @@ after the attack has returned. Real clients never share their data; a real audit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
@@ -98,7 +99,7 @@ class SharedBatches:
             reply = call_next(message, context)
             if is_train(message) and not reply.has_error():
                 config = next(iter(message.content.config_records.values()), ConfigRecord())
-                server_round = int(config.get("server-round", 0))
+                server_round = int(cast(int, config.get("server-round", 0)))  # the server sends an int
                 self.share(message.metadata.run_id, server_round, context.node_id, recorded_batch(message, context))
             return reply
 

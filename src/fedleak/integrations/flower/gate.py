@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from logging import INFO
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
@@ -37,8 +37,17 @@ from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import ClientData
 from fedleak.integrations.flower.batches import is_train, recorded_batch
-from fedleak.integrations.flower.records import (MAX_LOCAL_STEPS, OutOfBounds, TrainKeys, build_payload, only,
-                                                 public_hyperparameters, refusal, state_dict)
+from fedleak.integrations.flower.records import (
+    MAX_LOCAL_STEPS,
+    OutOfBounds,
+    TrainKeys,
+    build_payload,
+    only,
+    public_hyperparameters,
+    refusal,
+    state_dict,
+)
+from fedleak.metrics.evaluate import Evaluation
 from fedleak.models.external import check_attackable
 from fedleak.registry import Registry
 
@@ -47,10 +56,17 @@ PROBE_ITERATIONS = 5  # a first short run measures the time per iteration for th
 PREFIX = "fedleak-"
 
 GATE_SCORES: Registry[Callable[[AuditRecord], float]] = Registry("gate score")
-GATE_SCORES.register("psnr")(lambda r: r.evaluation.psnr)
-GATE_SCORES.register("psnr-gain")(lambda r: r.evaluation.psnr - r.baseline["psnr"])
-GATE_SCORES.register("ssim")(lambda r: r.evaluation.ssim)
-GATE_SCORES.register("label-accuracy")(lambda r: r.evaluation.label_accuracy)
+
+
+def _scored(r: AuditRecord) -> Evaluation:
+    """The evaluation of a record the gate scores (one evaluated against the client's own batch)."""
+    return cast(Evaluation, r.evaluation)
+
+
+GATE_SCORES.register("psnr")(lambda r: _scored(r).psnr)
+GATE_SCORES.register("psnr-gain")(lambda r: _scored(r).psnr - cast(dict[str, float], r.baseline)["psnr"])
+GATE_SCORES.register("ssim")(lambda r: _scored(r).ssim)
+GATE_SCORES.register("label-accuracy")(lambda r: _scored(r).label_accuracy)
 GATE_SCORES.register("risk")(lambda r: r.risk)
 
 
@@ -124,7 +140,7 @@ def within_budget(attack: AuditAttack, budget_s: float | None, run: Callable[[An
     spent = time.monotonic() - began
     attack_s = probe.reconstruction.seconds
     pace = attack_s / PROBE_ITERATIONS
-    left = clock.remaining() if clock is not None and clock.remaining() is not None else budget_s - spent
+    left = cast(float, clock.remaining()) if clock is not None and clock.remaining() is not None else budget_s - spent
     left -= max(spent - attack_s, 0.0)  # the next run's work besides the attack (simulation, update fit)
     fits = min(iterations, int(left / pace)) if pace > 0 else iterations
     if fits <= PROBE_ITERATIONS:
@@ -194,7 +210,7 @@ def leakage_gate(
         sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
         returned = state_dict(only(reply.content, ArrayRecord, "the reply"), architecture, "the reply")
         payload, more = build_payload(sent, returned, hyper, architecture)
-        server_round = int(config.get("server-round", 0))
+        server_round = int(cast(int, config.get("server-round", 0)))  # the server sends an int
         return within_budget(chosen, budget_s, lambda attack_: audit_update(
             payload, knowledge, attack_, round=server_round, client=str(context.node_id), seed=seed,
             assumptions=assumptions + more, truth=data), clock)
@@ -223,7 +239,7 @@ def leakage_gate(
             for k, v in values.items():
                 metrics[0][k] = v
         else:
-            reply.content["metrics"] = MetricRecord(values)
+            reply.content["metrics"] = MetricRecord(dict(values))
         log(INFO, "fedleak leakage gate: %s %.3g, risk %.2f (%.1f s)", score, value, record.risk,
             record.reconstruction.seconds)
         return reply

@@ -17,6 +17,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
@@ -28,6 +29,7 @@ from fedleak.device import device_of, generator
 from fedleak.errors import ConfigError
 from fedleak.integrations.flower.batches import is_train
 from fedleak.integrations.flower.records import TrainKeys, only, refusal, state_dict, state_names
+from fedleak.parameters import trainable
 
 
 def update_defense(spec: str | None) -> DefensePipeline:
@@ -56,7 +58,7 @@ def round_seed(seed: int | None, message: Message, context: Context) -> int:
     config = next(iter(message.content.config_records.values()), ConfigRecord())
     server_round = config.get("server-round", message.metadata.group_id)
     state = context.state.config_records.get(COUNT_KEY, ConfigRecord({"count": 0}))
-    count = int(state.get("count", 0))
+    count = int(cast(int, state.get("count", 0)))  # this mod writes an int
     context.state[COUNT_KEY] = ConfigRecord({"count": count + 1})
     key = json.dumps([int(seed), str(server_round), int(context.node_id), count])
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
@@ -70,7 +72,7 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
     runs on its device (its noise drawn there), the reply's arrays go back through the host."""
     architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
     fixed = update_defense(spec) if spec is not None else None
-    trainable = [n for n, p in architecture.named_parameters() if p.requires_grad]
+    params = [n for n, _ in trainable(architecture)]
 
     def obfuscate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
@@ -78,7 +80,7 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
             return reply
         try:
             config = next(iter(message.content.config_records.values()), ConfigRecord())
-            pipeline = fixed if fixed is not None else update_defense(config.get(keys.defense))
+            pipeline = fixed if fixed is not None else update_defense(cast(str | None, config.get(keys.defense)))  # the server sends a spec
             if not pipeline.stages:
                 return reply
             sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
@@ -86,7 +88,7 @@ def obfuscation_mod(model: nn.Module | Callable[[], nn.Module], spec: str | None
             names = state_names(record, architecture, "the reply")
             returned = state_dict(record, architecture, "the reply")
             draws = generator(round_seed(seed, message, context), device_of(architecture))
-            update = pipeline.on_client({n: sent[n] - returned[n] for n in trainable}, draws)
+            update = pipeline.on_client({n: sent[n] - returned[n] for n in params}, draws)
             arrays = {}
             for key, name in names.items():
                 value = sent[name] - update[name] if name in update else returned[name]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from logging import WARNING
 from dataclasses import dataclass
-from typing import Any
+from logging import WARNING
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
@@ -25,14 +25,19 @@ from torch import Tensor, nn
 from fedleak.defenses import parse_defense
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.aggregation import aggregate_buffers
-from fedleak.fl.payload import Payload, PublicHyperparameters
+from fedleak.fl.payload import MODEL_MODES, SGD_OPTIONS, Payload, PublicHyperparameters, client_training, epoch_steps
 from fedleak.models.batchnorm import batch_norm_layers
+from fedleak.parameters import trainable
 from fedleak.validate import short
 
 
 @dataclass(frozen=True)
 class TrainKeys:
     """Names of the train-config entries fedleak reads, as the server sends them to each client.
+
+    Each field is the :class:`~fedleak.fl.ClientTraining` setting of its name (``steps`` is
+    ``local_steps``, ``batch_size`` the minibatch ``local_batch_size``), and a field for each of
+    :data:`~fedleak.fl.payload.SGD_OPTIONS`.
 
     ``lr``, ``momentum`` and ``weight_decay`` are ``torch.optim.SGD``'s (a fresh optimizer each
     round); ``epochs`` passes over the client's examples in minibatches of ``batch_size`` (the last
@@ -151,7 +156,7 @@ def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.M
         batch = examples
         assumptions.append(f"{keys.batch_size!r}: one minibatch of all {examples} examples")
     batch = min(int(_number(batch, keys.batch_size, integer=True, low=1)), examples)
-    per_epoch = -(-examples // batch)
+    per_epoch = epoch_steps(1, examples, batch)
     if get(keys.steps) is not None:
         steps = int(_number(get(keys.steps), keys.steps, integer=True, low=1))
     else:
@@ -159,14 +164,15 @@ def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.M
         if epochs is None:
             epochs = 1
             assumptions.append(f"{keys.epochs!r}: one epoch ({per_epoch} step{'s' * (per_epoch > 1)})")
-        steps = int(_number(epochs, keys.epochs, integer=True, low=1)) * per_epoch
+        steps = epoch_steps(int(_number(epochs, keys.epochs, integer=True, low=1)), examples, batch)
     if max_steps is not None and steps > max_steps:
         asked = (f"{keys.steps!r} {steps}" if get(keys.steps) is not None
                  else f"{keys.epochs!r} {short(get(keys.epochs))} ({steps} steps of {batch} examples)")
         raise OutOfBounds(f"train config {asked} asks for more local steps than the {max_steps} the audit "
                           "emulates (max_steps)")
-    settings: dict[str, float] = {}
-    for name, key in (("momentum", keys.momentum), ("weight_decay", keys.weight_decay)):
+    settings: dict[str, Any] = {"protocol": "fedavg", "lr": lr, "local_steps": steps, "local_batch_size": batch}
+    for name in SGD_OPTIONS:  # each is torch.optim.SGD's argument, read under the TrainKeys entry of its name
+        key = getattr(keys, name)
         if get(key) is None:
             assumptions.append(f"{key!r}: 0 (torch.optim.SGD's default)")
         settings[name] = float(_number(get(key) or 0.0, key))
@@ -181,7 +187,7 @@ def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.M
         mode = "train"
         if batch_norm_layers(model):
             assumptions.append(f"{keys.model_mode!r}: batch norm in train mode (model.train(), batch statistics)")
-    if mode not in ("train", "eval"):
+    if mode not in MODEL_MODES:
         raise FedleakError(f"train config {keys.model_mode!r} must be train or eval, got {short(mode)}")
     defense = get(keys.defense)
     if defense is None:
@@ -194,9 +200,8 @@ def public_hyperparameters(config: Mapping[str, Any], examples: int, model: nn.M
         raise FedleakError(f"train config {keys.defense!r}: {exc}") from None
     if pipeline.clients != 1:
         raise FedleakError(f"train config {keys.defense!r} may not aggregate: the audit's view says what the server saw")
-    hyper = PublicHyperparameters(protocol="fedavg", batch_size=examples, model_mode=mode, lr=lr, local_steps=steps,
-                                  local_batch_size=batch, shuffle_seed=seed, defense=pipeline.spec, **settings)
-    return hyper, assumptions
+    training = client_training({**settings, "shuffle_seed": seed, "model_mode": mode})
+    return training.public(examples, defense=pipeline.spec), assumptions
 
 
 def build_payload(sent: Mapping[str, Tensor], returned: Mapping[str, Tensor], hyper: PublicHyperparameters,
@@ -213,7 +218,7 @@ def build_payload(sent: Mapping[str, Tensor], returned: Mapping[str, Tensor], hy
         else:
             state[name] = value.detach().clone()
             assumptions.append(f"buffer {name!r} was not sent: the model's initial value")
-    update = {n: sent[n] - returned[n] for n, p in model.named_parameters() if p.requires_grad}
+    update = {n: sent[n] - returned[n] for n, _ in trainable(model)}
     buffers = {n: returned[n] for n, _ in model.named_buffers() if n in returned}
     return Payload(model_state=state, update=update, hyper=hyper, buffers=buffers), assumptions
 
@@ -223,8 +228,7 @@ def mean_update(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]
     """The returned state a server under secure aggregation learns: the ``weights``-weighted mean
     of the clients' parameters, and their buffers combined as FedAvg combines them."""
     total = float(sum(weights))
-    out = {n: sum(w * s[n] for w, s in zip(weights, states)) / total
-           for n, p in model.named_parameters() if p.requires_grad}
+    out = {n: cast(Tensor, sum(w * s[n] for w, s in zip(weights, states))) / total for n, _ in trainable(model)}
     start = {n: sent[n] for n, _ in model.named_buffers() if n in sent and all(n in s for s in states)}
     return out | aggregate_buffers(start, [{n: s[n] for n in start} for s in states], list(weights))
 

@@ -23,12 +23,23 @@ from flwr.supercore import log
 from torch import Tensor, nn
 
 from fedleak.attacks.base import AttackerKnowledge
-from fedleak.audit import AuditAttack, AuditLog, AuditRecord, audit_attack, audit_update
+from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
 from fedleak.device import resolve_device
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.payload import ClientData, PublicHyperparameters
-from fedleak.integrations.flower.records import (MAX_EXAMPLES, MAX_LOCAL_STEPS, TrainKeys, build_payload, config_dict,
-                                                 mean_update, num_examples, only, public_hyperparameters, state_dict)
+from fedleak.integrations.flower.log import AuditLog
+from fedleak.integrations.flower.records import (
+    MAX_EXAMPLES,
+    MAX_LOCAL_STEPS,
+    TrainKeys,
+    build_payload,
+    config_dict,
+    mean_update,
+    num_examples,
+    only,
+    public_hyperparameters,
+    state_dict,
+)
 from fedleak.metrics.lpips import lpips_scorers
 from fedleak.models.external import check_attackable
 
@@ -40,10 +51,11 @@ VIEWS = ("clients", "aggregate")
 
 def weighting_key(strategy: Strategy) -> str:
     """The metric FedAvg-style strategies weight replies by, looked up through wrapper strategies."""
-    while strategy is not None:
-        if isinstance(getattr(strategy, "weighted_by_key", None), str):
-            return strategy.weighted_by_key
-        strategy = getattr(strategy, "strategy", None)
+    node: Any = strategy  # a strategy, then the one it wraps, if any
+    while node is not None:
+        if isinstance(getattr(node, "weighted_by_key", None), str):
+            return node.weighted_by_key
+        node = getattr(node, "strategy", None)
     return "num-examples"
 
 
@@ -132,7 +144,7 @@ class LeakageAudit(Strategy):
         if len(shape) != 3 or len(tuple(mean)) != shape[0] or len(tuple(std)) != shape[0]:
             raise ConfigError("input_shape is (channels, height, width), with one mean and std per channel")
         check_attackable(copy.deepcopy(architecture), shape, num_classes)
-        self.knowledge = AttackerKnowledge(architecture=architecture, input_shape=shape,  # type: ignore[arg-type]
+        self.knowledge = AttackerKnowledge(architecture=architecture, input_shape=shape,
                                            num_classes=num_classes, mean=tuple(mean), std=tuple(std))
         self.attack: AuditAttack = audit_attack(attack)
         self.rounds = None if rounds is None else {int(r) for r in rounds}
@@ -197,15 +209,16 @@ class LeakageAudit(Strategy):
                 audited = self._chosen(valid)
                 for reply in audited:
                     node = reply.metadata.src_node_id
-                    self._guarded(server_round, str(node), lambda: self._audit_client(server_round, reply, sent))
+                    self._guarded(server_round, str(node), lambda: self._audit_client(server_round, reply, sent))  # noqa: B023  (called now)
             try:
                 self.log.write_report()
             except FedleakError as exc:
                 self._failed(server_round, "report", exc)
         discard = getattr(self.evaluation, "discard", None)
-        for reply in valid if discard is not None else []:  # batches shared for updates nobody audits
-            if reply not in audited:
-                discard(reply.metadata.run_id, server_round, reply.metadata.src_node_id)
+        if discard is not None:
+            for reply in valid:  # batches shared for updates nobody audits
+                if reply not in audited:
+                    discard(reply.metadata.run_id, server_round, reply.metadata.src_node_id)
         return self.strategy.aggregate_train(server_round, replies)
 
     def _chosen(self, valid: list[Message]) -> list[Message]:
@@ -253,10 +266,11 @@ class LeakageAudit(Strategy):
             if self.evaluation is None:
                 return None
             parts = [self.evaluation(run_id, server_round, node) for node in nodes]
-            if any(p is None for p in parts):
+            found = [p for p in parts if p is not None]
+            if len(found) < len(parts):
                 return None
-            return ClientData(torch.cat([p.images.to(self.device) for p in parts]),
-                              torch.cat([p.labels.to(self.device) for p in parts]))
+            return ClientData(torch.cat([p.images.to(self.device) for p in found]),
+                              torch.cat([p.labels.to(self.device) for p in found]))
         return fetch
 
     def _audit_client(self, server_round: int, reply: Message,

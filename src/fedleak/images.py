@@ -1,4 +1,5 @@
-"""Image grids: rows of equally sized images, upscaled without smoothing so pixels stay visible."""
+"""Images as files: grids of equally sized images, upscaled without smoothing so pixels stay visible,
+and PNG bytes — what a run writes for its reconstructions and what the reports embed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 from torch import Tensor
-
 
 MAX_UPSCALE = 4  # small images (≤ 32 px) are drawn 4× so their pixels stay visible
 TARGET_SIDE = 128  # upscale until the longer side reaches this; larger images are drawn as they are

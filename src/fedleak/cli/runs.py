@@ -1,0 +1,90 @@
+"""``fedleak runs list|show|export``: a study's results database."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape  # run names hold grid values, which are no markup
+from rich.table import Table
+
+from fedleak.cli.common import console
+from fedleak.errors import ConfigError
+from fedleak.metrics.baselines import best_guess, verdict
+from fedleak.store import ResultsDB, write_text_atomically
+from fedleak.studies.runner import DB_NAME
+
+runs_app = typer.Typer(help="Inspect a study's results database.", no_args_is_help=True)
+
+
+def _db(folder: Path) -> ResultsDB:
+    if not (folder / DB_NAME).is_file():
+        raise ConfigError(f"{str(folder)!r} holds no results database ({DB_NAME})")
+    return ResultsDB(folder / DB_NAME, create=False)
+
+
+@runs_app.command("list")
+def runs_list(
+    folder: Annotated[Path, typer.Argument(help="study folder")],
+    failed: Annotated[bool, typer.Option("--failed", help="the runs that failed, with their errors")] = False,
+) -> None:
+    """One line per finished run: key, name, PSNR and SSIM beside their no-leak baselines (flagged where
+    the run does no better), seconds (with --failed: each failed run's
+    error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
+    with _db(folder) as db:
+        records, failures = db.records(), db.failures()
+    if failed:  # plain lines: errors are long, and their text is not markup
+        print(f"{len(failures)} failed run{'s' if len(failures) != 1 else ''} in {folder}"
+              + (" (the next study or sweep into it retries them)" if failures else ""))
+        for f in failures:
+            where = f"  on {f.host}" if f.host else ""
+            print(f"{f.key}  {f.study}  {f.name}  attempts {f.attempts}{where}\n    {f.error}")
+        return
+    also = f" ({len(failures)} failed: --failed)" if failures else ""
+    table = Table(title=f"{len(records)} runs in {folder}{also}")
+    numbers = ("PSNR", "no-leak PSNR", "SSIM", "no-leak SSIM", "seconds")
+    for col in ("key", "study", "name", *numbers, "vs no-leak"):
+        table.add_column(col, justify="right" if col in numbers else "left")
+    for r in records:
+        guess = best_guess(r.metrics.get("baselines"))
+        table.add_row(r.key, r.study, escape(r.name), _score(r.metrics.get("psnr"), 2),
+                      _score(guess and guess["psnr"], 2), _score(r.metrics.get("ssim"), 3),
+                      _score(guess and guess["ssim"], 3), f"{r.seconds:.1f}",
+                      "" if guess is None else (verdict(r.metrics, guess) or "above").replace(" the no-leak baseline", ""))
+    console.print(table)
+
+
+def _score(value: Any, digits: int) -> str:
+    """A stored score for `runs list`: n/a where the run has none (no baselines stored, LPIPS unset)."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+
+@runs_app.command("show")
+def runs_show(folder: Annotated[Path, typer.Argument(help="study folder")],
+              key: Annotated[str, typer.Argument(help="run key (a unique prefix is enough)")]) -> None:
+    """Everything stored about one run, as JSON."""
+    with _db(folder) as db:
+        record = db.get(key)
+    print(json.dumps(dataclasses.asdict(record), indent=2, default=str))
+
+
+@runs_app.command("export")
+def runs_export(
+    folder: Annotated[Path, typer.Argument(help="study folder")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per run, its parameters and scalar metrics (the default)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON: every run in full, and the failed runs")] = False,
+    out: Annotated[Path | None, typer.Option(help="file to write (default: standard output)")] = None,
+) -> None:
+    """Export every run's parameters and metrics."""
+    if as_csv and as_json:
+        raise ConfigError("choose one of --csv and --json")
+    with _db(folder) as db:
+        text = db.to_json() if as_json else db.to_csv()
+    if out:
+        write_text_atomically(out, text)
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,98 @@
+"""``fedleak train`` (a target model to attack) and ``fedleak train-prior`` (ROG's restoration prior)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedleak.attacks.priors import PriorSettings, save_prior, train_prior_on
+from fedleak.cli.common import MAX_SEED, _finite, console
+from fedleak.config import parse_override
+from fedleak.errors import ConfigError
+from fedleak.models.checkpoint import save_checkpoint
+from fedleak.store import check_file_out
+from fedleak.training import TrainSettings, train_target
+
+
+def train(
+    model: Annotated[str, typer.Option(help="architecture, or package.module:factory")],
+    dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")],
+    root: Annotated[str | None, typer.Option(help="data folder")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)", callback=_finite)] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    width: Annotated[float | None, typer.Option(help="model width multiplier (default: the model's own, 1)",
+                                                callback=_finite)] = None,
+    option: Annotated[list[str] | None, typer.Option(help="model option key=value, e.g. norm=group")] = None,
+    image_size: Annotated[int | None, typer.Option(help="resize images to this side")] = None,
+    channels: Annotated[int | None, typer.Option(help="convert images to 1 or 3 channels")] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="split a test set off the training data (default: the dataset's test split, or 0.2)",
+                                   callback=_finite)
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="train on at most N images")] = None,
+    augment: Annotated[bool, typer.Option(help="random flips and crops")] = False,
+    seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order", min=0, max=MAX_SEED)] = 0,
+    out: Annotated[Path | None, typer.Option(help="checkpoint file (.safetensors)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing checkpoint")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."""
+    path = check_file_out(out or Path("checkpoints") / f"{model.replace(':', '_')}-{dataset}.safetensors",
+                          force, "checkpoint", ".safetensors")
+    options = {".".join(parts): value for parts, value in (parse_override(o) for o in option or [])}
+    result = train_target(model, dataset, root, width, options, image_size, channels, test_fraction, limit,
+                          TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
+                                        device=device),
+                          progress=not quiet)
+    save_checkpoint(path, result.model, result.info)
+    table = Table(title=f"fedleak train → {path}")
+    for key in ("model", "dataset", "train images", "test accuracy", "seconds"):
+        table.add_column(key, justify="right")
+    t = result.info.training
+    table.add_row(model, result.info.dataset, str(t["train_images"]), f"{result.info.test_accuracy:.3f}",
+                  f"{result.history.seconds:.0f}")
+    console.print(table)
+
+
+def train_prior(
+    dataset: Annotated[str, typer.Option(help="public images: samples | mnist | cifar10 | cifar100 | folder")],
+    root: Annotated[str | None, typer.Option(help="data folder")] = None,
+    split: Annotated[str, typer.Option(help="split to train on (keep the attacked split out)")] = "train",
+    scale: Annotated[int, typer.Option(help="ROG downsampling factor the prior undoes")] = 2,
+    image_size: Annotated[int | None, typer.Option(help="resize images to this side")] = None,
+    channels: Annotated[int | None, typer.Option(help="convert images to 1 or 3 channels")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)", callback=_finite)] = 1e-3,
+    noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation", callback=_finite)] = 0.1,
+    width: Annotated[int, typer.Option(help="channels of the network")] = 32,
+    depth: Annotated[int, typer.Option(help="convolutions of the network")] = 6,
+    limit: Annotated[int | None, typer.Option(help="train on at most N images")] = None,
+    seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation", min=0, max=MAX_SEED)] = 0,
+    out: Annotated[Path | None, typer.Option(help="prior file (.safetensors)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""
+    path = check_file_out(out or Path("checkpoints") / f"prior-{dataset}-x{scale}.safetensors", force, "prior",
+                          ".safetensors")
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be train or test, got {split!r}")
+    settings = PriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
+                             batch_size=batch_size, lr=lr, seed=seed, device=device)
+    net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
+    save_prior(path, net, info)
+    table = Table(title=f"fedleak train-prior → {path}")
+    for key in ("dataset", "images", "scale", "bicubic PSNR", "prior PSNR", "seconds"):
+        table.add_column(key, justify="right")
+    v = info.validation
+    table.add_row(info.dataset, str(info.images), str(info.scale), f"{v['bicubic_psnr']:.2f}",
+                  f"{v['prior_psnr']:.2f}", f"{info.seconds:.0f}")
+    console.print(table)
+
