@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from fedleak.config import describe_validation_error
 from fedleak.errors import FedleakError
 
 USER_ERROR = 2
@@ -52,8 +53,6 @@ def _os_error(exc: OSError) -> str:
 
 
 def _validation(exc: ValidationError) -> str:
-    from fedleak.config import describe_validation_error
-
     return describe_validation_error(exc)
 
 

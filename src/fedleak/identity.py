@@ -25,7 +25,7 @@ RUN_LOCATIONS: Mapping[str, Any] = {"data.root": None, "device": ERASED}
 where the config holds a data section) and left ``device`` out."""
 
 
-LATER_FIELDS: Mapping[str, Any] = {"model.mean": None, "model.std": None, "client.nesterov": False}
+LATER_FIELDS: Mapping[str, Any] = {"model.mean": None, "model.std": None}
 """Run config fields added after run keys existed, with their defaults: a run that leaves one at its
 default keeps the key it had before the field existed (:func:`without_defaults`)."""
 

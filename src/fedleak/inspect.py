@@ -31,8 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fedleak.data import load_dataset
+from fedleak.device import resolve_device
 from fedleak.errors import FedleakError
+from fedleak.pipeline import build_target, resolve_checkpoint
 from fedleak.registry import Registry
+from fedleak.serving import apply_server
 
 
 @dataclass(frozen=True)
@@ -278,11 +282,6 @@ def sent_model(config: Any, loader: Callable[..., Any] | None = None) -> tuple[n
     """The global model a run with ``config`` (a :class:`~fedleak.config.RunConfig`) sends — the
     payload's model state, after the server's modification — and its number of classes. It is built
     on the config's ``device``, as the run builds it (the modification and its public images there)."""
-    from fedleak.data import load_dataset
-    from fedleak.device import resolve_device
-    from fedleak.pipeline import build_target, resolve_checkpoint
-    from fedleak.serving import apply_server
-
     load = loader or load_dataset
     device = resolve_device(config.device)
     config, info = resolve_checkpoint(config)
