@@ -184,6 +184,11 @@ class ServerSection(Section):
 
 
 class RunConfig(Section):
+    """One attack run, everything that decides it: the client's data, the global model, the client's
+    training and defense, the server's threat model, what the attacker knows, the attack and the
+    metrics, plus the run seed and the device. Built by :func:`build_config` from a file, flags and
+    ``--set`` overrides; ``config.yaml`` in a run folder is its resolved form and repeats the run."""
+
     device: str = Field("auto", description="where the run computes: auto | cpu | cuda | cuda:N | mps (auto: CUDA, "
                         "else MPS, else CPU); the resolved device is recorded with the results")
     seed: int = Field(0, ge=0, lt=2**63, description="run seed, recorded with the results")

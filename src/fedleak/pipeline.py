@@ -37,6 +37,11 @@ from fedleak.serving import apply_server, record_server
 
 @dataclass
 class RunResult:
+    """A finished run: its resolved config and attack settings, the private truth and the payload the
+    server saw, the reconstruction and its evaluation against the truth, and what the report needs
+    (privacy accounting, hints, the target model, memory, the attacked checkpoint). ``metrics()`` is
+    what ``metrics.json`` and the results database hold."""
+
     config: RunConfig
     attack_settings: dict[str, Any]
     dataset: ImageDataset

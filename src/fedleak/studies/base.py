@@ -79,6 +79,11 @@ class Figure:
 
 
 class Study(ABC):
+    """A named experiment: validated ``Settings`` (from a preset, a file and ``--set``), ``plan()`` —
+    the grid of :class:`PlannedRun` s the runner executes on any backend — and the read side,
+    ``table()`` and ``figures()`` over the stored records. ``locations`` are the settings that say
+    where (data roots, devices), which no run key or folder identity includes."""
+
     name: ClassVar[str] = "study"
     title: ClassVar[str] = ""
     Settings: ClassVar[type[StudySettings]] = StudySettings
