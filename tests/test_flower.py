@@ -253,11 +253,14 @@ def test_public_hyperparameters_from_the_train_config():
     model = tiny_net()
     hyper, assumed = public_hyperparameters({"lr": 0.05, "local-epochs": 3, "batch-size": 4, "momentum": 0.9,
                                              "weight-decay": 0.0, "shuffle-seed": 1, "model-mode": "eval",
-                                             "fedleak-defense": "none"}, 10, model)
+                                             "fedleak-defense": "none", "optimizer": "sgd", "nesterov": False, "dampening": 0,
+                                             "drop-last": False}, 10, model)
     assert (hyper.local_steps, hyper.local_batch_size, hyper.batch_size, hyper.model_mode) == (9, 4, 10, "eval")
     assert assumed == []
     hyper, assumed = public_hyperparameters({"lr": 0.05}, 3, model, known={"local-steps": 2})
-    assert hyper.local_steps == 2 and hyper.local_batch_size == 3 and len(assumed) == 5
+    assert hyper.local_steps == 2 and hyper.local_batch_size == 3
+    assert [a.split(":")[0] for a in assumed] == ["'optimizer'", "'drop-last'", "'momentum'", "'dampening'", "'nesterov'",
+                                                  "'weight-decay'", "'batch-size'", "'model-mode'", "'fedleak-defense'"]
     with pytest.raises(FedleakError, match="learning rate 'lr'"):
         public_hyperparameters({}, 3, model)
     with pytest.raises(FedleakError, match="'batch-size' must be a whole number"):

@@ -8,10 +8,11 @@ ignored setting. Attack settings are validated by the chosen attack's own config
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 # load_yaml: fedleak.config's own reader of settings (imported for the callers of fedleak.config).
 from fedleak.config_yaml import apply_override, cut, load_yaml, parse_override, read_yaml  # noqa: F401
@@ -19,7 +20,9 @@ from fedleak.data.transforms import size_hw
 from fedleak.defenses import check_spec, parse_defense
 from fedleak.device import check_device
 from fedleak.errors import ConfigError
+from fedleak.fl.payload import TRAINING_SETTINGS, ClientTraining, client_training
 from fedleak.fl.server import HONEST, canonical, default_attack
+from fedleak.identity import LATER_FIELDS
 from fedleak.models.external import is_external, refuse_file_factory
 from fedleak.validate import short
 
@@ -98,18 +101,53 @@ class ModelSection(Section):
         return self
 
 
-class ClientSection(Section):
-    protocol: str = Field("fedsgd", description="client protocol: fedsgd | fedavg")
+def _training_field(f: dataclasses.Field[Any], annotation: Any) -> tuple[Any, Any]:
+    """One :class:`~fedleak.fl.ClientTraining` setting as a pydantic field: its type (its choices as
+    a ``Literal``; not optional where the config's default is a value), the config's default, its
+    description and bounds, from the setting's metadata."""
+    meta = f.metadata
+    if meta["choices"]:
+        annotation = Literal[meta["choices"]]
+    elif meta["config_default"] is not None and type(None) in get_args(annotation):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return annotation, Field(meta["config_default"], description=meta["help"], **meta["bounds"])
+
+
+def _check_settings(values: Any) -> Any:
+    """Each setting's own ``check`` (e.g. the optimizer is a registered one), as pydantic's error."""
+    if isinstance(values, dict):
+        for name, value in values.items():
+            f = TRAINING_SETTINGS.get(name)
+            if f is not None and f.metadata["check"] is not None and value is not None:
+                f.metadata["check"](value)
+    return values
+
+
+_HINTS = get_type_hints(ClientTraining)
+if TYPE_CHECKING:
+    class _TrainingSection(Section):
+        """The client section's training settings (their types come from ClientTraining)."""
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    _TrainingSection = create_model(
+        "_TrainingSection", __base__=Section,
+        __validators__={"_settings": model_validator(mode="before")(_check_settings)},
+        **{name: _training_field(f, _HINTS[name]) for name, f in TRAINING_SETTINGS.items() if f.metadata["config"]})
+
+LATER_CONFIG_FIELDS: dict[str, Any] = {
+    **LATER_FIELDS,
+    **{f"client.{name}": f.metadata["config_default"] for name, f in TRAINING_SETTINGS.items()
+       if f.metadata["config"] and f.metadata["later"]}}
+"""Run config fields added after run keys existed, with their defaults (:data:`fedleak.identity.LATER_FIELDS`
+and each client-training setting declared ``later``): a run that leaves one at its default keeps its key."""
+
+
+class ClientSection(_TrainingSection):
+    """The client: its training settings (each a :class:`~fedleak.fl.ClientTraining` setting, declared
+    there once), the size of its batch, its defense and its private seed."""
+
     batch_size: int = Field(1, ge=1, description="images in the client batch")
-    lr: float = Field(0.01, gt=0, description="local learning rate (fedavg)")
-    local_steps: int = Field(1, ge=1, description="local SGD steps τ (fedavg)")
-    local_batch_size: int | None = Field(None, ge=1, description="minibatch size (fedavg; default the batch)")
-    shuffle_seed: int | None = Field(None, ge=0, lt=2**63, description="reshuffle each epoch with this public seed (fedavg)")
-    momentum: float = Field(0.0, ge=0, description="SGD momentum (fedavg; torch.optim.SGD, a fresh buffer each round)")
-    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (fedavg; torch.optim.SGD's L2 term)")
-    epochs: int | None = Field(None, ge=1, description="local epochs over the batch (fedavg): sets local_steps to "
-                               "epochs × ⌈batch / local batch⌉")
-    update_scale: Literal["delta", "delta/lr"] = Field("delta", description="send θ₀ − θ_τ or that over lr")
     defense: str | None = Field(None, description="obfuscation spec, e.g. topk:sparsity=0.9+noise:snr_db=10")
     seed: int | None = Field(None, ge=0, lt=2**63, description="the client's private seed: defense noise, data order, which "
                              "images it draws; drawn from OS entropy when unset (never given to the attack)")
@@ -121,10 +159,20 @@ class ClientSection(Section):
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> ClientSection:
-        """``epochs`` and ``local_steps`` both say how long the round is: one of them, not both."""
+        """``epochs`` and ``local_steps`` both say how long the round is: one of them, not both; and
+        the settings together must make a training (e.g. Nesterov needs SGD with momentum)."""
         if self.epochs is not None and "local_steps" in self.model_fields_set:
             raise ValueError("set client.epochs or client.local_steps, not both")
+        try:
+            self.training("eval")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def training(self, model_mode: str) -> ClientTraining:
+        """The client's :class:`~fedleak.fl.ClientTraining` (batch norm in ``model_mode``, the model
+        section's)."""
+        return client_training({**self.model_dump(), "model_mode": model_mode})
 
 
 class KnowledgeSection(Section):

@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 import torch
 
-from fedleak.config import RunConfig
+from fedleak.config import LATER_CONFIG_FIELDS, RunConfig
 from fedleak.data import ImageDataset, load_dataset
 from fedleak.errors import FedleakError
 from fedleak.exits import one_line
-from fedleak.identity import LATER_FIELDS, RUN_LOCATIONS, identity, without_defaults
+from fedleak.identity import RUN_LOCATIONS, identity, without_defaults
 from fedleak.images import image_grid, png_bytes
 from fedleak.metrics.baselines import no_leak_baselines
 from fedleak.pipeline import RunResult, run, run_many
@@ -103,8 +103,8 @@ class RunSpec:
     def identity(self) -> dict[str, Any]:
         """What makes the run this run: its kind, its config without its locations (``data.root``,
         ``device``: :data:`fedleak.identity.RUN_LOCATIONS`) and without the fields added since keys
-        existed that it leaves at their defaults (:data:`fedleak.identity.LATER_FIELDS`), its extras."""
-        config = without_defaults(identity(self.config, RUN_LOCATIONS), LATER_FIELDS)
+        existed that it leaves at their defaults (:data:`fedleak.config.LATER_CONFIG_FIELDS`), its extras."""
+        config = without_defaults(identity(self.config, RUN_LOCATIONS), LATER_CONFIG_FIELDS)
         return {"kind": self.kind, "config": config, "extra": self.extra}
 
     @property

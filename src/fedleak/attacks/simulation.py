@@ -17,6 +17,7 @@ from torch.func import functional_call, grad
 
 from fedleak.attacks.base import AttackerKnowledge, target_model
 from fedleak.defenses import parse_defense
+from fedleak.fl.optimizers import OPTIMIZERS
 from fedleak.fl.payload import Payload
 from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
 from fedleak.registry import Registry
@@ -73,23 +74,18 @@ def simulate_fedsgd(model, params, buffers, x, y, hyper, schedule, differentiate
 
 @SIMULATORS.register("fedavg")
 def simulate_fedavg(model, params, buffers, x, y, hyper, schedule, differentiate, observe=()):
-    """The local steps of ``torch.optim.SGD`` unrolled, with its arithmetic (dampening 0, no
-    Nesterov): d = ∇ + wd·θ; b = d on the first step, then μ·b + d; θ ← θ − lr·b (θ − lr·d without
-    momentum). The momentum buffer starts empty each round, as a client's fresh optimizer's does.
-    The batch statistics are those of the first step when it sees the whole batch."""
-    current, velocity, stats = dict(params), None, None
+    """The local steps of the client's optimizer unrolled, each one its pure-function step
+    (:data:`fedleak.fl.optimizers.OPTIMIZERS`: ``torch.optim``'s SGD, Adam or AdamW arithmetic, the
+    state fresh each round, as a client's fresh optimizer's is). The batch statistics are those of the
+    first step when it sees the whole batch."""
+    step_of = OPTIMIZERS.get(hyper.optimizer).step
+    current, state, stats = dict(params), {}, None
     for step, index in enumerate(schedule):
         watch = observe if step == 0 and len(index) == len(x) else ()
         g, seen = differentiate(lambda p: _loss(model, p, buffers, x[index], y[index], watch), current)  # noqa: B023  (called now)
         if watch:
             stats = seen
-        if hyper.weight_decay:
-            g = {n: torch.add(g[n], current[n], alpha=hyper.weight_decay) for n in current}
-        if hyper.momentum:
-            velocity = g if velocity is None else {n: torch.add(velocity[n] * hyper.momentum, g[n])
-                                                   for n in current}
-            g = velocity
-        current = {n: torch.add(current[n], g[n], alpha=-hyper.lr) for n in current}
+        current, state = step_of(current, g, state, hyper, step)
     scale = hyper.lr if hyper.update_scale == "delta/lr" else 1.0
     return {n: (params[n] - current[n]) / scale for n in params}, stats
 

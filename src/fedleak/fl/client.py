@@ -62,6 +62,7 @@ class Client:
         make_gradient = self.defense.gradient
         gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
         inputs = self.normalization.to_input(data.images)
+        order = torch.Generator().manual_seed(self.seed)  # a private data order (shuffle without a public seed)
         updates, buffers = [], []
         # Any draw from torch's global generator during the round (e.g. dropout) is the client's
         # private randomness too: seeded from its own seed, never from the run's.
@@ -71,7 +72,7 @@ class Client:
                 part = slice(k * hyper.batch_size, (k + 1) * hyper.batch_size)
                 # Work on a copy: the protocol may touch buffers (BN running stats) of the global model.
                 local = copy.deepcopy(self.model).train(self.training.model_mode == "train")
-                update, sent = self.protocol(local, inputs[part], data.labels[part], hyper, gradient)
+                update, sent = self.protocol(local, inputs[part], data.labels[part], hyper, gradient, order)
                 updates.append(self.defense.on_client(update, generator))
                 buffers.append(sent)
             mean = {n: torch.stack([u[n] for u in updates]).mean(0) for n in updates[0]}

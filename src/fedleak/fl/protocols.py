@@ -17,14 +17,16 @@ from fedleak.parameters import trainable
 from fedleak.registry import Registry
 
 Tensors = dict[str, Tensor]
-Protocol = Callable[[nn.Module, Tensor, Tensor, PublicHyperparameters, Gradient], tuple[Tensors, Tensors]]
+Protocol = Callable[..., tuple[Tensors, Tensors]]
+"""``protocol(model, inputs, labels, hyper, gradient, generator=None) → (update, buffers)``; ``generator``
+(CPU) draws a private data order, the client's own."""
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
 @PROTOCOLS.register("fedsgd")
 def fedsgd(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters,
-           gradient: Gradient = batch_gradient) -> tuple[Tensors, Tensors]:
+           gradient: Gradient = batch_gradient, generator: torch.Generator | None = None) -> tuple[Tensors, Tensors]:
     """FedSGD: the gradient of the mean cross-entropy over the client batch (or, under DP-SGD,
     its private version), and no buffers."""
     return {n: g.clone() for n, g in gradient(model, inputs, labels).items()}, {}
@@ -32,16 +34,17 @@ def fedsgd(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperp
 
 @PROTOCOLS.register("fedavg")
 def fedavg(model: nn.Module, inputs: Tensor, labels: Tensor, hyper: PublicHyperparameters,
-           gradient: Gradient = batch_gradient) -> tuple[Tensors, Tensors]:
-    """FedAvg: τ local steps of ``torch.optim.SGD`` (lr, momentum, weight decay; a fresh optimizer,
-    so a fresh momentum buffer, each round) on minibatches, returning θ₀ − θ_τ (or divided by the lr)
-    and the local model's buffers after training (in train mode, batch norm updated its running
-    statistics). Each step's gradient comes from ``gradient`` (plain, or DP-SGD's)."""
+           gradient: Gradient = batch_gradient, generator: torch.Generator | None = None) -> tuple[Tensors, Tensors]:
+    """FedAvg: τ local steps of the training's ``torch.optim`` optimizer (SGD, Adam or AdamW; a fresh
+    one, so fresh momentum and moments, each round) on minibatches in the training's order (a private
+    one drawn from ``generator``), returning θ₀ − θ_τ (or divided by the lr) and the local model's
+    buffers after training (in train mode, batch norm updated its running statistics). Each step's
+    gradient comes from ``gradient`` (plain, or DP-SGD's)."""
     named = trainable(model)
     start = {n: p.detach().clone() for n, p in named}
     lr = cast(float, hyper.lr)  # fedavg's hyperparameters always hold one (checked when they are made)
-    optimizer = torch.optim.SGD([p for _, p in named], lr=lr, **hyper.sgd())
-    for batch in hyper.minibatches():
+    optimizer = hyper.optimizer_of([p for _, p in named])
+    for batch in hyper.minibatches(generator):
         grads = gradient(model, inputs[batch], labels[batch])
         for n, p in named:
             p.grad = grads[n]
