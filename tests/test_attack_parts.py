@@ -72,11 +72,11 @@ def test_early_stop():
                                                   pytest.param("lenet", 8, 2, id="lenet")])
 def test_batched_gradients_equal_one_trial_at_a_time(model, size, trials):
     data, payload, knowledge = _payload([1, 4], model=model, size=size)
-    objective = GradientMatching(payload, knowledge, priors={"tv": 0.01})
+    objective = GradientMatching(payload, knowledge, regularizers={"tv": 0.01})
     x = torch.randn(trials, 2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    gx, match = objective.image_gradients(x, data.labels)
+    gx, match = (t[0] for t in objective.gradients(x[None], data.labels[None]))
     for r in range(trials):
-        g1, m1 = objective.image_gradients(x[r : r + 1], data.labels)
+        g1, m1 = (t[0] for t in objective.gradients(x[r : r + 1][None], data.labels[None]))
         torch.testing.assert_close(gx[r], g1[0], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(match[r], m1[0], rtol=1e-5, atol=1e-7)
 
@@ -124,22 +124,22 @@ def test_bn_prior_is_zero_at_the_truth_and_needs_declared_stats():
     stats = client.batch_norm_statistics(data)
     assert len(stats) == 8 and stats[0][0].shape == (8,)
     told = AttackerKnowledge(copy.deepcopy(net), (3, 16, 16), 10, MEAN, STD, bn_stats=stats)
-    objective = GradientMatching(payload, told, priors={"bn": 1.0})
+    objective = GradientMatching(payload, told, regularizers={"bn": 1.0})
     truth = normalize(data.images, MEAN, STD)
     total, match = objective.trial(truth, data.labels)
     assert float((total - match).detach()) == pytest.approx(0.0, abs=1e-8)
     other, _ = objective.trial(torch.randn(2, 3, 16, 16, generator=g), data.labels)
     assert float(other.detach()) > float(total.detach()) + 1e-3
     trials = torch.randn(2, 2, 3, 16, 16, generator=g)
-    gx, _ = objective.image_gradients(trials, data.labels)  # batched trials, one at a time, without the prior
+    gx, _ = (t[0] for t in objective.gradients(trials[None], data.labels[None]))  # batched trials, one at a time
     for r in range(2):
-        torch.testing.assert_close(gx[r], objective.image_gradients(trials[r : r + 1], data.labels)[0][0],
+        torch.testing.assert_close(gx[r], objective.gradients(trials[r : r + 1][None], data.labels[None])[0][0, 0],
                                    rtol=1e-4, atol=1e-6)
-    plain, _ = GradientMatching(payload, told).image_gradients(trials, data.labels)
+    plain, _ = (t[0] for t in GradientMatching(payload, told).gradients(trials[None], data.labels[None]))
     assert not torch.allclose(gx, plain, rtol=1e-3, atol=1e-6)  # the prior pulls on the images
     blind = AttackerKnowledge(copy.deepcopy(net), (3, 16, 16), 10, MEAN, STD)
     with pytest.raises(FedleakError, match="knowledge.bn_stats=true"):
-        GradientMatching(payload, blind, priors={"bn": 1.0}).trial(truth, data.labels)
+        GradientMatching(payload, blind, regularizers={"bn": 1.0}).trial(truth, data.labels)
 
 
 def test_bn_prior_end_to_end_from_the_config():

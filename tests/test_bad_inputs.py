@@ -161,10 +161,10 @@ def prior(d: Path, change: Callable[[dict], dict] | None = None, metadata: str |
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from fedleak.attacks.priors import PRIOR_KEY, PriorInfo, RestorationNet, save_prior
+    from fedleak.attacks.restoration_prior import PRIOR_KEY, RestorationPriorInfo, RestorationNet, save_prior
 
     path = d / "prior.safetensors"
-    save_prior(path, RestorationNet(3, 4, 2), PriorInfo(channels=3, scale=2, width=4, depth=2))
+    save_prior(path, RestorationNet(3, 4, 2), RestorationPriorInfo(channels=3, scale=2, width=4, depth=2))
     with safe_open(str(path), "pt") as f:
         info = json.loads(f.metadata()[PRIOR_KEY])
         state = {k: f.get_tensor(k) for k in f.keys()}

@@ -57,7 +57,7 @@ def test_group_gradients_equal_each_payload_alone():
     for p, (data, payload, know) in enumerate(items):
         alone = GradientMatching(payload, know)
         for r in range(2):
-            g1, m1 = alone.image_gradients(x[p, r:r + 1], data.labels)  # one trial: plain autograd
+            g1, m1 = (t[0] for t in alone.gradients(x[p, r:r + 1][None], data.labels[None]))  # one trial: plain autograd
             torch.testing.assert_close(gx[p, r], g1[0], rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(match[p, r], m1[0], rtol=1e-4, atol=1e-6)
     # the memory bound changes how many trials go through at once, not the numbers
@@ -118,7 +118,7 @@ def test_a_lone_payload_keeps_its_numbers_when_batched_with_others():
 
 def test_bn_prior_reads_the_statistics_of_the_main_forward():
     (data, payload, know), = _clients(1, batch=4, model="resnet18", size=16, mode="train")
-    objective = GradientMatching(payload, know, priors={"bn": 0.1, "tv": 0.01})
+    objective = GradientMatching(payload, know, regularizers={"bn": 0.1, "tv": 0.01})
     assert objective.observe
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
     _, seen = objective.simulation.update_and_statistics(x, data.labels, observe=True)
@@ -135,15 +135,15 @@ def test_bn_prior_reads_the_statistics_of_the_main_forward():
     expected = match + 0.1 * REGULARIZERS.get("bn")(x, ctx) + 0.01 * total_variation(x)
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
     trials = torch.stack([x.detach(), x.detach().flip(0)])
-    gx, _ = objective.image_gradients(trials, data.labels)
-    g0, _ = objective.image_gradients(trials[:1], data.labels)
+    gx, _ = (t[0] for t in objective.gradients(trials[None], data.labels[None]))
+    g0, _ = (t[0] for t in objective.gradients(trials[:1][None], data.labels[None]))
     torch.testing.assert_close(gx[0], g0[0], rtol=1e-4, atol=1e-6)
 
 
 def test_fedavg_minibatches_fall_back_to_a_forward_of_their_own():
     (data, payload, know), = _clients(1, batch=4, model="resnet18", size=16, mode="train", protocol="fedavg",
                                       lr=0.1, local_steps=2, local_batch_size=2)
-    objective = GradientMatching(payload, know, priors={"bn": 0.1})
+    objective = GradientMatching(payload, know, regularizers={"bn": 0.1})
     x = torch.randn(4, 3, 16, 16)
     _, seen = objective.simulation.update_and_statistics(x, data.labels, observe=True)
     assert seen is None  # no forward pass sees the whole batch: the prior runs its own

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedleak.attacks.priors import PRIOR_KEY, RestorationNet, load_prior
+from fedleak.attacks.restoration_prior import PRIOR_KEY, RestorationNet, load_prior
 from fedleak.errors import FedleakError
 from fedleak.models.checkpoint import save_tensors
 from tests.conftest import write_idx

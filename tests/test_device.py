@@ -265,9 +265,9 @@ def test_client_update_and_one_attack_step_stay_on_meta(protocol, defense, monke
     payload = Payload(model_state=dict(model.state_dict()), update=update, hyper=hyper)
     assert payload_device(payload).type == "meta"
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, 16, 16), 4, MEAN, STD, labels=labels)
-    objective = GradientMatching(payload, knowledge, "cosine", priors={"tv": 1e-3})
+    objective = GradientMatching(payload, knowledge, "cosine", regularizers={"tv": 1e-3})
     x = torch.empty(2, 2, 3, 16, 16, device="meta")  # two restarts: the vmap-ed path
-    gx, match = objective.image_gradients(x, labels)
+    gx, match = (t[0] for t in objective.gradients(x[None], labels[None]))
     assert gx.device.type == "meta" and match.device.type == "meta" and gx.shape == x.shape
 
 
@@ -329,13 +329,13 @@ def test_training_follows_the_device_setting_and_records_it(mnist_root):
 
 
 def test_the_prior_trains_where_asked_and_comes_back_to_the_host():
-    from fedleak.attacks.priors import PriorSettings, train_prior
+    from fedleak.attacks.restoration_prior import RestorationPriorSettings, train_prior
 
     images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     audit = FactoryAudit()
     with audit:
-        net, validation = train_prior(images, PriorSettings(epochs=1, batch_size=2, width=4, depth=2,
-                                                            validation_fraction=0.5, device="auto"))
+        net, validation = train_prior(images, RestorationPriorSettings(epochs=1, batch_size=2, width=4, depth=2,
+                                                                       validation_fraction=0.5, device="auto"))
     assert {p.device.type for p in net.parameters()} == {"cpu"}
     assert set(validation) == {"bicubic_psnr", "prior_psnr"}
     assert audit.undevised == []
@@ -343,10 +343,10 @@ def test_the_prior_trains_where_asked_and_comes_back_to_the_host():
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA: the missing-device error cannot be shown")
 def test_training_on_a_missing_device_is_a_config_error():
-    from fedleak.attacks.priors import PriorSettings
+    from fedleak.attacks.restoration_prior import RestorationPriorSettings
     from fedleak.training import TrainSettings
 
-    for settings in (TrainSettings, PriorSettings):
+    for settings in (TrainSettings, RestorationPriorSettings):
         with pytest.raises(ConfigError, match="device 'cuda' is not available here"):
             settings(device="cuda")
 

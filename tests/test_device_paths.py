@@ -210,10 +210,10 @@ def test_one_ig_step_stays_on_meta(protocol, defense, matching, meta_generators,
     from fedleak.attacks.matching import GradientMatching
 
     payload, knowledge, labels = meta_round(protocol, defense)
-    objective = GradientMatching(payload, knowledge, "cosine", priors={"tv": 1e-3, "bn": 1e-3}, matching=matching)
+    objective = GradientMatching(payload, knowledge, "cosine", regularizers={"tv": 1e-3, "bn": 1e-3}, matching=matching)
     x = torch.empty(2, 2, 3, SIZE, SIZE, device="meta", requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=0.1)
-    gx, match = objective.image_gradients(x, labels)
+    gx, match = (t[0] for t in objective.gradients(x[None], labels[None]))
     x.grad = gx.sign()
     optimizer.step()
     low, high = Normalization(MEAN, STD).bounds(x.device)
@@ -227,7 +227,7 @@ def test_one_rog_step_stays_on_meta(meta_generators, unchecked_updates):
     """ROG's step: a low-resolution variable, bicubic-upsampled and normalised into the model, the
     squared-L2 image gradient carried back to it, one Adam step, the clamp to [0, 1]."""
     from fedleak.attacks.matching import GradientMatching
-    from fedleak.attacks.priors import upsample
+    from fedleak.attacks.restoration_prior import upsample
 
     payload, knowledge, labels = meta_round("fedavg", "quantize:bits=4")
     objective = GradientMatching(payload, knowledge, "l2")
@@ -235,7 +235,7 @@ def test_one_rog_step_stays_on_meta(meta_generators, unchecked_updates):
     mean = torch.tensor(MEAN, device=z.device).view(-1, 1, 1)
     std = torch.tensor(STD, device=z.device).view(-1, 1, 1)
     x = ((upsample(z.flatten(0, 1), (SIZE, SIZE)) - mean) / std).view(2, 2, 3, SIZE, SIZE)
-    gx, match = objective.image_gradients(x, labels)
+    gx, match = (t[0] for t in objective.gradients(x[None], labels[None]))
     (gz,) = torch.autograd.grad(x, z, gx)
     optimizer = torch.optim.Adam([z], lr=0.05)
     z.grad = gz
@@ -533,8 +533,8 @@ def test_one_attack_step_on_cuda_equals_the_cpu(protocol, fp32):
     found = {}
     for device in ("cpu", GPU):
         data, payload, knowledge = gpu_round(None, protocol, 2, device)
-        objective = GradientMatching(payload, knowledge, "cosine", priors={"tv": 1e-3})
-        found[device] = objective.image_gradients(x.to(device), data.labels)
+        objective = GradientMatching(payload, knowledge, "cosine", regularizers={"tv": 1e-3})
+        found[device] = tuple(t[0] for t in objective.gradients(x.to(device)[None], data.labels[None]))
     (g_cpu, m_cpu), (g_gpu, m_gpu) = found["cpu"], found[GPU]
     assert_on(GPU, g_gpu, m_gpu)
     assert relative_error(g_gpu, g_cpu) < 1e-3

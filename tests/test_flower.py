@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from fedleak.audit import AuditAttack, audit_attack
+from fedleak.verdicts import minimum_iterations
 from fedleak.defenses import parse_defense
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.integrations.flower import (LeakageAudit, SharedBatches, TrainKeys, leakage_gate, obfuscation_mod,
@@ -93,7 +94,7 @@ def gate(**kw) -> Mod:
 
 def audit(strategy, out, **kw) -> LeakageAudit:
     return LeakageAudit(strategy, model=tiny_net, input_shape=SHAPE, num_classes=CLASSES, mean=MEAN, std=STD,
-                        out=out, **{"attack": ATTACK, "strict": True, "lpips": (), **kw})
+                        out=out, **{"attack": ATTACK, "strict": True, "lpips": (), "workers": 0, **kw})
 
 
 def initial() -> ArrayRecord:
@@ -163,14 +164,18 @@ def test_audit_writes_one_record_per_audited_client_and_round_and_the_study_tool
     assert "flower-audit" in text and "risk" in text
     page = (out / "report.html").read_text()
     assert "Risk per round and client" in page and "What the server reconstructed" in page
-    assert page.count("data:image/png;base64,") >= 2 and "4 of 4 runs" in page
+    assert page.count("data:image/png;base64,") >= 2 and "4 of 4 audited updates finished" in page
 
 
 def test_every_and_clients_choose_what_is_audited(tmp_path):
     out = tmp_path / "audit"
     federate(audit(FedAvg(fraction_evaluate=0.0), out, every=2, clients=1, attack={"name": "ig", "iterations": 5}),
              client_app(), rounds=3)
-    assert [(r.metrics["round"], r.metrics["client"]) for r in records(out)] == [(1, "1000"), (3, "1000")]
+    audited = [(r.metrics["round"], r.metrics["client"]) for r in records(out)]
+    assert [r for r, _ in audited] == [1, 3] and audited[0][1] == audited[1][1]  # one client, the same each round
+    chosen = json.loads((out / "study.json").read_text())["settings"]["selection"]["chosen"]
+    node = int(audited[0][1])
+    assert chosen == {"1": [{"node": node, "partition": None}], "3": [{"node": node, "partition": None}]}
 
 
 def test_aggregated_model_is_bit_identical_with_and_without_the_audit(tmp_path):
@@ -273,7 +278,7 @@ def test_the_audit_reads_the_attack_and_knowledge_sections_of_a_run_config(tmp_p
     chosen = audit_attack(config)
     assert chosen.resolved()["iterations"] == 7 and chosen.resolved()["tv"] == 0.1  # the preset's α, then the file's
     assert audit_attack({"name": "rog", "scale": 4}).resolved()["scale"] == 4
-    assert audit_attack(None).resolved()["iterations"] == 300
+    assert audit_attack(None).resolved()["iterations"] == minimum_iterations("ig") == 1000
     (tmp_path / "more.yaml").write_text("attack:\n  name: ig\nclient:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match="only attack and knowledge"):
         audit_attack(tmp_path / "more.yaml")
@@ -288,18 +293,25 @@ def test_bad_audit_settings_fail_before_the_federation(tmp_path):
         audit(FedAvg(), tmp_path / "a", rounds=[1], every=2)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="holds no audit"):
-        audit(FedAvg(), tmp_path / "busy", overwrite=True)
+    assert audit(FedAvg(), tmp_path / "busy", overwrite=True).out == tmp_path / "busy" / "audit-2"  # never replaced
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        audit(FedAvg(), tmp_path / "file")
     with pytest.raises(FedleakError, match="logits"):
         LeakageAudit(FedAvg(), model=tiny_net, input_shape=SHAPE, num_classes=5, mean=MEAN, std=STD, out=tmp_path / "c")
 
 
-def test_an_earlier_audit_is_replaced_only_when_asked(tmp_path):
+def test_an_earlier_audit_is_replaced_only_when_asked_and_a_rerun_goes_on_in_a_sub_folder(tmp_path, monkeypatch):
     out = tmp_path / "audit"
     federate(audit(FedAvg(fraction_evaluate=0.0), out, rounds=[1], attack={"name": "ig", "iterations": 2}),
              client_app(), rounds=1)
-    with pytest.raises(ConfigError, match="earlier audit"):
-        audit(FedAvg(), out)
+    monkeypatch.chdir(tmp_path)  # a relative out is resolved here, where the strategy is built
+    rerun = audit(FedAvg(fraction_evaluate=0.0), "audit", rounds=[1], attack={"name": "ig", "iterations": 2})
+    assert rerun.out == out / "audit-2" and rerun.out.is_absolute()
+    federate(rerun, client_app(), rounds=1)  # the federation runs: its audit is the sub-folder's
+    assert len(records(out)) == 2 and len(records(out / "audit-2")) == 2
+    assert audit(FedAvg(), out).out == out / "audit-3"
     audit(FedAvg(), out, overwrite=True)
     assert not (out / "runs").exists() and json.loads((out / "study.json").read_text())["settings"]["cells"] == []
 
@@ -379,7 +391,8 @@ def test_obfuscation_mod_sparsifies_the_update_and_the_audit_reads_the_announced
 @pytest.fixture(scope="module")
 def simulation(tmp_path_factory):
     """One run of Flower's simulation engine (Ray, 2 CPUs, 2 nodes): plain FedAvg for two rounds, then
-    the same federation under the audit, with the gate and the shared-batch mod on the clients."""
+    the same federation under the audit (attacking in a spawned worker process, as by default), with
+    the gate and the shared-batch mod on the clients."""
     from flwr.simulation import run_simulation
 
     tmp = tmp_path_factory.mktemp("simulation")
@@ -391,7 +404,7 @@ def simulation(tmp_path_factory):
     def main(grid, context):
         results["plain"] = FedAvg(fraction_evaluate=0.0).start(grid=grid, initial_arrays=initial(), num_rounds=2,
                                                                train_config=ConfigRecord(dict(TRAIN)))
-        results["strategy"] = audit(FedAvg(fraction_evaluate=0.0), tmp / "audit", evaluation=shared)
+        results["strategy"] = audit(FedAvg(fraction_evaluate=0.0), tmp / "audit", evaluation=shared, workers=1)
         results["audited"] = results["strategy"].start(grid=grid, initial_arrays=initial(), num_rounds=2,
                                                        train_config=ConfigRecord(dict(TRAIN)))
 

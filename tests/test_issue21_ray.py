@@ -29,7 +29,7 @@ from fedleak.studies import build_study
 from tests.studying import run_study
 from fedleak.studies.backends import LocalBackend
 from fedleak.studies.runner import plan
-from fedleak.studies.sweep import build_sweep
+from fedleak.studies.grid_sweep import build_sweep
 from tests.test_cli import fedleak
 
 ray = pytest.importorskip("ray")

@@ -294,7 +294,7 @@ def test_grid_values_that_validate_to_the_same_setting_are_refused(grid, shown, 
 
 
 def test_distinct_grid_values_pass():
-    from fedleak.studies.sweep import parse_grid
+    from fedleak.studies.grid_sweep import parse_grid
 
     base = {"model": {"name": "lenet"}}
     assert parse_grid(["attack.tv=1e-4,1e-3", "client.defense=none;topk:sparsity=0.5"], base) == {

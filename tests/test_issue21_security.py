@@ -20,7 +20,7 @@ from fedleak.studies.checks import check_factories
 from fedleak.studies.planning import plan
 from fedleak.studies.reading import load_study
 from fedleak.studies.secret import SECRET_FILE, client_seed, folder_secret, read_secret, seed_runs
-from fedleak.studies.sweep import build_sweep
+from fedleak.studies.grid_sweep import build_sweep
 from tests.test_cli import fedleak
 
 TINY_FACTORY = "tests.byo_models:tiny"

@@ -15,9 +15,9 @@ from PIL import Image
 from fedleak.data import load_dataset
 from fedleak.models import create_model
 from fedleak.models.cards import IMAGENET_MEAN, IMAGENET_STD
-from fedleak.models.layouts import inverse
 from fedleak.images import image_grid, upscale
 
+from tests.foreign_layouts import foreign_state
 from tests.test_cli import fedleak
 
 SMALL = ["--model", "resnet18", "--width", "0.125", "--iterations", "2", "-q", "--device", "cpu"]
@@ -89,7 +89,7 @@ def test_mixed_grey_and_colour_without_channels_is_one_line(photos, tmp_path, mo
 
 def test_imagenet_checkpoint_at_224_uses_the_cards_normalisation(photos, tmp_path, monkeypatch, capsys):
     source = create_model("resnet18", 2, 3, 224, width=0.125, seed=5)
-    torch.save(inverse(source.state_dict(), source, "resnet18"), tmp_path / "tv.pt")  # torchvision's names
+    torch.save(foreign_state(source, "resnet18"), tmp_path / "tv.pt")  # torchvision's names
     metrics, config = _attack(monkeypatch, capsys, tmp_path / "run", "--dataset", "folder", "--root", str(photos),
                               "--image-size", "224", "--channels", "3", "--checkpoint", str(tmp_path / "tv.pt"))
     assert metrics["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "card"}

@@ -19,11 +19,11 @@ from fedleak.models import CARDS, MODELS, ModelCard, card_of, create_model
 from fedleak.models.cards import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
 from fedleak.models.catalogue import card_table, describe_model, file_card
 from fedleak.models.checkpoint import CheckpointInfo, save_checkpoint, save_tensors
-from fedleak.models.layouts import inverse
 from fedleak.models.normalization import SOURCES, Evidence, declared_normalization, resolve_normalization
 from fedleak.pipeline import build_target, resolve_checkpoint
 from fedleak.run_unit import RunSpec
 
+from tests.foreign_layouts import foreign_state
 from tests.test_cli import fedleak
 
 EXPECTED = {  # what each registered model's card says: (input size, mean, std)
@@ -272,7 +272,7 @@ def test_a_modules_config_without_both_values_is_not_a_declaration():
 
 def _imagenet_checkpoint(tmp_path, classes=10, side=72):
     source = create_model("resnet18", classes, 3, side, width=0.125, seed=3)
-    torch.save(inverse(source.state_dict(), source, "resnet18"), tmp_path / "tv.pt")
+    torch.save(foreign_state(source, "resnet18"), tmp_path / "tv.pt")
     return tmp_path / "tv.pt"
 
 

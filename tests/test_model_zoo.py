@@ -6,7 +6,7 @@ import torch
 from fedleak.config import build_config
 from fedleak.errors import FedleakError
 from fedleak.models import create_model
-from fedleak.models.checkpoint import CheckpointInfo, load_weights, read_info, save_checkpoint
+from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info, save_checkpoint
 from fedleak.models.external import check_attackable
 from fedleak.pipeline import run
 from fedleak.training import TrainSettings, augment, holdout_split, train_target
@@ -48,13 +48,14 @@ def test_checkpoint_round_trip(tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", model, info)
     back = read_info(path)
     assert back.architecture == "resnet18" and back.classes == ["a", "b", "c"] and back.fedleak_version
-    fresh = load_weights(create_model("resnet18", 3, 1, 16, width=0.125, seed=2), path)
+    fresh = create_model("resnet18", 3, 1, 16, width=0.125, seed=2)
+    assert load_into(fresh, path) == ""  # fedleak's own names
     for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(FedleakError, match="does not fit"):
-        load_weights(create_model("resnet18", 4, 1, 16, width=0.125), path)
+        load_into(create_model("resnet18", 4, 1, 16, width=0.125), path)
     with pytest.raises(FedleakError, match="does not fit"):
-        load_weights(create_model("convnet", 3, 1, 16, width=0.125), path)
+        load_into(create_model("convnet", 3, 1, 16, width=0.125), path)
 
 
 def test_torch_files_load_weights_only(tmp_path):
@@ -62,8 +63,8 @@ def test_torch_files_load_weights_only(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pt")
     other = create_model("lenet", 3, 3, 8, seed=1)
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
-    loaded = load_weights(other, tmp_path / "w.pt")
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    load_into(other, tmp_path / "w.pt")
+    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), k
 
     class Evil:
@@ -72,7 +73,7 @@ def test_torch_files_load_weights_only(tmp_path):
 
     torch.save({"w": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(FedleakError, match="cannot be read"):
-        load_weights(model, tmp_path / "evil.pt")
+        load_into(model, tmp_path / "evil.pt")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(FedleakError, match="corrupt|cannot be read"):
         read_info(tmp_path / "bad.safetensors")

@@ -79,10 +79,13 @@ def test_client_and_simulation_follow_a_torch_optim_loop(name, mode, kw):
     per_epoch = 7 // 3 if kw.get("drop_last") else -(-7 // kw["local_batch_size"])
     assert payload.hyper.local_steps == kw["epochs"] * per_epoch
     knowledge = AttackerKnowledge(copy.deepcopy(model), (3, SIZE[name], SIZE[name]), 3, MEAN, STD)
-    simulated = Simulation(payload, knowledge).update(normalize(data.images, MEAN, STD), data.labels)
+    simulation = Simulation(payload, knowledge)
+    simulated = simulation.update(normalize(data.images, MEAN, STD), data.labels)
+    replayed = simulation.replay(normalize(data.images, MEAN, STD), data.labels)
     atol = 1e-7 if kw["optimizer"] == "sgd" else 1e-6  # Adam turns rounding-size gradients into lr-size steps
     for n, observed in payload.update.items():
         torch.testing.assert_close(simulated[n], observed, rtol=1e-5, atol=atol)
+        torch.testing.assert_close(replayed[n], observed, rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("name, extra", [("sgd", dict(nesterov=True)), ("sgd", dict(dampening=0.3)),

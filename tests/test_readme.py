@@ -60,6 +60,8 @@ def test_the_readme_shows_every_file_its_commands_name():
 def _cap_attacks(monkeypatch):
     """Every attack built anywhere runs at most CAP iterations."""
     import fedleak.attacks.base as base
+    import fedleak.cli.attack  # noqa: F401  (the lazy CLI imports its commands when run: patch them all now)
+    import fedleak.cli.studies  # noqa: F401
 
     real = base.build_attack
 

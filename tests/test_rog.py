@@ -7,8 +7,9 @@ import torch
 
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.objectives import MATCHINGS, auto_matching
-from fedleak.attacks.priors import (
-    PriorInfo, PriorSettings, RestorationNet, degrade, load_prior, save_prior, train_prior, upsample,
+from fedleak.attacks.restoration_prior import (
+    RestorationNet, RestorationPriorInfo, RestorationPriorSettings, degrade, load_prior, save_prior, train_prior,
+    upsample,
 )
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.data.normalization import Normalization
@@ -79,10 +80,10 @@ def test_rog_runs_against_every_kind_of_obfuscation(defense):
 
 def test_prior_learns_to_restore_and_round_trips(tmp_path):
     images = smooth_images(48, 16, seed=1)
-    settings = PriorSettings(scale=2, width=8, depth=3, epochs=30, batch_size=16, lr=3e-3, noise=0.05)
+    settings = RestorationPriorSettings(scale=2, width=8, depth=3, epochs=30, batch_size=16, lr=3e-3, noise=0.05)
     net, validation = train_prior(images, settings)
     assert validation["prior_psnr"] > validation["bicubic_psnr"]
-    info = PriorInfo(channels=3, scale=2, width=8, depth=3, validation=validation)
+    info = RestorationPriorInfo(channels=3, scale=2, width=8, depth=3, validation=validation)
     path = save_prior(tmp_path / "prior.safetensors", net, info)
     prior = load_prior(path)
     low = degrade(images[:2], 2, 0.05, torch.Generator().manual_seed(0))
@@ -100,7 +101,7 @@ def test_prior_errors(tmp_path):
     with pytest.raises(FedleakError, match="not a fedleak prior"):
         load_prior(tmp_path / "weights.safetensors")
     net = RestorationNet(1, 4, 3)
-    save_prior(tmp_path / "grey.safetensors", net, PriorInfo(channels=1, scale=2, width=4, depth=3))
+    save_prior(tmp_path / "grey.safetensors", net, RestorationPriorInfo(channels=1, scale=2, width=4, depth=3))
     _, payload, knowledge = _setup()
     attack = build_attack("rog", {"iterations": 1, "prior": str(tmp_path / "grey.safetensors")})
     with pytest.raises(ConfigError, match="1-channel images at scale 2"):

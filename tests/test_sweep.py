@@ -13,10 +13,9 @@ import pytest
 
 from fedleak.errors import ConfigError
 from fedleak.store import ResultsDB, RunRecord
-from fedleak.studies.aggregate import summarize
+from fedleak.studies.aggregate import quality, summarize
+from fedleak.studies.grid_sweep import build_sweep, parse_grid, parse_indices
 from fedleak.studies.runner import plan
-from fedleak.studies.sweep import build_sweep, parse_grid, parse_indices
-from fedleak.studies.sweeps import quality
 from tests.test_cli import fedleak
 
 BASE = ["model.name=lenet", "data.image_size=8", "attack.iterations=3"]

@@ -13,13 +13,22 @@ the payload was built on, plus two observable measures of how much the update ga
   on the recovered classes (1 when the update points at exactly those classes, lower when its label
   evidence is spread over others).
 
-**Risk** is their product (update fit clipped at 0): how completely a batch the attacker can build
-explains what the client sent. It is evidence, not proof — a high fit can come from an image that
-only matches the update, and it says nothing about what a stronger attack could do — and is shown
-beside the reconstructions so a reader can judge. Only where the auditor has ground truth (a
-simulation that shares each client's batch for scoring) is an :class:`~fedleak.metrics.Evaluation`
-attached, with the no-leak baselines beside it; that truth reaches the scoring only, after the attack
-has returned.
+Before attacking, the audit checks that its simulation can explain the update at all
+(:func:`fedleak.specification.check_specification`: the update's norm and per-layer structure
+against updates the declared training makes on public data of the same size); where the batch is
+shared for scoring it also measures how well the client's own batch, simulated, explains its update
+(``truth_fit``). Every record ends in a **verdict** (:mod:`fedleak.verdicts`): ``leaks`` (evidence
+named), ``no leak found`` (which attack, at how many iterations, the simulation verified) or
+``inconclusive`` (why: mis-specified, under the attack's minimum of iterations, the data order
+unknown); ``iterations_run`` says how many ran.
+
+**Risk** is the calibrated probability that the reconstruction is recognisable given its update fit
+and the batch size (:mod:`fedleak.calibration`: measured in simulation against the truth), and only
+where the simulation is verified — ``nan`` otherwise, since a fit under a wrong simulation means
+nothing. It is evidence, not proof, and says nothing about what a stronger attack could do. Only
+where the auditor has ground truth (a simulation that shares each client's batch for scoring) is an
+:class:`~fedleak.metrics.Evaluation` attached, with the no-leak baselines beside it; that truth
+reaches the scoring only, after the attack has returned.
 
 Where the records go: :class:`fedleak.integrations.flower.log.AuditLog` writes them to a results
 folder, a study of kind ``flower-audit`` (:class:`fedleak.studies.flower_audit.AuditStudy`) whose
@@ -43,6 +52,7 @@ from torch import Tensor
 from fedleak.attacks.base import Attack, AttackerKnowledge, Reconstruction, build_attack
 from fedleak.attacks.labels import last_layer_weight_grad
 from fedleak.attacks.simulation import Simulation
+from fedleak.calibration import calibrated
 from fedleak.config import AttackSection, KnowledgeSection, describe_validation_error, read_yaml
 from fedleak.device import device_name
 from fedleak.errors import ConfigError, FedleakError
@@ -52,9 +62,11 @@ from fedleak.images import image_grid, png_bytes
 from fedleak.metrics.baselines import scores as baseline_scores
 from fedleak.metrics.evaluate import Evaluation, evaluate
 from fedleak.metrics.lpips import LPIPS
+from fedleak.specification import SpecificationCheck, check_specification
+from fedleak.verdicts import INCONCLUSIVE, Findings, decide, minimum_iterations, order_unknown, recognisable
 
 PREVIEW_IMAGES = 16  # images of a batch kept as a preview in the database (for the report's figure)
-DEFAULT_ATTACK = {"name": "ig", "iterations": 300}  # a CPU-sized default: seconds per update on a small model
+DEFAULT_ATTACK = {"name": "ig", "iterations": 1000}  # IG at its stated minimum (fedleak.verdicts.MIN_ITERATIONS)
 Truth = Callable[[], ClientData | None]
 
 
@@ -96,7 +108,9 @@ class AuditRecord:
 
     ``client`` names who sent the update (a Flower node id, or ``aggregate`` when the server saw
     only the mean of ``hyper.clients`` updates). ``assumptions`` lists every training setting the
-    attacker did not observe and what it assumed instead."""
+    attacker did not observe and what it assumed instead. ``verdict`` (one of
+    :data:`fedleak.verdicts.VERDICTS`) and ``verdict_reason`` say what the audit concluded and why;
+    ``iterations_run`` how many iterations the attack ran, ``min_iterations`` the least it needs."""
 
     round: int
     client: str
@@ -110,6 +124,15 @@ class AuditRecord:
     evaluation: Evaluation | None = None
     baseline: dict[str, float] | None = None  # the mean-colour guess scored against the truth
     truth_images: Tensor | None = None  # kept for the report's image grid only
+    specification: SpecificationCheck | None = None  # the mis-specification check, where it ran
+    truth_fit: float | None = None  # cosine with which the client's own batch, simulated, explains the update
+    probability: float | None = None  # calibrated P(recognisable) of the update fit (used where verified)
+    recognisable: int | None = None  # reconstructions beating their original's mean-colour guess (ground truth)
+    iterations_run: int = 0
+    min_iterations: int = 0
+    verdict: str = INCONCLUSIVE
+    verdict_reason: str = ""
+    verified: bool = False  # the simulation verified (on the client's batch, or by the check)
 
     @property
     def images(self) -> Tensor:
@@ -127,9 +150,11 @@ class AuditRecord:
 
     @property
     def risk(self) -> float:
-        """Update fit (at least 0) × label signal (1 when the model has no class layer to read)."""
-        signal = 1.0 if self.label_signal is None else self.label_signal
-        return max(0.0, self.update_fit) * signal
+        """The calibrated P(recognisable) where the simulation is verified; ``nan`` where it is not (a
+        fit under a wrong simulation is no evidence either way) or no calibration applies."""
+        if not self.verified or self.probability is None:
+            return float("nan")
+        return self.probability
 
     def metrics(self) -> dict[str, Any]:
         rec = self.reconstruction
@@ -141,6 +166,10 @@ class AuditRecord:
             "restart_losses": rec.restart_losses, "iterations": rec.iterations,
             "recovered_labels": labels, "labels": ", ".join(map(str, labels)),
             "attack_seconds": round(rec.seconds, 3), "seconds": round(self.seconds, 3),
+            "verdict": self.verdict, "verdict_reason": self.verdict_reason, "iterations_run": self.iterations_run,
+            "min_iterations": self.min_iterations, "simulation_verified": self.verified,
+            "specification": self.specification.as_dict() if self.specification is not None else None,
+            "truth_fit": self.truth_fit, "risk_probability": self.probability,
             "device": device_name(rec.images.device),  # where the attack ran
             "hyper": asdict(self.hyper), "assumptions": list(self.assumptions),
             "hints": [f"Assumed (not sent by the server): {a}" for a in self.assumptions],
@@ -154,36 +183,59 @@ class AuditRecord:
                     "images": [asdict(s) for s in ev.images]}
             if self.baseline is not None:
                 out |= {"psnr_mean_colour": self.baseline["psnr"], "ssim_mean_colour": self.baseline["ssim"],
-                        "psnr_gain": ev.psnr - self.baseline["psnr"]}
+                        "psnr_gain": ev.psnr - self.baseline["psnr"], "recognisable_images": self.recognisable}
         return out
 
 
 def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack, *, round: int, client: str,
                  seed: int = 0, assumptions: list[str] | None = None, view: str = "clients",
                  truth: Truth | ClientData | None = None,
-                 lpips: Mapping[str, LPIPS | None] | None = None) -> AuditRecord:
-    """Attack one observed update and measure what is observable; score against the truth only if
-    ``truth`` gives some — a callable asked after the attack has returned, so nothing it holds can
-    reach the attack."""
+                 lpips: Mapping[str, LPIPS | None] | None = None,
+                 check: bool | SpecificationCheck = True, public: Tensor | None = None,
+                 public_labels: Tensor | None = None, min_iterations: int | None = None) -> AuditRecord:
+    """Check the simulation, attack one observed update, measure what is observable and decide the
+    verdict; score against the truth only if ``truth`` gives some — a callable asked after the
+    attack has returned, so nothing it holds can reach the attack.
+
+    ``check``: run the mis-specification check before the attack (on ``public`` images in [0, 1]
+    with ``public_labels`` where given, else random inputs), skip it (``False``: the simulation is
+    then verified only on a shared batch), or a check already made on this payload.
+    ``min_iterations``: the least iterations the attack needs (default its stated minimum,
+    :func:`fedleak.verdicts.minimum_iterations`)."""
     if knowledge.labels is not None or knowledge.bn_stats is not None:
         raise FedleakError("an audit attacks what the server sees: the attacker cannot know the client's "
                            "labels or batch-norm statistics")
     start = time.perf_counter()
+    if isinstance(check, SpecificationCheck):
+        specification: SpecificationCheck | None = check
+    else:
+        specification = check_specification(payload, knowledge, public, public_labels, seed=seed) if check else None
     reconstruction = attack.run(payload, knowledge, seed=seed)
     fit = update_fit(payload, knowledge, reconstruction.images, reconstruction.labels)
     signal = label_signal(payload, knowledge.num_classes, reconstruction.labels)
     data = truth() if callable(truth) else truth
-    evaluation = baseline = None
+    evaluation = baseline = truth_fit = found = None
     if data is not None:
         if tuple(data.images.shape) != tuple(reconstruction.images.shape):
             raise FedleakError(f"the batch shared for scoring is {tuple(data.images.shape)}, the update stands "
                                f"for {tuple(reconstruction.images.shape)}")
         evaluation = evaluate(reconstruction, data, dict(lpips or {}))
         baseline = baseline_scores(data.images.mean((2, 3), keepdim=True), data.images)
+        truth_fit = update_fit(payload, knowledge, data.images, data.labels)
+        found = recognisable(reconstruction.images[evaluation.order], data.images)
+    minimum = minimum_iterations(attack.name, attack.config) if min_iterations is None else min_iterations
+    probability, bound = calibrated(fit, payload.hyper.observed_images) or (None, "estimate")
+    findings = Findings(attack.name, reconstruction.iterations, minimum, payload.hyper.observed_images,
+                        specification, truth_fit, found, evaluation.label_accuracy if evaluation else None,
+                        probability, bound, order_unknown(payload.hyper, assumptions or []))
+    verdict = decide(findings)
     return AuditRecord(round=round, client=client, hyper=payload.hyper, reconstruction=reconstruction,
                        update_fit=fit, label_signal=signal, seconds=time.perf_counter() - start,
                        assumptions=list(assumptions or []), view=view, evaluation=evaluation, baseline=baseline,
-                       truth_images=None if data is None else data.images.detach().clone())
+                       truth_images=None if data is None else data.images.detach().clone(),
+                       specification=specification, truth_fit=truth_fit, probability=findings.probability,
+                       recognisable=found, iterations_run=reconstruction.iterations, min_iterations=minimum,
+                       verdict=verdict.verdict, verdict_reason=verdict.reason, verified=findings.verified)
 
 
 # --- the attack configuration -------------------------------------------------------------------------------

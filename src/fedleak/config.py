@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 # load_yaml: fedleak.config's own reader of settings (imported for the callers of fedleak.config).
-from fedleak.config_yaml import apply_override, cut, load_yaml, parse_override, read_yaml  # noqa: F401
+from fedleak.config_yaml import (  # noqa: F401
+    apply_override,
+    cut,
+    describe_validation_error,
+    load_yaml,
+    parse_override,
+    read_yaml,
+)
 from fedleak.data.transforms import size_hw
 from fedleak.defenses import check_spec, parse_defense
 from fedleak.device import check_device
@@ -24,7 +31,6 @@ from fedleak.fl.payload import TRAINING_SETTINGS, ClientTraining, client_trainin
 from fedleak.fl.server import HONEST, canonical, default_attack
 from fedleak.identity import LATER_FIELDS
 from fedleak.models.external import is_external, refuse_file_factory
-from fedleak.validate import short
 
 
 class Section(BaseModel):
@@ -261,20 +267,6 @@ class RunConfig(Section):
         if mean is not None and channels is not None and len(mean) != channels:
             raise ValueError(f"model.mean and model.std have {len(mean)} value(s) but data.channels is {channels}")
         return self
-
-
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line naming the first offending key and what is wrong with it; keys and echoed values
-    are cut to a short prefix (a hostile file's value could be megabytes long)."""
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    key = cut(f"{prefix}{key}" if key else prefix.rstrip("."))
-    if err["type"] == "extra_forbidden":
-        return f"unknown config key {key!r}"
-    if err["type"] == "value_error":
-        return f"config{' ' + key if key else ''}: {cut(str(err['ctx']['error']), 300)}"  # no key: the whole config
-    got = f" (got {short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
-    return f"config {key}: {err['msg']}{got}"
 
 
 DEFAULT_JOB: dict[str, dict[str, Any]] = {

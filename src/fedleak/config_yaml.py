@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from fedleak.errors import ConfigError
 from fedleak.validate import short
@@ -144,3 +145,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections")
     return data
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line naming the first offending key and what is wrong with it; keys and echoed values
+    are cut to a short prefix (a hostile file's value could be megabytes long)."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    key = cut(f"{prefix}{key}" if key else prefix.rstrip("."))
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    if err["type"] == "value_error":
+        return f"config{' ' + key if key else ''}: {cut(str(err['ctx']['error']), 300)}"  # no key: the whole config
+    got = f" (got {short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
+    return f"config {key}: {err['msg']}{got}"

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedleak.config import describe_validation_error
+from fedleak.config_yaml import describe_validation_error
 from fedleak.errors import FedleakError
 
 USER_ERROR = 2

@@ -3,7 +3,7 @@
 One rule, used wherever fedleak decides whether two things are the same: a run's key
 (:meth:`fedleak.run_unit.RunSpec.identity`, hashed by :func:`fedleak.store.run_key`), whether a study
 folder holds the grid being run (its ``study.json``, :func:`fedleak.studies.folder.prepare`), the
-default folder of a sweep (``fedleak sweep``, :func:`fedleak.studies.sweep.folder_name`) and each
+default folder of a sweep (``fedleak sweep``, :meth:`fedleak.studies.grid_sweep.SweepStudy.folder_name`) and each
 run's private client seed (derived from its key, :mod:`fedleak.studies.secret`). The fields that say
 *where* — a data root, a device — are *locations*: a study declares its own
 (:attr:`fedleak.studies.base.Study.locations`), a run config's are :data:`RUN_LOCATIONS`. Moving the

@@ -31,7 +31,7 @@ class InvertingGradientsConfig(MatchingConfig):
     signed: bool = Field(True, description="step on the sign of the image gradient")
     boxed: bool = Field(True, description="clamp to the valid pixel range after each step")
     tv: float = Field(1e-3, ge=0, description="total-variation weight α")
-    regularizers: dict[str, float] = Field(default_factory=dict, description="extra priors: name → weight")
+    regularizers: dict[str, float] = Field(default_factory=dict, description="extra image regularisers (tv, l2, bn): name → weight")
 
     @field_validator("regularizers")
     @classmethod
@@ -50,8 +50,8 @@ class InvertingGradients(BatchedMatching):
                      progress: bool) -> list[Reconstruction]:
         cfg, knowledge = self.config, knowledges[0]
         labels = self.labels(payloads, knowledges)
-        priors = {"tv": cfg.tv, **cfg.regularizers} if cfg.tv else dict(cfg.regularizers)
-        objective = GradientMatching(payloads, knowledges, cfg.cost, cfg.layers, cfg.layer_count, priors,
+        regularizers = {"tv": cfg.tv, **cfg.regularizers} if cfg.tv else dict(cfg.regularizers)
+        objective = GradientMatching(payloads, knowledges, cfg.cost, cfg.layers, cfg.layer_count, regularizers,
                                      cfg.matching)
         norm = knowledge.normalization
         lower, upper = norm.bounds(payload_device(payloads[0]))

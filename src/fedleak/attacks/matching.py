@@ -3,7 +3,7 @@ restarts — and independent payloads attacked together — can be ``vmap``-ed.
 
 A *trial* is one candidate batch for one payload. :class:`GradientMatching` holds what the trials of
 a group of payloads share (the global model, the public hyperparameters, the matched layers, the
-cost and the priors) and, stacked along a leading payload dimension, what each payload has of its
+cost and the image regularisers) and, stacked along a leading payload dimension, what each payload has of its
 own (its prepared observed update, its known BN statistics). The payloads of one group must agree
 on everything shared; :func:`shared_key` says what that is.
 """
@@ -23,7 +23,7 @@ from fedleak.attacks.base import AttackerKnowledge, OptimizationConfig, check_up
 from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.attacks.layers import LAYER_SELECTIONS, select_layers
 from fedleak.attacks.objectives import COSTS, MATCHINGS, auto_matching, check_matching
-from fedleak.attacks.regularizers import REGULARIZERS, PriorContext, batch_norm_statistics
+from fedleak.attacks.regularizers import REGULARIZERS, RegularizerContext, batch_norm_statistics
 from fedleak.attacks.simulation import Simulation
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import Payload
@@ -94,7 +94,7 @@ def same_state(a: Payload, b: Payload) -> bool:
 
 
 class GradientMatching:
-    """cost(view(simulated update of the selected layers), observed update) + Σ weight·prior(x).
+    """cost(view(simulated update of the selected layers), observed update) + Σ weight·regularizer(x).
 
     ``matching`` picks the view (plain, masked, sign, or auto: chosen from the payload's public
     defense spec). Given several payloads (and their knowledge), the objective holds each one's
@@ -108,7 +108,7 @@ class GradientMatching:
         cost: str = "cosine",
         layers: str = "all",
         layer_count: int | None = None,
-        priors: dict[str, float] | None = None,
+        regularizers: dict[str, float] | None = None,
         matching: str = "plain",
     ) -> None:
         payloads = [payload] if isinstance(payload, Payload) else list(payload)
@@ -128,11 +128,11 @@ class GradientMatching:
             matching = auto_matching(first.hyper.defense)
         self.matching = MATCHINGS.get(matching)
         self.cost = COSTS.get(cost)
-        self.priors = [(REGULARIZERS.get(name), w) for name, w in (priors or {}).items() if w]
+        self.regularizers = [(REGULARIZERS.get(name), w) for name, w in (regularizers or {}).items() if w]
         sim = self.simulation
-        self.context = PriorContext(sim.model, sim.params, sim.buffers, None, batch_norm_layers(sim.model))
-        uses_bn = any(prior is batch_norm_statistics for prior, _ in self.priors)
-        # The BN prior reads the trial's batch statistics from the simulated forward pass (hooks).
+        self.context = RegularizerContext(sim.model, sim.params, sim.buffers, None, batch_norm_layers(sim.model))
+        uses_bn = any(term is batch_norm_statistics for term, _ in self.regularizers)
+        # The BN regulariser reads the trial's batch statistics from the simulated forward pass (hooks).
         self.observe = uses_bn and bool(self.context.bn_layers)
         for k in knowledges:
             if k.bn_stats is not None and len(k.bn_stats) != len(self.context.bn_layers):
@@ -165,15 +165,15 @@ class GradientMatching:
         data = take(self.data, 0) if data is None else data
         match, seen = self._match(x, labels, data, batched, self.observe)
         total = match
-        if self.priors:
+        if self.regularizers:
             context = dataclasses.replace(self.context, bn_targets=data.get("bn"), seen=seen)
-            for prior, weight in self.priors:
-                total = total + weight * prior(x, context)
+            for term, weight in self.regularizers:
+                total = total + weight * term(x, context)
         return total, match.detach()
 
     def matching_loss(self, x: Tensor, labels: Tensor, batched: bool = False,
                       data: dict[str, Any] | None = None) -> Tensor:
-        """The matching loss (no priors) of one trial for one payload (the first by default)."""
+        """The matching loss (no regularisers) of one trial for one payload (the first by default)."""
         data = take(self.data, 0) if data is None else data
         return self._match(x, labels, data, batched, False)[0]
 
@@ -189,7 +189,7 @@ class GradientMatching:
                 chunk: int | None) -> Any:
         """``per_trial`` over every (payload, restart) of ``x`` (P×R×B×C×H×W), as ``vmap`` over
         payloads of ``vmap`` over restarts, at most ``chunk`` trials at a time; a lone trial takes
-        ``single`` (plain autograd, faster on a CPU)."""
+        ``single`` (plain autograd, faster on a CPU than ``torch.func.grad``: ``benchmarks/image_gradient.py``)."""
         count, restarts = x.shape[:2]
         per_restart = vmap(per_trial, in_dims=(0, None, None))
         per_payload = vmap(per_restart)
@@ -232,15 +232,3 @@ class GradientMatching:
         data = self.data if data is None else data
         return self._blocks(self._trial_loss, self._single_loss, x.detach(), labels, data, chunk)
 
-    # ------------------------------------------------------------ one payload (R×B×C×H×W trials)
-
-    def matching_losses(self, x: Tensor, labels: Tensor) -> Tensor:
-        """Matching loss of every trial in ``x`` (R×B×C×H×W) for the first payload."""
-        return self.losses(x[None], labels[None], take(self.data, slice(0, 1)))[0]
-
-    def image_gradients(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """∂(total loss)/∂x and the matching loss for every trial of ``x`` (R×B×C×H×W) of the first
-        payload. Several trials run as one ``vmap``-ed computation; a single trial takes plain
-        autograd, which is faster on CPU."""
-        gx, match = self.gradients(x[None], labels[None], take(self.data, slice(0, 1)))
-        return gx[0], match[0]

@@ -6,10 +6,8 @@ alone. The prepared state is a plain tree of tensors, so the states of many payl
 leading dimension and ``vmap`` over it (one batched optimisation attacks many payloads, see
 :mod:`fedleak.attacks.engine`).
 
-The costs sum per layer rather than over one flattened vector: ``benchmarks/devices.py --before``
-measured concatenating the layers into one vector and taking one dot product 25–30 % slower per IG
-iteration on a CPU (full-width ResNet-18, 32 px: 4.6 against 6.3 it/s), the copy and its double
-backward costing more than the per-layer reductions they replace.
+The costs sum per layer rather than over one flattened vector; ``benchmarks/image_gradient.py``
+(part ``cost``) compares the two.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 The variable is a low-resolution image (H/s × W/s, s = 2 or 4) that is bicubic-upsampled into the
 model; the simulated update (FedSGD, or FedAvg's local steps unrolled) is matched to the observed,
 decompressed one with squared L2 (cosine optional) under Adam, lr 0.05 decaying along a cosine to
-0.005, for about 100 iterations. Restarts (and many payloads, via ``run_many``) run batched; the lowest matching loss wins. A learned
-prior (``fedleak train-prior``) can then restore detail.
+0.005, for about 100 iterations. Restarts (and many payloads, via ``run_many``) run batched; the
+lowest matching loss wins. A learned restoration prior (``fedleak train-prior``,
+:mod:`fedleak.attacks.restoration_prior`) can then restore detail; ``tv`` is an image regulariser
+(:mod:`fedleak.attacks.regularizers`), not a prior.
 
 Beyond the paper, ``matching`` compares only the coordinates a sparsifier kept (``masked``) or the
 signs a signSGD client sent (``sign``); ``auto`` picks from the payload's public defense spec.
@@ -20,7 +22,7 @@ from pydantic import Field
 from fedleak.attacks.base import AttackerKnowledge, Reconstruction, register_attack
 from fedleak.attacks.engine import BatchedMatching, Variable
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
-from fedleak.attacks.priors import ROG_MAX_SCALE, Prior, load_prior, upsample
+from fedleak.attacks.restoration_prior import ROG_MAX_SCALE, RestorationPrior, load_prior, upsample
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
 
@@ -42,7 +44,7 @@ class ROG(BatchedMatching):
     config: ROGConfig
 
     @functools.cached_property
-    def prior(self) -> Prior | None:
+    def prior(self) -> RestorationPrior | None:
         """The restoration prior of ``config.prior``, loaded once."""
         return load_prior(self.config.prior) if self.config.prior else None
 

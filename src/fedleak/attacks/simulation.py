@@ -40,12 +40,22 @@ def functional_grad(loss: Loss, params: Params) -> tuple[Params, Any]:
 
 
 def autograd_grad(loss: Loss, params: Params) -> tuple[Params, Any]:
-    """∇ via ``torch.autograd.grad(create_graph=True)``: about 1.5× faster for a single trial on CPU,
+    """∇ via ``torch.autograd.grad(create_graph=True)``: faster for a single trial on CPU
+    (``benchmarks/image_gradient.py``),
     but cannot run under ``vmap``."""
     leaves = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in params.items()}
     value, aux = loss(leaves)
     grads = torch.autograd.grad(value, list(leaves.values()), create_graph=True)
     return dict(zip(leaves, grads)), aux
+
+def plain_grad(loss: Loss, params: Params) -> tuple[Params, Any]:
+    """∇ via ``torch.autograd.grad`` without a graph of it: the update only, not differentiable in
+    the candidates (replaying a client, checking a declaration), several times cheaper."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    value, aux = loss(leaves)
+    grads = torch.autograd.grad(value, list(leaves.values()))
+    return dict(zip(leaves, grads)), aux
+
 
 SIMULATORS: Registry[Simulator] = Registry("protocol simulation")
 
@@ -110,6 +120,11 @@ class Simulation:
         self.defense = parse_defense(payload.hyper.defense)  # public: clipping is re-run on each update
         self.bn_layers = batch_norm_layers(model)
 
+    def replay(self, x: Tensor, y: Tensor) -> Params:
+        """The update examples ``x``, ``y`` would make, computed without a graph (:func:`plain_grad`):
+        for checking how well a declaration explains an update, not for an attack to descend."""
+        return self.update_and_statistics(x, y, differentiate=plain_grad)[0]
+
     def update(self, x: Tensor, y: Tensor, batched: bool = False) -> Params:
         """The simulated update for candidate batch ``x`` (B×C×H×W, normalised) and labels ``y``.
         ``batched=True`` when called under ``vmap``. With aggregation (``hyper.clients`` = K), ``x``
@@ -118,12 +133,13 @@ class Simulation:
         aggregation on each client's update, those after it on the mean."""
         return self.update_and_statistics(x, y, batched)[0]
 
-    def update_and_statistics(self, x: Tensor, y: Tensor, batched: bool = False,
-                              observe: bool = False) -> tuple[Params, Statistics | None]:
+    def update_and_statistics(self, x: Tensor, y: Tensor, batched: bool = False, observe: bool = False,
+                              differentiate: Differentiate | None = None) -> tuple[Params, Statistics | None]:
         """:meth:`update` and, with ``observe``, the batch-norm statistics of ``x`` read from the
         simulated forward pass (``None`` where no forward pass sees the whole of ``x``: aggregated
         clients, FedAvg minibatches)."""
-        differentiate = functional_grad if batched else autograd_grad
+        if differentiate is None:
+            differentiate = functional_grad if batched else autograd_grad
         k, b = self.hyper.clients, self.hyper.batch_size
         watch = self.bn_layers if observe and k == 1 else ()
         updates, stats = [], None

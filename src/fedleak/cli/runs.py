@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,9 @@ from rich.table import Table
 from fedleak.cli.common import console
 from fedleak.errors import ConfigError
 from fedleak.metrics.baselines import best_guess, verdict
-from fedleak.store import ResultsDB, write_text_atomically
+from fedleak.store import ResultsDB, RunRecord, write_text_atomically
+from fedleak.studies.flower_audit import STUDY as AUDIT_STUDY
+from fedleak.studies.flower_audit import histogram_text, labels_of, verdict_text
 from fedleak.studies.runner import DB_NAME
 
 runs_app = typer.Typer(help="Inspect a study's results database.", no_args_is_help=True)
@@ -33,34 +36,58 @@ def runs_list(
     failed: Annotated[bool, typer.Option("--failed", help="the runs that failed, with their errors")] = False,
 ) -> None:
     """One line per finished run: key, name, PSNR and SSIM beside their no-leak baselines (flagged where
-    the run does no better), seconds (with --failed: each failed run's
-    error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
+    the run does no better), seconds; for a Flower audit, one per audited update: round, client, risk,
+    verdict, update fit, images, recovered labels (class: count), PSNR where scored (with --failed:
+    each failed run's error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
     with _db(folder) as db:
         records, failures = db.records(), db.failures()
     if failed:  # plain lines: errors are long, and their text is not markup
         print(f"{len(failures)} failed run{'s' if len(failures) != 1 else ''} in {folder}"
-              + (" (the next study or sweep into it retries them)" if failures else ""))
+              + (" (the next study or sweep into it retries them)"
+               if failures and any(f.study != AUDIT_STUDY for f in failures) else ""))  # an audit is not re-run
         for f in failures:
             where = f"  on {f.host}" if f.host else ""
             print(f"{f.key}  {f.study}  {f.name}  attempts {f.attempts}{where}\n    {f.error}")
         return
     also = f" ({len(failures)} failed: --failed)" if failures else ""
-    table = Table(title=f"{len(records)} runs in {folder}{also}")
-    numbers = ("PSNR", "no-leak PSNR", "SSIM", "no-leak SSIM", "seconds")
-    for col in ("key", "study", "name", *numbers, "vs no-leak"):
+    audits = bool(records) and all(r.study == AUDIT_STUDY for r in records)
+    table = Table(title=f"{len(records)} {'audited updates' if audits else 'runs'} in {folder}{also}")
+    columns, numbers, row = (AUDIT_COLUMNS, AUDIT_NUMBERS, _audit_row) if audits else (RUN_COLUMNS, RUN_NUMBERS, _run_row)
+    for col in columns:
         table.add_column(col, justify="right" if col in numbers else "left")
     for r in records:
-        guess = best_guess(r.metrics.get("baselines"))
-        table.add_row(r.key, r.study, escape(r.name), _score(r.metrics.get("psnr"), 2),
-                      _score(guess and guess["psnr"], 2), _score(r.metrics.get("ssim"), 3),
-                      _score(guess and guess["ssim"], 3), f"{r.seconds:.1f}",
-                      "" if guess is None else (verdict(r.metrics, guess) or "above").replace(" the no-leak baseline", ""))
+        table.add_row(*row(r))
     console.print(table)
 
 
+RUN_NUMBERS = ("PSNR", "no-leak PSNR", "SSIM", "no-leak SSIM", "seconds")
+RUN_COLUMNS = ("key", "study", "name", *RUN_NUMBERS, "vs no-leak")
+AUDIT_NUMBERS = ("round", "risk", "update fit", "images", "PSNR", "seconds")
+AUDIT_COLUMNS = ("key", "round", "client", "risk", "verdict", "update fit", "images", "labels (class: count)",
+                 "PSNR", "seconds")
+
+
+def _run_row(r: RunRecord) -> list[str]:
+    """An attack run: its scores beside the no-leak baselines."""
+    guess = best_guess(r.metrics.get("baselines"))
+    return [r.key, r.study, escape(r.name), _score(r.metrics.get("psnr"), 2), _score(guess and guess["psnr"], 2),
+            _score(r.metrics.get("ssim"), 3), _score(guess and guess["ssim"], 3), f"{r.seconds:.1f}",
+            "" if guess is None else (verdict(r.metrics, guess) or "above").replace(" the no-leak baseline", "")]
+
+
+def _audit_row(r: RunRecord) -> list[str]:
+    """An audited update of a Flower federation: what the server could observe (PSNR only where a
+    simulation shared the batch for scoring), the verdict where the audit gave one."""
+    m = r.metrics
+    return [r.key, str(m.get("round", "")), escape(str(m.get("client", ""))), _score(m.get("risk"), 2),
+            escape(verdict_text(m.get("verdict"))), _score(m.get("update_fit"), 3), str(m.get("observed_images", "n/a")),
+            escape(histogram_text(labels_of(m))), _score(m.get("psnr"), 2), f"{r.seconds:.1f}"]
+
+
 def _score(value: Any, digits: int) -> str:
-    """A stored score for `runs list`: n/a where the run has none (no baselines stored, LPIPS unset)."""
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+    """A stored score for `runs list`: n/a where the run has none (no baselines stored, LPIPS unset, NaN)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{value:.{digits}f}" if number else "n/a"
 
 
 @runs_app.command("show")

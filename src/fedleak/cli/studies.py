@@ -18,8 +18,9 @@ from fedleak.report.study import write_report
 from fedleak.store import locked
 from fedleak.studies import STUDIES, build_study, run_study
 from fedleak.studies.backends import make_backend
+from fedleak.studies.flower_audit import audit_folders
+from fedleak.studies.grid_sweep import build_sweep
 from fedleak.studies.runner import failures_summary
-from fedleak.studies.sweep import build_sweep
 
 BackendOption = Annotated[str, typer.Option(help="where runs execute: local (this process) or ray (a Ray cluster)")]
 AddressOption = Annotated[str | None, typer.Option(
@@ -175,8 +176,13 @@ def sweep(
     _run_study(s, "custom", folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
 
 
-def report(folder: Annotated[Path, typer.Argument(help="study folder")]) -> None:
-    """Rebuild a study's report (table, figures, grid, HTML) from its results database."""
-    with locked(folder):  # not while a study writing into the folder replaces the same files
-        console.print(f"report → {write_report(folder)}")
+def report(folder: Annotated[Path, typer.Argument(help="study folder, or a Flower audit's out= folder")]) -> None:
+    """Rebuild a study's report (table, figures, grid, HTML) from its results database.
+
+    A Flower audit's folder (LeakageAudit's out=) may be reported while its federation runs: the
+    report shows the audited updates finished so far. The audits of later runs into the same folder
+    (its numbered sub-folders audit-2, audit-3, …) are reported too."""
+    for target in audit_folders(folder) or [folder]:
+        with locked(target):  # not while a study (or an audit) writing into the folder replaces the same files
+            console.print(f"report → {write_report(target)}")
 

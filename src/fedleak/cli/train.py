@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedleak.attacks.priors import PriorSettings, save_prior, train_prior_on
+from fedleak.attacks.restoration_prior import RestorationPriorSettings, save_prior, train_prior_on
 from fedleak.cli.common import MAX_SEED, _finite, console
 from fedleak.config import parse_override
 from fedleak.errors import ConfigError
@@ -84,8 +84,8 @@ def train_prior(
                           ".safetensors")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, got {split!r}")
-    settings = PriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
-                             batch_size=batch_size, lr=lr, seed=seed, device=device)
+    settings = RestorationPriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
+                                        batch_size=batch_size, lr=lr, seed=seed, device=device)
     net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
     save_prior(path, net, info)
     table = Table(title=f"fedleak train-prior → {path}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,9 +34,6 @@ class Evaluation:
     images: list[ImageScore]
     order: list[int]
     lpips: dict[str, float | None] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def evaluate(reconstruction: Reconstruction, truth: ClientData,

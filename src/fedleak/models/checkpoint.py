@@ -226,21 +226,16 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], architecture: str = "the model") -> nn.Module:
+def load_into(model: nn.Module, path: str | os.PathLike[str], architecture: str = "the model") -> str:
     """Load ``path`` into ``model`` strictly; a mismatch is one line naming the first tensor that differs.
 
     A state dict in torchvision's or timm's layout (a user's ImageNet ResNet or DenseNet) is renamed to
     fedleak's module names first (:mod:`fedleak.models.layouts`). Only ``num_batches_tracked`` may be
     absent (old torchvision files predate it; the model keeps its own). A classifier with another
-    number of classes than the dataset is an error, never silently replaced."""
-    load_into(model, path, architecture)
-    return model
-
-
-def load_into(model: nn.Module, path: str | os.PathLike[str], architecture: str = "the model") -> str:
-    """:func:`load_weights`, returning the foreign layout the file was in (``"torchvision/timm"``), or
-    ``""`` when it used fedleak's own names: a foreign layout means an ImageNet-style checkpoint, whose
-    normalisation is the model card's (:mod:`fedleak.models.normalization`)."""
+    number of classes than the dataset is an error, never silently replaced. Returns the foreign
+    layout the file was in (``"torchvision/timm"``), or ``""`` when it used fedleak's own names: a
+    foreign layout means an ImageNet-style checkpoint, whose normalisation is the model card's
+    (:mod:`fedleak.models.normalization`)."""
     state, origin, layout = translate(load_state(path), model, architecture)
     own = model.state_dict()
     def as_given(k: str) -> str:

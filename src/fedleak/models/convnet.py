@@ -2,11 +2,12 @@
 (four at full resolution, 3×3 pool, two, pool, two) and a linear classifier. ``width`` = 1 is
 ConvNet-64; 0.25 is ConvNet-16.
 
-``norm`` is ``batch`` (the paper), ``group`` or ``none``. ``pool="max"`` is the paper's architecture. The default is average pooling: with max-pooling an
-untrained ConvNet's gradient depends on which of nine positions wins each pool, and inversion from a
-random start stalls in that combinatorial landscape (on the samples photo, 600 IG iterations: 12 dB
-with max, 16 dB with average pooling). Convolutions use He initialisation so that, in eval mode, the
-gradients of early layers are not drowned by the classifier's.
+``norm`` is ``batch`` (the paper), ``group`` or ``none``. ``pool="max"`` is the paper's
+architecture. The default is average pooling: with max-pooling an untrained ConvNet's gradient
+depends on which of nine positions wins each pool, and inversion from a random start stalls in that
+combinatorial landscape (``benchmarks/pooling.py`` measures IG against both). Convolutions use He
+initialisation so that, in eval mode, the gradients of early layers are not drowned by the
+classifier's.
 """
 
 from __future__ import annotations

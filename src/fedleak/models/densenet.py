@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedleak.models.cards import imagenet
-from fedleak.models.layouts import PARAM, PARAMS, Layout, Rule
+from fedleak.models.layouts import PARAM, Layout, Rule
 from fedleak.models.registry import ImageSize, image_hw, register_model, scaled
 
 
@@ -101,18 +101,7 @@ def _rules(model: nn.Module) -> list[Rule]:
     ]
 
 
-def _foreign_keys() -> list[str]:
-    """Every key a torchvision/timm DenseNet of up to four blocks of 64 layers could hold."""
-    keys = ["classifier.weight", "classifier.bias", "features.conv0.weight"]
-    keys += [f"features.norm{i}.{p}" for i in (0, 5) for p in PARAMS]
-    for b in range(1, 5):
-        keys += [f"features.denseblock{b}.denselayer{j}.{n}.{p}" for j in range(1, 65)
-                 for n in ("norm1", "conv1", "norm2", "conv2") for p in PARAMS]
-        keys += [f"features.transition{b}.{n}.{p}" for n in ("norm", "conv") for p in PARAMS]
-    return keys
-
-
-TORCHVISION = Layout(rules=_rules, keys=_foreign_keys)
+TORCHVISION = Layout(rules=_rules)
 """torchvision's and timm's names for a DenseNet's tensors."""
 
 

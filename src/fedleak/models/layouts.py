@@ -3,7 +3,7 @@
 A user's ImageNet checkpoint names its tensors the way torchvision or timm build the model
 (``layer1.0.conv1.weight``, ``features.denseblock1.denselayer1.norm1.weight``); fedleak's modules
 name the same tensors by position (``stages.0.0.body.0.weight``, ``features.4.body.0.weight``). A
-:class:`Layout` is a small table of regex renames plus the foreign names it covers; each family
+:class:`Layout` is a small table of regex renames from the foreign names to fedleak's; each family
 declares its own beside its builders (timm's ``filter_fn`` habit: :mod:`fedleak.models.resnet`,
 :mod:`fedleak.models.densenet`) and registers it with the model
 (:func:`fedleak.models.registry.register_model`) in :data:`LAYOUTS`. :func:`translate` applies one
@@ -26,17 +26,14 @@ Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
 
 PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 """The tensor names of a layer, as a regex group."""
-PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
 class Layout:
     """A family's foreign layout: ``rules(model)`` renames foreign keys to the model's own (positions
-    may depend on the built model); ``keys()`` lists the foreign keys such a model could hold, for
-    :func:`inverse`."""
+    may depend on the built model)."""
 
     rules: Callable[[nn.Module], list[Rule]]
-    keys: Callable[[], list[str]]
 
 
 LAYOUTS: Registry[Layout] = Registry("state-dict layout")
@@ -73,13 +70,3 @@ def translate(state: dict[str, torch.Tensor], model: nn.Module,
         renamed[new] = value
         origin[new] = key
     return renamed, origin, "torchvision/timm"
-
-
-def inverse(state: dict[str, torch.Tensor], model: nn.Module, architecture: str) -> dict[str, torch.Tensor]:
-    """A fedleak state dict in the torchvision/timm layout: for exporting, and for tests."""
-    layout = LAYOUTS.get(architecture)
-    rules = layout.rules(model)
-    foreign: dict[str, str] = {}  # fedleak key → the foreign key it comes from
-    for key in layout.keys():
-        foreign.setdefault(rename(key, rules), key)
-    return {foreign.get(k, k): v for k, v in state.items()}

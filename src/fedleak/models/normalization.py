@@ -39,9 +39,6 @@ class Normalization(PixelNormalization):
 
     source: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
-
 
 @dataclass(frozen=True)
 class Evidence:

@@ -10,7 +10,7 @@ from torch import nn
 
 from fedleak.models.batchnorm import NormFactory, norm_layer
 from fedleak.models.cards import imagenet
-from fedleak.models.layouts import PARAM, PARAMS, Layout, Rule
+from fedleak.models.layouts import PARAM, Layout, Rule
 from fedleak.models.registry import Builder, ImageSize, image_hw, register_model, scaled
 
 
@@ -132,18 +132,7 @@ _RULES: list[Rule] = [
 ]
 
 
-def _foreign_keys() -> list[str]:
-    """Every key a torchvision/timm ResNet of up to 64 blocks per stage could hold."""
-    keys = ["conv1.weight", "fc.weight", "fc.bias"] + [f"bn1.{p}" for p in PARAMS]
-    for s in range(1, 5):
-        for j in range(64):
-            keys += [f"layer{s}.{j}.{kind}{n}.{p}" for kind in ("conv", "bn") for n in (1, 2, 3) for p in PARAMS]
-            keys += [f"layer{s}.{j}.downsample.{i}.{p}" for i in (0, 1) for p in PARAMS]
-            keys += [f"layer{s}.{j}.se.fc{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
-    return keys
-
-
-TORCHVISION = Layout(rules=lambda model: _RULES, keys=_foreign_keys)
+TORCHVISION = Layout(rules=lambda model: _RULES)
 """torchvision's and timm's names for a ResNet's tensors."""
 
 

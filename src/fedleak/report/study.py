@@ -18,7 +18,7 @@ from fedleak import __version__
 from fedleak.errors import FedleakError
 from fedleak.report.html import data_uri, render
 from fedleak.report.plots import figure_bytes, pyplot
-from fedleak.store import RunRecord, write_atomically, write_text_atomically
+from fedleak.store import ResultsDB, RunRecord, write_atomically, write_text_atomically
 from fedleak.studies.aggregate import MIN_INTERVAL_N, NO_LEAK
 from fedleak.studies.folder import DB_NAME, first_difference
 from fedleak.studies.reading import load_study
@@ -219,10 +219,24 @@ def check_params(folder: Path, planned: list, records: list[RunRecord]) -> None:
                                f"is {short(got)}, its study's plan says {short(expected)}")
 
 
+def progress(study, preset: str, finished: int, planned: int, failed: int = 0) -> str:
+    """The report's subtitle: how many of the study's runs are finished. A live study (a Flower
+    audit, whose cells are planned as their audits start) counts its own ``units`` and has no preset."""
+    units = getattr(study, "units", "runs")  # studies/flower_audit: "audited updates"
+    text = f"{finished} of {planned} {units} finished"
+    if failed:
+        text += f", {failed} failed (fedleak runs list DIR --failed)"
+    if getattr(study, "live", False) and planned > finished + failed:
+        text += f", {planned - finished - failed} still running or not collected"
+    return text if getattr(study, "live", False) else f"preset {preset} · {text}"
+
+
 def write_report(folder: Path) -> Path:
     """(Re)build ``folder``'s report from its database; the report parts are replaced atomically."""
     study, preset, planned, records = load_study(folder)
     check_params(folder, planned, records)
+    with ResultsDB(folder / DB_NAME, create=False) as db:
+        failed = len({f.key for f in db.failures(study.name)} & {p.key for p in planned} - {r.key for r in records})
     rows = study.table(records) if records else []
     identity = {k for r in records for k in r.params}
 
@@ -231,13 +245,15 @@ def write_report(folder: Path) -> Path:
         pages["report.html"] = render(
             "study.html.j2",
             title=f"{study.name} · {study.title}",
-            subtitle=f"preset {preset} · {len(records)} of {len(planned)} runs finished",
+            subtitle=progress(study, preset, len(records), len(planned), failed),
             description=(type(study).__doc__ or "").strip(),
             table=table_view(rows, identity),
             notes=study.notes() + table_notes(rows)
             + list(dict.fromkeys(h for r in records for h in r.metrics.get("hints", []))),
             figures=figures,
             grid=settings_grid(folder, records),
+            grid_columns=study.grid_columns,
+            stats=any(c.endswith(STAT_SUFFIXES) for r in rows for c in r),
             settings=json.dumps(study.settings.model_dump(mode="json"), indent=2),
             version=__version__,
         )

@@ -4,11 +4,11 @@
 # secure aggregation).
 from fedleak.studies import (  # noqa: F401
     flower_audit,
+    grid_sweep,
+    ig_hyperparameters,
     obfuscation,
     recognition,
     secure_aggregation,
-    sweep,
-    sweeps,
     tradeoff,
 )
 from fedleak.studies.base import STUDIES, PlannedRun, Study, StudySettings, study_of

@@ -5,8 +5,8 @@ Every summarised metric gets the columns ``m`` (mean), ``m_std`` (sample standar
 ``m_ci_high``, a 95 % confidence interval of the mean from Student's t distribution
 (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n), given from :data:`MIN_INTERVAL_N` = 3 runs: fewer give no interval
 (NaN, shown as n/a). A single number carries no error bar, not a zero-width one; and two runs give
-t₀.₉₇₅,₁ = 12.7, so their "interval" is the mean ± 6.4 × their difference — PSNR 17.4 [−24.8, 59.7] —
-which says nothing a reader could use. Rates (a fraction of successes) get a Wilson score interval
+t₀.₉₇₅,₁ = 12.7, so their "interval" is the mean ± 6.4 × their difference — runs at 14 and 20 dB give
+17.0 [−21.1, 55.1] — which says nothing a reader could use. Rates (a fraction of successes) get a Wilson score interval
 instead (:func:`proportion`), which stays inside [0, 1] and is sensible for small n.
 
 Where the runs stored their no-leak baselines (:mod:`fedleak.metrics.baselines`), ``psnr`` and
@@ -37,6 +37,13 @@ STAT_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")  # the columns beside a me
 def value(record: RunRecord, key: str) -> Any:
     """A grid coordinate (``params``) or a metric of a record."""
     return record.params[key] if key in record.params else record.metrics.get(key)
+
+
+def quality(records: Sequence[RunRecord]) -> list[str]:
+    """The quality columns: PSNR, SSIM, each LPIPS backbone the runs scored (n/a without weights),
+    label accuracy and attack time."""
+    lpips = sorted({k for r in records for k in r.metrics if k.startswith("lpips_")})
+    return ["psnr", "ssim", *lpips, "label_accuracy", "attack_seconds"]
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
@@ -108,11 +115,6 @@ def proportion(name: str, successes: int, n: int, confidence: float = CONFIDENCE
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return {name: p, f"{name}_n": n, f"{name}_ci_low": max(0.0, center - half),
             f"{name}_ci_high": min(1.0, center + half)}
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    s = t_interval(values)
-    return s.mean, s.std
 
 
 def group(records: Sequence[RunRecord], by: Sequence[str]) -> dict[tuple, list[RunRecord]]:

@@ -69,6 +69,13 @@ class StudySettings(BaseModel):
         return flags
 
 
+def image_runs(settings: StudySettings, name: str, params: dict[str, Any], **flags: Any) -> list[PlannedRun]:
+    """One planned run per attacked image and seed, all with ``flags``."""
+    return [PlannedRun(f"{name}/image={i}/seed={s}", {**params, "image": i, "seed": s},
+                       settings.flags(**{"data.index": [i], "seed": s, **flags}))
+            for s in settings.seeds for i in settings.images]
+
+
 @dataclass
 class Figure:
     """One plot of a study: ``draw(ax, rows)`` on a matplotlib axis."""

@@ -2,13 +2,22 @@
 audited (round, client), discovered while the federation runs (so its presets plan nothing and
 ``fedleak study`` does not run it), written by :class:`fedleak.integrations.flower.log.AuditLog` and
 read by ``fedleak report`` and ``fedleak runs`` like any study. Its table and figures show what the
-server could observe (:mod:`fedleak.audit`): risk, update fit, label signal, the reconstructions.
+server could observe (:mod:`fedleak.audit`): risk, verdict, update fit, the recovered labels as a
+histogram, the reconstructions.
+
+An audit re-run into a folder that already holds one writes into a fresh numbered sub-folder
+(``audit-2``, ``audit-3``, …: :func:`audit_folders` lists them all).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -16,11 +25,65 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedleak.audit import DEFAULT_ATTACK, PREVIEW_IMAGES
+from fedleak.errors import FedleakError
 from fedleak.store import RunRecord
 from fedleak.studies.base import Figure, PlannedRun, Study, register
 from fedleak.studies.figures import grouped_bars
+from fedleak.studies.folder import STUDY_FILE, read_meta
 
 STUDY = "flower-audit"
+RERUN_PREFIX = "audit-"  # a re-run into a folder holding an audit writes into out/audit-2, out/audit-3, …
+NO_VERDICT = "n/a"
+
+
+def label_histogram(labels: Iterable[int]) -> dict[str, int]:
+    """Recovered labels as class → count (keys as JSON writes them, in class order)."""
+    counts = Counter(int(v) for v in labels)
+    return {str(c): counts[c] for c in sorted(counts)}
+
+
+def histogram_text(histogram: dict[str, int] | None) -> str:
+    """``class: count`` pairs, e.g. ``0: 3, 2: 5`` (empty without labels)."""
+    return ", ".join(f"{c}: {n}" for c, n in (histogram or {}).items())
+
+
+def labels_of(metrics: dict[str, Any]) -> dict[str, int]:
+    """A stored audit's label histogram (from its recovered labels where an older row has none)."""
+    stored = metrics.get("label_histogram")
+    if isinstance(stored, dict):
+        return {str(k): int(v) for k, v in stored.items()}
+    return label_histogram(metrics.get("recovered_labels") or [])
+
+
+def verdict_text(verdict: Any) -> str:
+    """A verdict as one word or phrase: a string as it is, an enum's value, a mapping's or a
+    dataclass's ``verdict``/``kind``/``label`` entry; ``n/a`` for none."""
+    if verdict is None:
+        return NO_VERDICT
+    if isinstance(verdict, Enum):
+        return str(verdict.value)
+    if is_dataclass(verdict) and not isinstance(verdict, type):
+        verdict = asdict(verdict)
+    if isinstance(verdict, dict):
+        for key in ("verdict", "kind", "label", "name"):
+            if isinstance(verdict.get(key), (str, Enum)):
+                return verdict_text(verdict[key])
+    return str(verdict)
+
+
+def is_audit(folder: Path) -> bool:
+    """Whether ``folder`` holds an audit (a study folder of kind ``flower-audit``)."""
+    try:
+        return (folder / STUDY_FILE).is_file() and read_meta(folder).get("study") == STUDY
+    except FedleakError:  # a damaged study.json is no audit to add to
+        return False
+
+
+def audit_folders(folder: Path) -> list[Path]:
+    """``folder`` (when it holds an audit) and the audits of its re-runs (``audit-N``), in order."""
+    reruns = sorted((p for p in folder.glob(f"{RERUN_PREFIX}*") if p.name[len(RERUN_PREFIX):].isdigit()),
+                    key=lambda p: int(p.name[len(RERUN_PREFIX):])) if folder.is_dir() else []
+    return [f for f in [folder, *reruns] if is_audit(f)]
 
 
 class AuditCell(BaseModel):
@@ -59,6 +122,7 @@ class AuditStudy(Study):
     settings: AuditSettings  # type: ignore[assignment]
     live: ClassVar[bool] = True  # its grid is discovered while the federation runs: presets plan nothing
     grid_columns = False
+    units: ClassVar[str] = "audited updates"  # what the report counts (a cell is planned when its audit starts)
 
     def __init__(self, settings: AuditSettings) -> None:
         super().__init__(settings)  # type: ignore[arg-type]
@@ -76,18 +140,22 @@ class AuditStudy(Study):
         for r in sorted(records, key=lambda r: (str(r.metrics.get("round", "")).zfill(9), str(r.metrics.get("client", "")))):
             m = r.metrics
             # At most eight columns, so the page shows one row per update; `fedleak runs export` has every number.
-            row = {"round": m.get("round"), "client": m.get("client"), "risk": m.get("risk")}
+            row = {"round": m.get("round"), "client": m.get("client"), "risk": m.get("risk"),
+                   "verdict": verdict_text(m.get("verdict"))}
+            labels = histogram_text(labels_of(m))
             if "psnr" in m:
-                row |= {"matching_loss": m.get("matching_loss"), "labels": m.get("labels", ""), "psnr": m["psnr"],
-                        "psnr_mean_colour": m.get("psnr_mean_colour"), "ssim": m.get("ssim")}
+                row |= {"labels (class: count)": labels, "psnr": m["psnr"], "psnr_mean_colour": m.get("psnr_mean_colour"),
+                        "ssim": m.get("ssim")}
             else:
                 row |= {"images": m.get("observed_images"), "update_fit": m.get("update_fit"),
-                        "label_signal": m.get("label_signal"), "matching_loss": m.get("matching_loss"),
-                        "labels": m.get("labels", "")}
+                        "matching_loss": m.get("matching_loss"), "labels (class: count)": labels}
             rows.append(row)
             preview = m.get("preview") or {}
             if preview.get("reconstruction"):
-                self._previews.append({"label": f"r{m.get('round')} · {str(m.get('client'))[-6:]}",
+                total = m.get("observed_images") or len(m.get("recovered_labels") or [])
+                shown = min(PREVIEW_IMAGES, total) if total else None
+                counted = f" · {shown} of {total} shown" if shown is not None and total > shown else ""
+                self._previews.append({"label": f"r{m.get('round')} · {str(m.get('client'))[-6:]}{counted}",
                                        "labels": m.get("recovered_labels", []), **preview})
         return rows
 
@@ -103,13 +171,16 @@ class AuditStudy(Study):
     def notes(self) -> list[str]:
         return ["risk = update fit (≥ 0) × label signal, from what the server observes only; it ranks updates by how "
                 "completely an attack's reconstruction explains them, and is no proof that an image is "
-                "recognisable (nor that a stronger attack would not do better).",
+                "recognisable (nor that a stronger attack would not do better). The label signal of each update: "
+                "fedleak runs export DIR.",
+                "verdict: what the audit concluded of the update (n/a where the audit gave none); labels: the "
+                "classes the attack recovered, as class: count.",
                 "Under a defense that drops or coarsens coordinates (top-k, quantisation, sign) even the true batch "
                 "does not reproduce the observed update exactly: the update fit is then capped below 1 by what the "
                 "defense removed.",
                 "Reconstructions are drawn in the figure \"What the server reconstructed\" (the originals to their "
-                "left where a batch was shared for scoring); the grid below needs per-image originals. Every number "
-                "of every update: fedleak runs export DIR."]
+                "left where a batch was shared for scoring): at most 16 images of each update, as in its runs/KEY/ "
+                "PNGs. Every number of every update: fedleak runs export DIR."]
 
 
 def _draw_risk(ax: Any, rows: list[dict[str, Any]]) -> None:

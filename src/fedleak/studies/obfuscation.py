@@ -10,10 +10,9 @@ from pydantic import Field
 from fedleak.defenses import parse_defense
 from fedleak.models.registry import without_batch_norm
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import summarize
-from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
+from fedleak.studies.aggregate import quality, summarize
+from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, image_runs, register
 from fedleak.studies.figures import grouped_bars
-from fedleak.studies.sweeps import image_runs, quality
 
 DEFENSES = ["none", "quantize:bits=3", "qsgd:levels=4", "topk:sparsity=0.95", "sign", "noise:snr_db=0",
             "clip:c=1", "prune:ratio=0.9"]

@@ -18,9 +18,8 @@ from fedleak.fl.federated import FederatedSettings, federated_train
 from fedleak.pipeline import build_target, load_data, resolve_checkpoint
 from fedleak.run_unit import RUN_KINDS, Measures, RunSpec
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import stats, summarize, value
-from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
-from fedleak.studies.sweeps import image_runs, quality
+from fedleak.studies.aggregate import quality, stats, summarize, value
+from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, image_runs, register
 
 NO_NOISE = "inf"
 
@@ -83,7 +82,7 @@ class TradeoffStudy(Study):
     title = "Noise: privacy against utility"
     # The presets use ConvNet without normalisation layers: the noise acts on the parameter update only
     # (batch-norm running statistics would travel in the clear), and GroupNorm's per-image
-    # normalisation stops IG altogether (8.6 dB without noise).
+    # normalisation stops IG altogether (the measured run: docs/results/README.md, `dp-tradeoff`).
     Settings = TradeoffSettings
     settings: TradeoffSettings
     presets = {

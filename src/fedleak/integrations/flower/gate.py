@@ -4,9 +4,16 @@ After the ClientApp trained, the gate rebuilds what the server will see — the 
 train config it received, the arrays it is about to send — runs a short attack on it within a time
 budget, and scores the reconstruction against the client's own batch (which never leaves the
 node). The scores go into the reply's metrics (``fedleak-psnr``, ``fedleak-psnr-gain``,
-``fedleak-ssim``, ``fedleak-label-accuracy``, ``fedleak-risk``, ``fedleak-attack-seconds``), so the
-server's aggregated train metrics show them. With a ``threshold`` the gate refuses to send an update
-whose chosen score is above it: the reply becomes an error (``MOD_FAILED_PRECONDITION``), which
+``fedleak-ssim``, ``fedleak-label-accuracy``, ``fedleak-risk``, ``fedleak-attack-seconds``), with the
+audit's verdict (:mod:`fedleak.verdicts`) as three indicators — ``fedleak-leaks``,
+``fedleak-no-leak-found``, ``fedleak-inconclusive``, one of them 1 (their aggregate is the share of
+clients) — and how many iterations the attack ran (``fedleak-iterations``) of the least it needs
+(``fedleak-min-iterations``), so the server's aggregated train metrics show them. The gate's
+verdict rests on the client's own batch: the simulation is verified by how well that batch explains
+the update, and ``no leak found`` needs at least the attack's minimum of iterations — a budget that
+fits fewer gives ``inconclusive``, never a pass. With a ``threshold`` the gate refuses to send an
+update whose chosen score is above it, and (unless ``send_inconclusive``) one whose verdict is
+``inconclusive``: the reply becomes an error (``MOD_FAILED_PRECONDITION``), which
 Flower's strategies count as a failure and leave out of the aggregate. A gate that cannot score
 (no recorded batch, arrays that do not fit the model) refuses too: it fails closed — and so does a
 gate whose audit cannot run within its bounds (a train config asking for more than ``max_steps``
@@ -50,6 +57,7 @@ from fedleak.integrations.flower.records import (
 from fedleak.metrics.evaluate import Evaluation
 from fedleak.models.external import check_attackable
 from fedleak.registry import Registry
+from fedleak.verdicts import INCONCLUSIVE, VERDICTS
 
 BatchSource = Callable[[Message, Context], ClientData]
 PROBE_ITERATIONS = 5  # a first short run measures the time per iteration for the budget
@@ -74,6 +82,9 @@ def scores(record: AuditRecord) -> dict[str, float]:
     """Every gate score of ``record`` plus the attack's time, as reply metrics (finite floats)."""
     out = {f"{PREFIX}{name}": float(GATE_SCORES.get(name)(record)) for name in GATE_SCORES}
     out[f"{PREFIX}attack-seconds"] = float(record.reconstruction.seconds)
+    out[f"{PREFIX}iterations"] = float(record.iterations_run)
+    out[f"{PREFIX}min-iterations"] = float(record.min_iterations)
+    out |= {f"{PREFIX}{v.replace(' ', '-')}": float(record.verdict == v) for v in VERDICTS}
     return {k: (v if math.isfinite(v) else -1.0) for k, v in out.items()}
 
 
@@ -166,11 +177,13 @@ def leakage_gate(
     known: Mapping[str, Any] | None = None,
     seed: int = 0,
     max_steps: int = MAX_LOCAL_STEPS,
+    send_inconclusive: bool = False,
 ) -> Mod:
     """A client mod that scores each outgoing train reply's leakage and, with ``threshold``,
     withholds a reply whose ``score`` (one of psnr, psnr-gain, ssim, label-accuracy, risk) is above
     it. ``model``, ``num_classes`` and ``mean``/``std`` are the client's own model and normalisation;
-    ``attack`` as for the audit (default IG, 200 iterations, cut to fit ``budget_s`` seconds);
+    ``attack`` as for the audit (default IG at its stated minimum of 1000 iterations, cut to fit
+    ``budget_s`` seconds — fewer than the minimum make the verdict ``inconclusive``);
     ``batch`` returns the examples this round trained on (default: what the train function gave
     :func:`~fedleak.integrations.flower.record_batch`). ``keys``/``known`` read the train config as
     the server's audit does.
@@ -179,7 +192,9 @@ def leakage_gate(
     is not emulated, and ``budget_s`` bounds all of the gate's work with the model (the simulated
     local steps, the attack, the update fit: the time is checked before every forward pass). An
     update the gate could not audit within these bounds is withheld, its reason saying so — it
-    fails closed, as when it cannot score at all."""
+    fails closed, as when it cannot score at all. With a ``threshold``, an ``inconclusive`` verdict
+    (too few iterations, a simulation the client's batch does not confirm) is withheld as well unless
+    ``send_inconclusive``; without one the gate only reports."""
     GATE_SCORES.get(score)
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError("the gate's threshold must be a finite number")
@@ -188,7 +203,7 @@ def leakage_gate(
         raise ConfigError("the gate's time budget must be a positive number of seconds (or None)")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ConfigError("the gate's max_steps must be a whole number of at least 1")
-    chosen = audit_attack(attack if attack is not None else {"name": "ig", "iterations": 200})
+    chosen = audit_attack(attack)  # default: the audit's, IG at its minimum of iterations
     architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
     if not isinstance(architecture, nn.Module):
         raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
@@ -211,9 +226,10 @@ def leakage_gate(
         returned = state_dict(only(reply.content, ArrayRecord, "the reply"), architecture, "the reply")
         payload, more = build_payload(sent, returned, hyper, architecture)
         server_round = int(cast(int, config.get("server-round", 0)))  # the server sends an int
+        # The gate verifies its simulation on the client's own batch (truth fit): no norm check needed.
         return within_budget(chosen, budget_s, lambda attack_: audit_update(
             payload, knowledge, attack_, round=server_round, client=str(context.node_id), seed=seed,
-            assumptions=assumptions + more, truth=data), clock)
+            assumptions=assumptions + more, truth=data, check=False), clock)
 
     def gate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
@@ -231,17 +247,22 @@ def leakage_gate(
             clock.stop()
         values = scores(record)
         value = values[f"{PREFIX}{score}"]
+        ran = f"{record.iterations_run} of the {record.min_iterations} iterations its verdict needs"
         if threshold is not None and value > threshold:
             return refusal(message, f"fedleak leakage gate withheld the update: {score} {value:.3g} > threshold "
-                                    f"{threshold:g} (an attack reconstructed the batch in {record.reconstruction.seconds:.1f} s)")
+                                    f"{threshold:g} (an attack reconstructed the batch in {record.reconstruction.seconds:.1f} s, "
+                                    f"{record.iterations_run} iterations; verdict {record.verdict}: {record.verdict_reason})")
+        if threshold is not None and record.verdict == INCONCLUSIVE and not send_inconclusive:
+            return refusal(message, f"fedleak leakage gate withheld the update: its audit was inconclusive "
+                                    f"({record.verdict_reason}; the attack ran {ran})")
         metrics = list(reply.content.metric_records.values())
         if metrics:
             for k, v in values.items():
                 metrics[0][k] = v
         else:
             reply.content["metrics"] = MetricRecord(dict(values))
-        log(INFO, "fedleak leakage gate: %s %.3g, risk %.2f (%.1f s)", score, value, record.risk,
-            record.reconstruction.seconds)
+        log(INFO, "fedleak leakage gate: verdict %s (%s); %s %.3g, risk %.2f, %s (%.1f s)", record.verdict,
+            record.verdict_reason, score, value, record.risk, ran, record.reconstruction.seconds)
         return reply
 
     return gate

@@ -2,15 +2,20 @@
 
 It follows the pattern of Flower's own differential-privacy wrappers: it holds the user's strategy,
 keeps what ``configure_train`` sends (the global arrays and each node's train config), and in
-``aggregate_train`` attacks the chosen replies before handing every reply to the inner strategy as
-it came — the audit reads the replies and never changes them, so the federation trains exactly as
-it would without it.
+``aggregate_train`` hands the chosen replies' payloads to an audit worker
+(:mod:`~fedleak.integrations.flower.worker`) before handing every reply to the inner strategy as it
+came — the audit reads the replies and never changes them, so the federation trains exactly as it
+would without it, and the round does not wait for the attacks. Finished audits are collected at
+each round; ``start`` waits for the rest when the last round is done and writes the report.
 """
 
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -18,33 +23,21 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 from torch import Tensor, nn
 
 from fedleak.attacks.base import AttackerKnowledge
-from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
+from fedleak.audit import AuditAttack, AuditRecord, audit_attack
 from fedleak.device import resolve_device
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.fl.payload import ClientData, PublicHyperparameters
+from fedleak.integrations.flower.jobs import Jobs
 from fedleak.integrations.flower.log import AuditLog
-from fedleak.integrations.flower.records import (
-    MAX_EXAMPLES,
-    MAX_LOCAL_STEPS,
-    TrainKeys,
-    build_payload,
-    config_dict,
-    mean_update,
-    num_examples,
-    only,
-    public_hyperparameters,
-    state_dict,
-)
-from fedleak.metrics.lpips import lpips_scorers
+from fedleak.integrations.flower.records import MAX_EXAMPLES, MAX_LOCAL_STEPS, TrainKeys, config_dict, only, state_dict
+from fedleak.integrations.flower.selection import PARTITION_KEY, Selection
+from fedleak.integrations.flower.worker import AuditJob, EvaluationHook, Worker, make_worker, scorers
 from fedleak.models.external import check_attackable
-
-EvaluationHook = Callable[[int, int, int], ClientData | None]
-"""``(run_id, server_round, node_id) → the batch that node trained on, or None`` — simulations only."""
+from fedleak.studies.flower_audit import histogram_text, label_histogram, verdict_text
 
 VIEWS = ("clients", "aggregate")
 
@@ -66,11 +59,14 @@ class LeakageAudit(Strategy):
     The server knows its model: ``model`` (a module or a function building one; its weights are
     replaced by what the server sends), the clients' ``input_shape`` (C, H, W), ``num_classes`` and
     normalisation ``mean``/``std``. ``attack`` is as for :func:`fedleak.audit.audit_attack` (a YAML
-    file with ``attack``/``knowledge`` sections, a mapping, or a name; default IG, 300 iterations).
+    file with ``attack``/``knowledge`` sections, a mapping, or a name; default IG at its stated minimum, 1000 iterations).
 
     Which updates: ``rounds`` (round numbers) or ``every`` (rounds 1, 1 + every, …; default every
-    round), and ``clients`` — ``None`` (all replies), a number (the first that many by node id) or
-    node ids. ``view="aggregate"`` audits what a server under secure aggregation sees instead: only
+    round), and ``clients`` — ``None`` (all replies), a number (a seeded sample of that many clients,
+    the same every round and every run: by the ``partition-id`` the replies report in their metrics
+    where they do, else by node id; see :mod:`~fedleak.integrations.flower.selection`) or those ids.
+    Which clients each round audited is recorded in the folder's ``study.json`` (``selection.chosen``).
+    ``view="aggregate"`` audits what a server under secure aggregation sees instead: only
     the mean of the round's updates (weighted by the clients' example counts, as SecAgg+ computes
     it), whose every client's batch is at risk — the ``aggregate:clients=K`` case.
 
@@ -80,8 +76,24 @@ class LeakageAudit(Strategy):
     ``evaluation`` (simulations only) gives the auditor each client's batch for scoring after the
     attack, e.g. a :class:`~fedleak.integrations.flower.SharedBatches`; its data never reaches the
     attack (a hook with a ``discard(run_id, server_round, node_id)`` method is told of the batches
-    behind updates it does not audit). An audit that fails is logged and skipped (``strict=True``: raised), so a federation
-    never stops for its audit.
+    behind updates it does not audit).
+
+    Where the attacks run: ``workers`` — a number of spawned local processes (default 1), ``"ray"``
+    (Ray tasks reserving ``worker_resources``), 0 (on the round thread, as before workers) or a
+    :class:`~fedleak.integrations.flower.worker.Worker` the caller made (several audits may share
+    one; the caller closes it). The round hands each audit to the worker and goes on; finished
+    audits are stored as each round starts and ends, and :meth:`start` waits for the rest after the last round (at most ``wait_s``
+    seconds, if given) and writes the report — :meth:`finish` does so for a federation driven
+    without ``start``. ``worker_threads`` sets the torch threads of each process worker. With a
+    worker, the model and ``evaluation`` must pickle (a class importable by its module path). An
+    audit that fails is logged, recorded (``fedleak runs list DIR --failed``) and skipped
+    (``strict=True``: raised when collected), so a federation never stops for its audit.
+
+    ``out`` is resolved to an absolute path here, against this process's working folder (a
+    ServerApp's is its SuperLink's: give an absolute path to choose). A folder that holds anything
+    already never stops the federation: an earlier audit is replaced with ``overwrite``, and
+    otherwise the audit writes into a fresh numbered sub-folder ``out/audit-2`` (``audit-3``, …),
+    said in the log; :attr:`out` is where it writes.
 
     ``device`` (``auto | cpu | cuda | cuda:N | mps``, or a :class:`torch.device`; default ``auto``:
     CUDA when present, else MPS, else the CPU) is where the audit computes: the model, the payloads
@@ -120,6 +132,11 @@ class LeakageAudit(Strategy):
         device: str | torch.device = "auto",
         max_steps: int | None = MAX_LOCAL_STEPS,
         max_examples: int | None = MAX_EXAMPLES,
+        workers: int | str | Worker = 1,
+        worker_threads: int | None = None,
+        worker_resources: Mapping[str, float] | None = None,
+        wait_s: float | None = None,
+        partition_key: str = PARTITION_KEY,
     ) -> None:
         super().__init__()
         self.device = resolve_device(device)
@@ -132,7 +149,11 @@ class LeakageAudit(Strategy):
         for name, bound in (("max_steps", max_steps), ("max_examples", max_examples)):
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
                 raise ConfigError(f"{name}= must be a whole number of at least 1 (or None: no bound)")
-        self.max_steps, self.max_examples = max_steps, max_examples
+        if isinstance(clients, int) and (isinstance(clients, bool) or clients < 1):
+            raise ConfigError("clients= must be a number of at least 1, client ids, or None (every reply)")
+        if wait_s is not None and not wait_s >= 0:
+            raise ConfigError("wait_s= must be a number of seconds ≥ 0 (or None: wait for every audit)")
+        self.max_steps, self.max_examples, self.wait_s = max_steps, max_examples, wait_s
         if view == "aggregate" and clients is not None:
             raise ConfigError("view='aggregate' sees the mean of every reply: clients= does not apply")
         self.strategy = strategy
@@ -149,18 +170,41 @@ class LeakageAudit(Strategy):
         self.attack: AuditAttack = audit_attack(attack)
         self.rounds = None if rounds is None else {int(r) for r in rounds}
         self.every, self.view, self.evaluation, self.keys, self.seed, self.strict = every, view, evaluation, keys, seed, strict
-        self.clients = clients if clients is None or isinstance(clients, int) else {int(c) for c in clients}
+        self.selection = Selection.of(clients, seed, partition_key)
+        self.clients = self.selection.clients
         self.known = dict(known or {})
         self.weighted_by_key = weighting_key(strategy)
-        self.lpips, hints = lpips_scorers(list(lpips), lpips_weights) if evaluation else ({}, [])
-        for hint in hints:
+        self.lpips = tuple(lpips) if evaluation else ()
+        self.lpips_weights = None if lpips_weights is None else str(Path(lpips_weights).expanduser().resolve())
+        for hint in scorers(self.lpips, self.lpips_weights)[1] if self.lpips else ():
             log(INFO, "fedleak audit: %s", hint)
+        self.worker = make_worker(workers, worker_threads, worker_resources)
+        self._owns_worker = not isinstance(workers, Worker)  # one the caller made is the caller's to close
+        if self.worker.pickles:  # what each job carries must reach the worker: refused now, not every round
+            for what, value in (("model", self.knowledge), ("evaluation", evaluation)):
+                try:
+                    pickle.dumps(value)
+                except Exception as exc:  # any pickling failure: a lambda, a local class, a lock
+                    raise ConfigError(f"{what}= must pickle to reach the audit's {self.worker.name} worker ({exc}); "
+                                      "use a class or function importable by its module path, or workers=0 (audit "
+                                      "in this process)") from None
+        target = Path(out).expanduser().resolve()
         selection = {"rounds": sorted(self.rounds) if self.rounds is not None else None, "every": every,
-                     "clients": sorted(self.clients) if isinstance(self.clients, set) else self.clients,
-                     "known": self.known, "keys": vars(keys), "evaluation": evaluation is not None}
-        self.log = AuditLog(out, self.attack, view, type(architecture).__name__, selection, overwrite)
+                     **self.selection.describe(), "known": self.known, "keys": vars(keys),
+                     "evaluation": evaluation is not None, "out": str(target)}
+        self.jobs = Jobs(self.knowledge, self.attack, keys, self.known, self.weighted_by_key, max_steps, max_examples,
+                         seed, self.device, evaluation, self.lpips, self.lpips_weights)
+        self.log = AuditLog(target, self.attack, view, type(architecture).__name__, selection, overwrite)
+        if self.log.out != target:
+            log(WARNING, "fedleak audit: %s already holds files; this audit writes into %s", target, self.log.out)
         self._sent: dict[int, dict[int, tuple[dict[str, Tensor], dict[str, Any]]]] = {}
+        self._pending: list[tuple[Future[AuditRecord], int, str]] = []
         self.records: list[AuditRecord] = []
+
+    @property
+    def out(self) -> Path:
+        """The folder this audit writes (absolute; a numbered sub-folder of ``out`` when that held files)."""
+        return self.log.out
 
     def __repr__(self) -> str:
         return f"LeakageAudit({self.strategy!r})"
@@ -171,15 +215,49 @@ class LeakageAudit(Strategy):
         return (server_round - 1) % (self.every or 1) == 0
 
     def summary(self) -> None:
-        log(INFO, "\t├──> fedleak audit: %s, %s view, results in %s", self.attack.name, self.view, self.log.out)
+        log(INFO, "\t├──> fedleak audit: %s, %s view, on %s, results in %s", self.attack.name, self.view,
+            self.worker.describe(), self.log.out)
         self.strategy.summary()
 
-    # --- training: keep what is sent, audit what comes back, aggregate unchanged ---------------------------
+    def start(self, *args: Any, **kwargs: Any) -> Result:
+        """Flower's :meth:`Strategy.start`, then :meth:`finish`: the audits still running are waited
+        for and the report written (a federation that raised is not kept waiting for its audits)."""
+        try:
+            result = super().start(*args, **kwargs)
+        except BaseException:
+            try:
+                self.finish(wait=False)
+            except Exception as exc:  # strict: the federation's own error is the one to see
+                log(WARNING, "fedleak audit: %s", exc)
+            raise
+        self.finish()
+        return result
+
+    def finish(self, wait: bool = True) -> None:
+        """Collect every audit (``wait``: waiting for those still running, at most ``wait_s`` seconds;
+        one that does not finish is recorded as failed), write the report and release the worker."""
+        self._collect(wait=wait, timeout=self.wait_s)
+        left, self._pending = self._pending, []
+        for future, server_round, client in left:
+            future.cancel()
+            waited = f" (waited {self.wait_s:g} s)" if wait and self.wait_s is not None else ""
+            self._failed(server_round, client, FedleakError(f"the audit was still running when the federation ended{waited}"))
+        if self._owns_worker:
+            self.worker.close(wait=False)
+        try:
+            report = self.log.write_report()
+            log(INFO, "fedleak audit: %d audited update(s), report at %s", len(self.records), report)
+        except Exception as exc:  # the records are stored: `fedleak report DIR` writes it later
+            self._failed(0, "report", exc, record=False)
+
+    # --- training: keep what is sent, hand what comes back to the worker, aggregate unchanged ----------------
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self._collect()
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if self.audits(server_round):
+            self._guarded(server_round, "worker", self.worker.start)  # it gets ready while the clients train
             converted: dict[int, dict[str, Tensor]] = {}
             sent = {}
             for message in messages:
@@ -190,7 +268,7 @@ class LeakageAudit(Strategy):
                     settings = config_dict(next(iter(message.content.config_records.values()), None))
                     sent[message.metadata.dst_node_id] = (converted[id(record)], settings)
                 except FedleakError as exc:
-                    self._failed(server_round, message.metadata.dst_node_id, exc)
+                    self._failed(server_round, message.metadata.dst_node_id, exc, record=False)
             self._sent[server_round] = sent
         return messages
 
@@ -204,107 +282,72 @@ class LeakageAudit(Strategy):
             sent = self._sent.pop(server_round)
             if self.view == "aggregate":
                 audited = valid
-                self._guarded(server_round, "aggregate", lambda: self._audit_aggregate(server_round, valid, sent))
+                self._submit(server_round, "aggregate", lambda: self.jobs.aggregate(server_round, valid, sent))
             else:
-                audited = self._chosen(valid)
+                audited, chosen = self.selection.choose(valid)
+                self._guarded(server_round, "selection", lambda: self.log.chose(server_round, chosen))
                 for reply in audited:
                     node = reply.metadata.src_node_id
-                    self._guarded(server_round, str(node), lambda: self._audit_client(server_round, reply, sent))  # noqa: B023  (called now)
-            try:
-                self.log.write_report()
-            except FedleakError as exc:
-                self._failed(server_round, "report", exc)
+                    self._submit(server_round, str(node), lambda: self.jobs.client(server_round, reply, sent))  # noqa: B023  (called now)
         discard = getattr(self.evaluation, "discard", None)
         if discard is not None:
             for reply in valid:  # batches shared for updates nobody audits
                 if reply not in audited:
                     discard(reply.metadata.run_id, server_round, reply.metadata.src_node_id)
+        self._collect()
         return self.strategy.aggregate_train(server_round, replies)
 
-    def _chosen(self, valid: list[Message]) -> list[Message]:
-        if self.clients is None:
-            return valid
-        if isinstance(self.clients, int):
-            return valid[:self.clients]
-        return [r for r in valid if r.metadata.src_node_id in self.clients]
+    # --- the audits: submitted, collected, stored --------------------------------------------------------------
 
-    def _guarded(self, server_round: int, client: str, audit: Callable[[], AuditRecord]) -> None:
+    def _submit(self, server_round: int, client: str, job: Callable[[], AuditJob]) -> None:
+        """Build the job (on this thread: cheap, and what fails here fails now) and hand it to the worker."""
         try:
-            record = audit()
+            future = self.worker.submit(job())
+            self.log.started(server_round, client)
         except Exception as exc:  # an audit never stops the federation (unless strict)
-            if self.strict:
-                raise
             self._failed(server_round, client, exc)
             return
+        self._pending.append((future, server_round, client))
+
+    def _collect(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Store the audits that have finished (``wait``: once every one has, or ``timeout`` passed)."""
+        if wait and self._pending:
+            log(INFO, "fedleak audit: waiting for %d audit(s) still running", sum(not f.done() for f, _, _ in self._pending))
+            wait_for([f for f, _, _ in self._pending], timeout=timeout)
+        done = [p for p in self._pending if p[0].done() and not p[0].cancelled()]
+        self._pending = [p for p in self._pending if p not in done]
+        for future, server_round, client in done:
+            try:
+                record = future.result()
+            except Exception as exc:  # the attack's error, or a worker that died
+                self._failed(server_round, client, exc)
+                continue
+            self._guarded(server_round, client, lambda: self._store(record))  # noqa: B023  (called now)
+
+    def _store(self, record: AuditRecord) -> None:
         self.records.append(record)
         key = self.log.add(record, self.seed)
-        log(INFO, "fedleak audit: round %d, client %s: risk %.2f (update fit %.3f), matching loss %.4g, labels %s%s "
-            "→ %s", record.round, record.client, record.risk, record.update_fit, record.reconstruction.matching_loss,
-            record.metrics()["labels"], f", PSNR {record.evaluation.psnr:.1f} dB" if record.evaluation else "", key)
+        labels = histogram_text(label_histogram(record.reconstruction.labels.flatten().tolist()))
+        log(INFO, "fedleak audit: round %d, client %s: risk %.2f (update fit %.3f), verdict %s, matching loss %.4g, "
+            "labels (class: count) %s%s → %s", record.round, record.client, record.risk, record.update_fit,
+            verdict_text(getattr(record, "verdict", None)), record.reconstruction.matching_loss, labels,
+            f", PSNR {record.evaluation.psnr:.1f} dB" if record.evaluation else "", key)
 
-    def _failed(self, server_round: int, client: Any, exc: BaseException) -> None:
+    def _guarded(self, server_round: int, client: str, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception as exc:  # writing the folder failed: the federation goes on
+            self._failed(server_round, client, exc, record=False)
+
+    def _failed(self, server_round: int, client: Any, exc: BaseException, record: bool = True) -> None:
         if self.strict:
             raise exc
         log(WARNING, "fedleak audit: round %d, client %s skipped: %s", server_round, client, exc)
-
-    def _client_view(self, server_round: int, reply: Message,
-                     sent: Mapping[int, tuple[dict[str, Tensor], dict[str, Any]]]) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any], int]:
-        node = reply.metadata.src_node_id
-        if node not in sent:
-            raise FedleakError(f"node {node} replied but was sent no train message this round")
-        global_state, config = sent[node]
-        model = self.knowledge.architecture
-        returned = state_dict(only(reply.content, ArrayRecord, f"node {node}'s reply"), model, f"node {node}'s reply")
-        examples = num_examples(only(reply.content, MetricRecord, f"node {node}'s reply"), self.weighted_by_key,
-                                f"node {node}'s reply", self.max_examples)
-        return global_state, returned, config, examples
-
-    def _truth(self, run_id: int, server_round: int, nodes: list[int]) -> Callable[[], ClientData | None]:
-        """What the evaluation hook gives for ``nodes`` (all of them, one after another), asked only
-        when called — after the attack."""
-        def fetch() -> ClientData | None:
-            if self.evaluation is None:
-                return None
-            parts = [self.evaluation(run_id, server_round, node) for node in nodes]
-            found = [p for p in parts if p is not None]
-            if len(found) < len(parts):
-                return None
-            return ClientData(torch.cat([p.images.to(self.device) for p in found]),
-                              torch.cat([p.labels.to(self.device) for p in found]))
-        return fetch
-
-    def _audit_client(self, server_round: int, reply: Message,
-                      sent: Mapping[int, tuple[dict[str, Tensor], dict[str, Any]]]) -> AuditRecord:
-        node = reply.metadata.src_node_id
-        global_state, returned, config, examples = self._client_view(server_round, reply, sent)
-        model = self.knowledge.architecture
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
-        payload, more = build_payload(global_state, returned, hyper, model)
-        return audit_update(payload, self.knowledge, self.attack.build(), round=server_round, client=str(node),
-                            seed=self.seed, assumptions=assumptions + more, view="clients",
-                            truth=self._truth(reply.metadata.run_id, server_round, [node]), lpips=self.lpips)
-
-    def _audit_aggregate(self, server_round: int, valid: list[Message],
-                         sent: Mapping[int, tuple[dict[str, Tensor], dict[str, Any]]]) -> AuditRecord:
-        if not valid:
-            raise FedleakError("no client replied: there is no aggregate to audit")
-        views = [self._client_view(server_round, r, sent) for r in valid]
-        global_state, _, config, examples = views[0]
-        if any(v[3] != examples for v in views) or any(v[2] != config for v in views):
-            raise FedleakError("the aggregate is audited when every client trained alike: the same train config and "
-                               "the same number of examples")
-        if any(v[0] is not global_state for v in views):
-            raise FedleakError("the clients were sent different global models: their mean is no FedAvg aggregate")
-        model = self.knowledge.architecture
-        returned = mean_update([v[1] for v in views], [float(v[3]) for v in views], global_state, model)
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
-        spec = "+".join(filter(None, [hyper.defense, f"aggregate:clients={len(views)}"]))
-        hyper = PublicHyperparameters(**{**vars(hyper), "clients": len(views), "defense": spec})
-        payload, more = build_payload(global_state, returned, hyper, model)
-        nodes = [r.metadata.src_node_id for r in valid]
-        return audit_update(payload, self.knowledge, self.attack.build(), round=server_round, client="aggregate",
-                            seed=self.seed, assumptions=assumptions + more, view="aggregate",
-                            truth=self._truth(valid[0].metadata.run_id, server_round, nodes), lpips=self.lpips)
+        if record:
+            try:
+                self.log.failed(server_round, str(client), f"{type(exc).__name__}: {exc}"[:2000])
+            except Exception as again:  # the folder cannot even take the failure: the log line says it
+                log(WARNING, "fedleak audit: could not record that failure: %s", again)
 
     # --- evaluation: the inner strategy's, untouched -------------------------------------------------------
 

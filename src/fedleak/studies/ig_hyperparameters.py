@@ -1,4 +1,6 @@
-"""Lim & Chan's hyperparameter studies: the TV weight α and the layer selection of Inverting Gradients."""
+"""Lim & Chan's studies of Inverting Gradients' own settings: the total-variation weight α (``tv``)
+and which layers' gradients are matched (``layers``). The general sweep over any config key,
+``fedleak sweep``, is :mod:`fedleak.studies.grid_sweep`."""
 
 from __future__ import annotations
 
@@ -7,22 +9,8 @@ from typing import Any
 from pydantic import Field
 
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import summarize
-from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register
-
-
-def quality(records: list[RunRecord]) -> list[str]:
-    """The quality columns: PSNR, SSIM, each LPIPS backbone the runs scored (n/a without weights),
-    label accuracy and attack time."""
-    lpips = sorted({k for r in records for k in r.metrics if k.startswith("lpips_")})
-    return ["psnr", "ssim", *lpips, "label_accuracy", "attack_seconds"]
-
-
-def image_runs(settings: StudySettings, name: str, params: dict[str, Any], **flags: Any) -> list[PlannedRun]:
-    """One planned run per attacked image and seed, all with ``flags``."""
-    return [PlannedRun(f"{name}/image={i}/seed={s}", {**params, "image": i, "seed": s},
-                       settings.flags(**{"data.index": [i], "seed": s, **flags}))
-            for s in settings.seeds for i in settings.images]
+from fedleak.studies.aggregate import quality, summarize
+from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, image_runs, register
 
 
 def line_plot(x: str, ys: list[str], log_x: bool = False, x_label: str | None = None, y_label: str | None = None):

@@ -1,4 +1,8 @@
-"""ROG's learned post-processing prior: a small denoising + super-resolution network.
+"""ROG's restoration prior: a small learned denoising + super-resolution network (``fedleak
+train-prior``, ``attack.prior`` / ``--prior``).
+
+A *prior* in fedleak's names means this network. The hand-written image penalties that the papers
+also call priors (TV, L2, BN statistics) are regularisers (:mod:`fedleak.attacks.regularizers`).
 
 Trained by fedleak on public images (data the attacker may hold — never the attacked client's): a
 clean image is downsampled by the ROG scale, degraded with Gaussian noise of random strength, and
@@ -66,7 +70,9 @@ class RestorationNet(nn.Module):
 
 
 @dataclass
-class PriorInfo:
+class RestorationPriorInfo:
+    """A trained prior's settings and provenance, stored as the file's ``fedleak_prior`` metadata."""
+
     channels: int
     scale: int
     width: int = 32
@@ -84,11 +90,11 @@ class PriorInfo:
 
 
 @dataclass
-class Prior:
+class RestorationPrior:
     """A trained restoration network and its settings; call it on [0, 1] low-resolution images."""
 
     net: RestorationNet
-    info: PriorInfo
+    info: RestorationPriorInfo
 
     def __call__(self, low: Tensor, size: tuple[int, int]) -> Tensor:
         with torch.no_grad():
@@ -106,7 +112,9 @@ ROG_MAX_SCALE = 8  # the largest downsampling factor ROG takes (attacks/rog.py's
 
 
 @dataclass
-class PriorSettings:
+class RestorationPriorSettings:
+    """How ``fedleak train-prior`` trains a restoration prior (checked when made)."""
+
     scale: int = 2
     width: int = 32
     depth: int = 6
@@ -131,7 +139,7 @@ class PriorSettings:
             raise ConfigError("the validation fraction must lie strictly between 0 and 1")
 
 
-def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings) -> dict[str, float]:
+def evaluate_prior(net: RestorationNet, images: Tensor, settings: RestorationPriorSettings) -> dict[str, float]:
     """Mean PSNR on held-out images degraded with a fixed seed: bicubic alone vs. the network."""
     g = torch.Generator(device=images.device).manual_seed(settings.seed + 1)
     low = degrade(images, settings.scale, settings.noise, g)
@@ -142,7 +150,8 @@ def evaluate_prior(net: RestorationNet, images: Tensor, settings: PriorSettings)
     return {"bicubic_psnr": float(psnr(bicubic, images).mean()), "prior_psnr": float(psnr(restored, images).mean())}
 
 
-def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
+def train_prior(images: Tensor, settings: RestorationPriorSettings,
+                progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
     """Train a restoration network on public ``images`` (N×C×H×W in [0, 1]) on ``settings.device``;
     the trained network is returned in host memory."""
     if images.shape[0] < 2:
@@ -176,7 +185,7 @@ def train_prior(images: Tensor, settings: PriorSettings, progress: bool = False)
     return net.cpu(), validation
 
 
-def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: PriorInfo) -> Path:
+def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: RestorationPriorInfo) -> Path:
     info.fedleak_version = info.fedleak_version or __version__
     return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
 
@@ -201,7 +210,7 @@ _PRIOR_FIELDS = {
 }
 
 
-def load_prior(path: str | os.PathLike[str]) -> Prior:
+def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
     """Load a prior written by ``fedleak train-prior``; anything else is one clear error. Its metadata
     is checked field by field (types and ranges) before the network is built."""
     meta = read_metadata(path)
@@ -212,18 +221,19 @@ def load_prior(path: str | os.PathLike[str]) -> Prior:
     except (json.JSONDecodeError, RecursionError) as exc:
         raise FedleakError(f"prior {path} has unreadable metadata: {str(exc)[:ECHO]}") from None
     fields = check_fields(data, _PRIOR_FIELDS, ("channels", "scale"), f"prior {path} metadata")
-    info = PriorInfo(**fields)
+    info = RestorationPriorInfo(**fields)
     refuse_oversized(lambda: RestorationNet(info.channels, info.width, info.depth), path, f"prior {path}")
     net = RestorationNet(info.channels, info.width, info.depth)
     try:
         net.load_state_dict(load_state(path))
     except RuntimeError as exc:
         raise FedleakError(f"prior {path} does not fit its own settings: {str(exc).splitlines()[0]}") from None
-    return Prior(net.eval(), info)
+    return RestorationPrior(net.eval(), info)
 
 
 def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: int | None, channels: int | None,
-                   limit: int | None, settings: PriorSettings, progress: bool = False) -> tuple[RestorationNet, PriorInfo]:
+                   limit: int | None, settings: RestorationPriorSettings,
+                   progress: bool = False) -> tuple[RestorationNet, RestorationPriorInfo]:
     """Load public images of a dataset and train a prior on them; returns the net and its info."""
     start = time.perf_counter()
     if limit is not None and limit < 2:
@@ -237,8 +247,9 @@ def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: 
                           "would have no pixel left); choose a scale of at most "
                           f"{min(h, w, ROG_MAX_SCALE)}")
     net, validation = train_prior(images, settings, progress)
-    info = PriorInfo(channels=images.shape[1], scale=settings.scale, width=settings.width, depth=settings.depth,
-                     noise=settings.noise, dataset=dataset.name, split=split, image_size=int(images.shape[-1]),
-                     images=n, epochs=settings.epochs, seed=settings.seed, validation=validation,
-                     seconds=round(time.perf_counter() - start, 1))
+    info = RestorationPriorInfo(channels=images.shape[1], scale=settings.scale, width=settings.width,
+                                depth=settings.depth, noise=settings.noise, dataset=dataset.name, split=split,
+                                image_size=int(images.shape[-1]), images=n, epochs=settings.epochs,
+                                seed=settings.seed, validation=validation,
+                                seconds=round(time.perf_counter() - start, 1))
     return net, info

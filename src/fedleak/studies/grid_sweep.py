@@ -1,7 +1,7 @@
 """The general sweep (``fedleak sweep``): any run config keys over lists of values, crossed with the
 attacked images and the run seeds, as one study — the same run unit, results database, resume,
-backends, report and export as the named studies (which are in :mod:`fedleak.studies.sweeps` and
-the modules beside it).
+backends, report and export as the named studies (the modules beside this one; Lim & Chan's TV and
+layer studies, a fixed grid over IG's own settings, are :mod:`fedleak.studies.ig_hyperparameters`).
 
 A run's config is the base config (a YAML file and ``--set`` overrides, read as ``fedleak attack``
 reads them) with one value of every grid key on top, then the image and the seed; so each run is the
@@ -36,9 +36,8 @@ from fedleak.errors import ConfigError, FedleakError
 from fedleak.identity import identity
 from fedleak.models.external import named_factories
 from fedleak.store import RunRecord
-from fedleak.studies.aggregate import summarize
+from fedleak.studies.aggregate import quality, summarize
 from fedleak.studies.base import Figure, PlannedRun, Study, register
-from fedleak.studies.sweeps import quality
 from fedleak.validate import short
 
 RESERVED = {"seed": "--seeds", "data.index": "--images", "out": "--out"}  # keys the sweep sets itself
