@@ -236,12 +236,12 @@ def test_records_hold_a_label_histogram_and_the_texts_speak_of_audits(tmp_path, 
         assert row.metrics["images_shown"] == 2
     main(["runs", "list", str(out)])
     listing = capsys.readouterr().out
-    assert "2 audited updates" in listing and "verdict" in listing and "labels (class: count)" in listing
+    assert "2 audited updates" in listing and "verdict" in listing and "class counts (class: count)" in listing
     assert "nan" not in listing and "no-leak" not in listing
     page = (out / "report.html").read_text()
     assert "2 of 2 audited updates finished" in page and "preset" not in page.split("<h2>")[0]
     assert "No run of this study stores images" not in page and "mean, std, n" not in page
-    assert "labels (class: count)" in page
+    assert "class counts (class: count)" in page and "Where the audit read the client" in page
 
 
 def test_fedleak_report_rebuilds_an_audit_folder_and_its_reruns(tmp_path, capsys):

@@ -59,6 +59,7 @@ from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.client import normalize
 from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.images import image_grid, png_bytes
+from fedleak.leaks import LabelHistogram, MaliciousServer, label_histogram_leak, malicious_server
 from fedleak.metrics.baselines import scores as baseline_scores
 from fedleak.metrics.evaluate import Evaluation, evaluate
 from fedleak.metrics.lpips import LPIPS
@@ -133,6 +134,9 @@ class AuditRecord:
     verdict: str = INCONCLUSIVE
     verdict_reason: str = ""
     verified: bool = False  # the simulation verified (on the client's batch, or by the check)
+    sources: dict[str, str] = field(default_factory=dict)  # each training setting → where it was read (or assumed)
+    label_counts: LabelHistogram | None = None  # the client's class counts as recovered (fedleak.leaks)
+    malicious: MaliciousServer | None = None  # what an imprint server would recover of this client exactly
 
     @property
     def images(self) -> Tensor:
@@ -169,7 +173,11 @@ class AuditRecord:
             "verdict": self.verdict, "verdict_reason": self.verdict_reason, "iterations_run": self.iterations_run,
             "min_iterations": self.min_iterations, "simulation_verified": self.verified,
             "specification": self.specification.as_dict() if self.specification is not None else None,
-            "truth_fit": self.truth_fit, "risk_probability": self.probability,
+            "truth_fit": self.truth_fit, "risk_probability": self.probability, "sources": dict(self.sources),
+            "label_counts": self.label_counts.as_dict() if self.label_counts is not None else None,
+            "histogram_error": self.label_counts.error if self.label_counts is not None else None,
+            "malicious_server": self.malicious.as_dict() if self.malicious is not None else None,
+            "malicious_share": self.malicious.share if self.malicious is not None else None,
             "device": device_name(rec.images.device),  # where the attack ran
             "hyper": asdict(self.hyper), "assumptions": list(self.assumptions),
             "hints": [f"Assumed (not sent by the server): {a}" for a in self.assumptions],
@@ -192,7 +200,8 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
                  truth: Truth | ClientData | None = None,
                  lpips: Mapping[str, LPIPS | None] | None = None,
                  check: bool | SpecificationCheck = True, public: Tensor | None = None,
-                 public_labels: Tensor | None = None, min_iterations: int | None = None) -> AuditRecord:
+                 public_labels: Tensor | None = None, min_iterations: int | None = None,
+                 sources: Mapping[str, str] | None = None, leaks: bool = True) -> AuditRecord:
     """Check the simulation, attack one observed update, measure what is observable and decide the
     verdict; score against the truth only if ``truth`` gives some — a callable asked after the
     attack has returned, so nothing it holds can reach the attack.
@@ -201,7 +210,9 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
     with ``public_labels`` where given, else random inputs), skip it (``False``: the simulation is
     then verified only on a shared batch), or a check already made on this payload.
     ``min_iterations``: the least iterations the attack needs (default its stated minimum,
-    :func:`fedleak.verdicts.minimum_iterations`)."""
+    :func:`fedleak.verdicts.minimum_iterations`). ``sources`` says where each training setting was read
+    (kept in the record). ``leaks``: also recover the label histogram and the malicious-server figure
+    (:mod:`fedleak.leaks`; the histogram scored against the truth where given, after the attack)."""
     if knowledge.labels is not None or knowledge.bn_stats is not None:
         raise FedleakError("an audit attacks what the server sees: the attacker cannot know the client's "
                            "labels or batch-norm statistics")
@@ -214,6 +225,9 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
     fit = update_fit(payload, knowledge, reconstruction.images, reconstruction.labels)
     signal = label_signal(payload, knowledge.num_classes, reconstruction.labels)
     data = truth() if callable(truth) else truth
+    counts = label_histogram_leak(payload, knowledge, None if data is None else data.labels, public, public_labels,
+                                  seed) if leaks and knowledge.num_classes else None
+    malicious = malicious_server(payload.hyper.observed_images, tuple(knowledge.input_shape)) if leaks else None
     evaluation = baseline = truth_fit = found = None
     if data is not None:
         if tuple(data.images.shape) != tuple(reconstruction.images.shape):
@@ -227,7 +241,8 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
     probability, bound = calibrated(fit, payload.hyper.observed_images) or (None, "estimate")
     findings = Findings(attack.name, reconstruction.iterations, minimum, payload.hyper.observed_images,
                         specification, truth_fit, found, evaluation.label_accuracy if evaluation else None,
-                        probability, bound, order_unknown(payload.hyper, assumptions or []))
+                        probability, bound, order_unknown(payload.hyper, assumptions or []),
+                        None if counts is None else counts.error)
     verdict = decide(findings)
     return AuditRecord(round=round, client=client, hyper=payload.hyper, reconstruction=reconstruction,
                        update_fit=fit, label_signal=signal, seconds=time.perf_counter() - start,
@@ -235,7 +250,8 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
                        truth_images=None if data is None else data.images.detach().clone(),
                        specification=specification, truth_fit=truth_fit, probability=findings.probability,
                        recognisable=found, iterations_run=reconstruction.iterations, min_iterations=minimum,
-                       verdict=verdict.verdict, verdict_reason=verdict.reason, verified=findings.verified)
+                       verdict=verdict.verdict, verdict_reason=verdict.reason, verified=findings.verified,
+                       sources=dict(sources or {}), label_counts=counts, malicious=malicious)
 
 
 # --- the attack configuration -------------------------------------------------------------------------------

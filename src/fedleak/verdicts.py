@@ -6,7 +6,8 @@ the attack fail without the update being safe has been ruled out; anything less 
 
 - **leaks** — evidence, named: with the ground truth (the gate; an audit given the batch for
   scoring), a reconstructed image beats its own mean-colour guess by :data:`PSNR_MARGIN` dB of PSNR
-  (:func:`recognisable`), or every label was recovered; without it, the calibrated probability that
+  (:func:`recognisable`), or every label was recovered, or the client's label histogram was recovered
+  within :data:`fedleak.leaks.HISTOGRAM_TV` of total variation (the class mix leaked); without it, the calibrated probability that
   the reconstruction is recognisable (:mod:`fedleak.calibration`) is at least
   :data:`LEAK_PROBABILITY` — used only where the simulation is verified, and not where the fit lies
   below the calibration's measured range (there the value is an upper bound only). Evidence of a leak stands
@@ -29,6 +30,7 @@ from typing import Any
 
 from torch import Tensor
 
+from fedleak.leaks import HISTOGRAM_TV
 from fedleak.pixels import psnr
 from fedleak.registry import Registry
 from fedleak.specification import SpecificationCheck
@@ -104,6 +106,7 @@ the measured range);
     probability: float | None = None
     bound: str = "estimate"  # what ``probability`` is: an estimate, an "upper bound" or a "lower bound"
     order_unknown: str | None = None
+    histogram_error: float | None = None  # TV error of the recovered label histogram (ground truth only)
 
     @property
     def verified(self) -> bool:
@@ -139,6 +142,9 @@ def decide(f: Findings) -> Verdict:
                         f"{'their' if f.images > 1 else 'its'} mean-colour guess by ≥ {PSNR_MARGIN:g} dB PSNR")
     if f.label_accuracy is not None and f.label_accuracy >= 1.0:
         evidence.append(f"all {f.images} label{'s' * (f.images > 1)} recovered exactly")
+    if f.histogram_error is not None and f.histogram_error <= HISTOGRAM_TV:
+        evidence.append(f"the client's label histogram recovered within total variation {f.histogram_error:.3f} "
+                        f"(≤ {HISTOGRAM_TV:g})")
     if (f.truth_fit is None and f.verified and f.bound != "upper bound" and f.probability is not None
             and f.probability >= LEAK_PROBABILITY):
         evidence.append(f"calibrated P(recognisable) {'at least ' * (f.bound != 'estimate')}{f.probability:.2f} "

@@ -71,7 +71,8 @@ COMMANDS: dict[str, Entry] = {
     "runs": Entry("fedleak.cli.runs:runs_app", "Inspect a study's results database.", {
         "list": "One line per finished run: key, name, PSNR and SSIM beside their no-leak baselines (flagged where "
                 "the run does no better), seconds; for a Flower audit, one per audited update: round, client, risk, "
-                "verdict, update fit, images, recovered labels (class: count), PSNR where scored (with --failed: "
+                "verdict, update fit, images, the class counts recovered (class: count), the share an imprint server "
+                "would recover exactly, PSNR where scored (with --failed: "
                 "each failed run's error and attempts; the next `fedleak study`/`sweep` into the folder retries them).",
         "show": "Everything stored about one run, as JSON.",
         "export": "Export every run's parameters and metrics.",

@@ -37,7 +37,8 @@ def runs_list(
 ) -> None:
     """One line per finished run: key, name, PSNR and SSIM beside their no-leak baselines (flagged where
     the run does no better), seconds; for a Flower audit, one per audited update: round, client, risk,
-    verdict, update fit, images, recovered labels (class: count), PSNR where scored (with --failed:
+    verdict, update fit, images, the class counts recovered (class: count), the share an imprint server
+    would recover exactly, PSNR where scored (with --failed:
     each failed run's error and attempts; the next `fedleak study`/`sweep` into the folder retries them)."""
     with _db(folder) as db:
         records, failures = db.records(), db.failures()
@@ -62,9 +63,9 @@ def runs_list(
 
 RUN_NUMBERS = ("PSNR", "no-leak PSNR", "SSIM", "no-leak SSIM", "seconds")
 RUN_COLUMNS = ("key", "study", "name", *RUN_NUMBERS, "vs no-leak")
-AUDIT_NUMBERS = ("round", "risk", "update fit", "images", "PSNR", "seconds")
-AUDIT_COLUMNS = ("key", "round", "client", "risk", "verdict", "update fit", "images", "labels (class: count)",
-                 "PSNR", "seconds")
+AUDIT_NUMBERS = ("round", "risk", "update fit", "images", "imprint share", "PSNR", "seconds")
+AUDIT_COLUMNS = ("key", "round", "client", "risk", "verdict", "update fit", "images", "class counts (class: count)",
+                 "imprint share", "PSNR", "seconds")
 
 
 def _run_row(r: RunRecord) -> list[str]:
@@ -81,7 +82,8 @@ def _audit_row(r: RunRecord) -> list[str]:
     m = r.metrics
     return [r.key, str(m.get("round", "")), escape(str(m.get("client", ""))), _score(m.get("risk"), 2),
             escape(verdict_text(m.get("verdict"))), _score(m.get("update_fit"), 3), str(m.get("observed_images", "n/a")),
-            escape(histogram_text(labels_of(m))), _score(m.get("psnr"), 2), f"{r.seconds:.1f}"]
+            escape(histogram_text(labels_of(m))), _score(m.get("malicious_share"), 3), _score(m.get("psnr"), 2),
+            f"{r.seconds:.1f}"]
 
 
 def _score(value: Any, digits: int) -> str:

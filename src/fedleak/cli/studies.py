@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import json
 import signal
 import sys
 import threading
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +41,47 @@ StudyDeviceOption = Annotated[str | None, typer.Option(
 BatchOption = Annotated[int | None, typer.Option(
     help="local backend: attack up to N runs together in one batched optimisation (those sharing model and "
          "attack settings: fills a GPU) [1]")]
+DetailOption = Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where a study's runs execute and how much of it is shown: the options ``fedleak study`` and
+    ``fedleak sweep`` share, one each (the annotations are the options), handed to the command as
+    one value by :func:`executing`."""
+
+    backend: BackendOption = "local"
+    address: AddressOption = None
+    cpus_per_run: CpusOption = None
+    gpus_per_run: GpusOption = None
+    workers: WorkersOption = None
+    batch: BatchOption = None
+    detail: DetailOption = False
+
+
+LOCAL = Execution()  # the defaults: in this process, one run at a time
+
+
+def executing(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with its parameter ``execution: Execution`` spelled out, in its place, as one option
+    per field of :class:`Execution` (Typer reads a command's options from its signature); it is
+    called with the :class:`Execution` those options make."""
+    hints = typing.get_type_hints(Execution, include_extras=True)
+    options = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                 annotation=hints[f.name]) for f in fields(Execution)]
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    at = [p.name for p in own].index("execution")
+    signature = inspect.Signature([*own[:at], *options, *own[at + 1:]], return_annotation=None)
+
+    @functools.wraps(command)
+    def run(**given: Any) -> None:
+        execution = Execution(**{p.name: given.pop(p.name) for p in options})
+        command(**given, execution=execution)
+
+    run.__signature__ = signature  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()} | {"return": None}
+    return run
 
 
 TERMINATED = 143  # exit code of a study stopped by SIGTERM (128 + 15)
@@ -46,9 +92,7 @@ class _Terminated(KeyboardInterrupt):
     Ray, which turns a Ctrl-C inside its waits into a plain ``KeyboardInterrupt``, does the same)."""
 
 
-def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, force: bool, backend: str,
-               address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, workers: int | None,
-               batch: int | None = None) -> None:
+def _run_study(s: Any, preset: str, folder: Path, quiet: bool, force: bool, execution: Execution) -> None:
     """Run a study on the chosen backend, print what happened; failed runs end it with one error line.
 
     The backend's notes (the Ray cluster joined and its size, how many runs it holds as nodes come
@@ -56,8 +100,9 @@ def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, for
     is said even with ``-q``. SIGTERM (``timeout``, a batch scheduler) stops the study like
     Ctrl-C — finished runs stay committed, claims are released, Ray is shut down — and ends with the
     line ``fedleak: terminated`` and exit code 143 (128 + SIGTERM, as a shell reports such a death)."""
-    engine = make_backend(backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
-                          workers=workers, batch=batch)
+    x = execution
+    engine = make_backend(x.backend, address=x.address, cpus_per_run=x.cpus_per_run, gpus_per_run=x.gpus_per_run,
+                          workers=x.workers, batch=x.batch)
     engine.note = lambda text: print(f"fedleak: note: {text}", file=sys.stderr, flush=True)
     engine.quiet = quiet  # -q: only what the user must know (that the runs wait for nodes to join)
 
@@ -71,7 +116,7 @@ def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, for
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
-        outcome = run_study(s, preset, folder, progress=not quiet, detail=detail, force=force, backend=engine)
+        outcome = run_study(s, preset, folder, progress=not quiet, detail=x.detail, force=force, backend=engine)
     except KeyboardInterrupt:
         if not terminated:
             raise
@@ -92,6 +137,7 @@ def _run_study(s: Any, preset: str, folder: Path, quiet: bool, detail: bool, for
         raise FedleakError(failures_summary(outcome.failed, folder))
 
 
+@executing
 def study(
     name: Annotated[str, typer.Argument(help="tv | layers | stacking | transfer | obfuscation | dp-tradeoff | efficiency | secure-aggregation")],
     preset: Annotated[str, typer.Option(help="cpu (≤ 15 min on 2 cores) or full")] = "cpu",
@@ -101,17 +147,11 @@ def study(
     overrides: Annotated[list[str] | None, typer.Option("--set", help="override: key=value")] = None,
     out: Annotated[Path | None, typer.Option(help="study folder (default studies/NAME-PRESET)")] = None,
     device: StudyDeviceOption = None,
-    backend: BackendOption = "local",
-    address: AddressOption = None,
-    cpus_per_run: CpusOption = None,
-    gpus_per_run: GpusOption = None,
-    workers: WorkersOption = None,
-    batch: BatchOption = None,
-    detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
+    execution: Execution = LOCAL,
     force: Annotated[bool, typer.Option(
         help="use a folder made with other settings: its study.json is replaced, and of its finished runs only "
              "those of the new grid are kept (the others are deleted)")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a named study (a grid of runs), resuming what its folder holds, then write its report.
 
@@ -134,9 +174,10 @@ def study(
     s = build_study(name, preset, config, [*root_setting, *device_setting, *(overrides or [])],
                     trust_config=trust_config)
     folder = out or Path("studies") / f"{name}-{preset}"
-    _run_study(s, preset, folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
+    _run_study(s, preset, folder, quiet, force, execution)
 
 
+@executing
 def sweep(
     grid: Annotated[list[str], typer.Option(
         help="KEY=V1,V2: a config key and its values (repeat for more keys; the cells are their product). "
@@ -154,15 +195,9 @@ def sweep(
              "client-secret file; resuming keeps the seeds)", min=0, max=MAX_SEED)] = None,
     out: Annotated[Path | None, typer.Option(
         help="sweep folder (default studies/sweep-HASH, the same for the same sweep: re-running resumes it)")] = None,
-    backend: BackendOption = "local",
-    address: AddressOption = None,
-    cpus_per_run: CpusOption = None,
-    gpus_per_run: GpusOption = None,
-    workers: WorkersOption = None,
-    batch: BatchOption = None,
-    detail: Annotated[bool, typer.Option(help="a progress bar per run as well (local backend)")] = False,
+    execution: Execution = LOCAL,
     force: Annotated[bool, typer.Option(help="use a folder made by another sweep, keeping only this one's runs")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run `fedleak attack` over a grid of any config settings × images × seeds, as one study: one
     results database (resumed when run again), a report with one table row per grid cell (n, mean
@@ -173,7 +208,7 @@ def sweep(
             *([f"device={json.dumps(device)}"] if device is not None else []), *(overrides or [])]
     s = build_sweep(grid, images, seeds, config, sets, client_seed, trust_config=trust_config)
     folder = out or Path("studies") / s.folder_name()  # the same sweep on moved data or another device: the same
-    _run_study(s, "custom", folder, quiet, detail, force, backend, address, cpus_per_run, gpus_per_run, workers, batch)
+    _run_study(s, "custom", folder, quiet, force, execution)
 
 
 def report(folder: Annotated[Path, typer.Argument(help="study folder, or a Flower audit's out= folder")]) -> None:

@@ -16,29 +16,38 @@ from fedleak.models.checkpoint import save_checkpoint
 from fedleak.store import check_file_out
 from fedleak.training import TrainSettings, train_target
 
+# Options both commands take, with the same meaning.
+RootOption = Annotated[str | None, typer.Option(help="data folder")]
+ImageSizeOption = Annotated[int | None, typer.Option(help="resize images to this side")]
+ChannelsOption = Annotated[int | None, typer.Option(help="convert images to 1 or 3 channels")]
+EpochsOption = Annotated[int, typer.Option(help="training epochs")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")]
+LimitOption = Annotated[int | None, typer.Option(help="train on at most N images")]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")]
+
 
 def train(
     model: Annotated[str, typer.Option(help="architecture, or package.module:factory")],
     dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")],
-    root: Annotated[str | None, typer.Option(help="data folder")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    root: RootOption = None,
+    epochs: EpochsOption = 10,
     lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)", callback=_finite)] = 0.05,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    batch_size: BatchSizeOption = 64,
     width: Annotated[float | None, typer.Option(help="model width multiplier (default: the model's own, 1)",
                                                 callback=_finite)] = None,
     option: Annotated[list[str] | None, typer.Option(help="model option key=value, e.g. norm=group")] = None,
-    image_size: Annotated[int | None, typer.Option(help="resize images to this side")] = None,
-    channels: Annotated[int | None, typer.Option(help="convert images to 1 or 3 channels")] = None,
+    image_size: ImageSizeOption = None,
+    channels: ChannelsOption = None,
     test_fraction: Annotated[
         float | None, typer.Option(help="split a test set off the training data (default: the dataset's test split, or 0.2)",
                                    callback=_finite)
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="train on at most N images")] = None,
+    limit: LimitOption = None,
     augment: Annotated[bool, typer.Option(help="random flips and crops")] = False,
     seed: Annotated[int, typer.Option(help="seed for initialisation, splits and order", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Path | None, typer.Option(help="checkpoint file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing checkpoint")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
+    device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."""
@@ -61,22 +70,22 @@ def train(
 
 def train_prior(
     dataset: Annotated[str, typer.Option(help="public images: samples | mnist | cifar10 | cifar100 | folder")],
-    root: Annotated[str | None, typer.Option(help="data folder")] = None,
+    root: RootOption = None,
     split: Annotated[str, typer.Option(help="split to train on (keep the attacked split out)")] = "train",
     scale: Annotated[int, typer.Option(help="ROG downsampling factor the prior undoes")] = 2,
-    image_size: Annotated[int | None, typer.Option(help="resize images to this side")] = None,
-    channels: Annotated[int | None, typer.Option(help="convert images to 1 or 3 channels")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="minibatch size")] = 64,
+    image_size: ImageSizeOption = None,
+    channels: ChannelsOption = None,
+    epochs: EpochsOption = 10,
+    batch_size: BatchSizeOption = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)", callback=_finite)] = 1e-3,
     noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation", callback=_finite)] = 0.1,
     width: Annotated[int, typer.Option(help="channels of the network")] = 32,
     depth: Annotated[int, typer.Option(help="convolutions of the network")] = 6,
-    limit: Annotated[int | None, typer.Option(help="train on at most N images")] = None,
+    limit: LimitOption = None,
     seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Path | None, typer.Option(help="prior file (.safetensors)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)")] = "auto",
+    device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""

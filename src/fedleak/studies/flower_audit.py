@@ -25,6 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedleak.audit import DEFAULT_ATTACK, PREVIEW_IMAGES
+from fedleak.calibration import draw_calibration
 from fedleak.errors import FedleakError
 from fedleak.store import RunRecord
 from fedleak.studies.base import Figure, PlannedRun, Study, register
@@ -48,7 +49,12 @@ def histogram_text(histogram: dict[str, int] | None) -> str:
 
 
 def labels_of(metrics: dict[str, Any]) -> dict[str, int]:
-    """A stored audit's label histogram (from its recovered labels where an older row has none)."""
+    """A stored audit's label histogram: the client's class counts recovered from its update
+    (:mod:`fedleak.leaks`) where the audit recovered them, else the histogram of the labels its attack
+    recovered (from those labels where an older row has none)."""
+    counts = (metrics.get("label_counts") or {}).get("counts") if isinstance(metrics.get("label_counts"), dict) else None
+    if isinstance(counts, list):
+        return {str(c): int(n) for c, n in enumerate(counts) if n}
     stored = metrics.get("label_histogram")
     if isinstance(stored, dict):
         return {str(k): int(v) for k, v in stored.items()}
@@ -109,13 +115,15 @@ class AuditSettings(BaseModel):
 @register(STUDY)
 class AuditStudy(Study):
     """What an honest-but-curious server could reconstruct from each update it received in a live
-    federation, round by round and client by client. Without ground truth (the real case) the table
-    shows what the server can observe: the matching loss the attack reached, the labels it recovered,
-    the update fit (cosine similarity between the update the reconstruction would produce and the one
-    observed), the label signal (share of the classifier update's negative evidence on the recovered
-    classes) and their product, the risk: 1 means a batch the attacker built explains the update
-    completely. Where a simulation shared each client's batch for scoring, PSNR and SSIM stand beside
-    the mean-colour baseline (what a guess knowing only each image's average colour scores)."""
+    federation, round by round and client by client, and what it concluded: a verdict per update
+    (leaks, no leak found, inconclusive — each with its reason), the risk (the calibrated probability
+    that the reconstruction is recognisable, where the audit's simulation of the client is verified),
+    the client's class counts as the server recovers them, and what a malicious server planting an
+    imprint block would recover of the same client exactly. Without ground truth (the real case) the
+    table shows what the server can observe (the update fit: cosine similarity between the update the
+    reconstruction would produce and the one observed); where a simulation shared each client's batch
+    for scoring, the PSNR gain over the mean-colour baseline (what a guess knowing only each image's
+    average colour scores) and the class counts' error stand beside it."""
 
     title = "Leakage audit of a Flower federation"
     Settings = AuditSettings  # type: ignore[assignment]
@@ -127,6 +135,7 @@ class AuditStudy(Study):
     def __init__(self, settings: AuditSettings) -> None:
         super().__init__(settings)  # type: ignore[arg-type]
         self._previews: list[dict[str, Any]] = []
+        self._records: list[RunRecord] = []
 
     def plan(self) -> list[PlannedRun]:
         flags = {f"attack.{k}": v for k, v in self.settings.attack.items()}
@@ -136,19 +145,18 @@ class AuditStudy(Study):
                 for c in self.settings.cells]
 
     def table(self, records: list[RunRecord]) -> list[dict[str, Any]]:
-        rows, self._previews = [], []
-        for r in sorted(records, key=lambda r: (str(r.metrics.get("round", "")).zfill(9), str(r.metrics.get("client", "")))):
+        rows, self._previews, self._records = [], [], list(records)
+        for r in sorted(records, key=_order):
             m = r.metrics
             # At most eight columns, so the page shows one row per update; `fedleak runs export` has every number.
-            row = {"round": m.get("round"), "client": m.get("client"), "risk": m.get("risk"),
-                   "verdict": verdict_text(m.get("verdict"))}
+            row = {"round": m.get("round"), "client": m.get("client"), "verdict": verdict_text(m.get("verdict")),
+                   "risk": m.get("risk")}
             labels = histogram_text(labels_of(m))
             if "psnr" in m:
-                row |= {"labels (class: count)": labels, "psnr": m["psnr"], "psnr_mean_colour": m.get("psnr_mean_colour"),
-                        "ssim": m.get("ssim")}
+                row |= {"psnr_gain": m.get("psnr_gain"), "histogram_tv": m.get("histogram_error")}
             else:
-                row |= {"images": m.get("observed_images"), "update_fit": m.get("update_fit"),
-                        "matching_loss": m.get("matching_loss"), "labels (class: count)": labels}
+                row |= {"images": m.get("observed_images"), "update_fit": m.get("update_fit")}
+            row |= {"class counts (class: count)": labels, "imprint_share": m.get("malicious_share")}
             rows.append(row)
             preview = m.get("preview") or {}
             if preview.get("reconstruction"):
@@ -163,24 +171,52 @@ class AuditStudy(Study):
         figures = [Figure("risk", "Risk per round and client", _draw_risk),
                    Figure("reconstructions", "What the server reconstructed, per round and client",
                           lambda ax, rows: _draw_previews(ax, self._previews))]
+        figures.append(Figure("calibration", "How the risk is measured: P(recognisable) against update fit, "
+                              "measured in simulation against the truth", lambda ax, rows: draw_calibration(ax)))
         if any(p.get("original") for p in self._previews):
             figures.append(Figure("psnr-vs-risk", "PSNR against risk (ground truth shared for scoring)",
                                   _draw_psnr_vs_risk))
         return figures
 
     def notes(self) -> list[str]:
-        return ["risk = update fit (≥ 0) × label signal, from what the server observes only; it ranks updates by how "
-                "completely an attack's reconstruction explains them, and is no proof that an image is "
-                "recognisable (nor that a stronger attack would not do better). The label signal of each update: "
-                "fedleak runs export DIR.",
-                "verdict: what the audit concluded of the update (n/a where the audit gave none); labels: the "
-                "classes the attack recovered, as class: count.",
+        """The verdicts' reasons and the training's sources of the records :meth:`table` was last given,
+        then what the columns mean."""
+        records = self._records
+        reasons = [f"round {r.metrics.get('round')} · client {r.metrics.get('client')}: {r.metrics.get('verdict')} — "
+                   f"{r.metrics.get('verdict_reason')}" for r in sorted(records, key=_order)
+                   if r.metrics.get("verdict_reason")]
+        sources = _sources_text(records)
+        return reasons + sources + [
+                "verdict: leaks (evidence named), no leak found (by which attack, at what budget, the simulation "
+                "verified), inconclusive (why). risk: the calibrated probability that the reconstruction is "
+                "recognisable given its update fit and batch size (measured in simulation against the truth: "
+                "fedleak.calibration), only where the simulation is verified — blank otherwise, since a fit under "
+                "a wrong simulation is no evidence either way.",
+                "class counts: the client's class counts as the server recovers them from the classifier's update "
+                "(fedleak.leaks); histogram_tv their total-variation error against the shared batch. imprint_share: "
+                "the share of the client's examples a malicious server planting Robbing the Fed's 128-bin imprint "
+                "block would recover exactly (closed form; the bins it would need for half of them: fedleak runs "
+                "show DIR KEY, malicious_server).",
                 "Under a defense that drops or coarsens coordinates (top-k, quantisation, sign) even the true batch "
                 "does not reproduce the observed update exactly: the update fit is then capped below 1 by what the "
                 "defense removed.",
                 "Reconstructions are drawn in the figure \"What the server reconstructed\" (the originals to their "
                 "left where a batch was shared for scoring): at most 16 images of each update, as in its runs/KEY/ "
                 "PNGs. Every number of every update: fedleak runs export DIR."]
+
+
+def _order(r: RunRecord) -> tuple[str, str]:
+    return str(r.metrics.get("round", "")).zfill(9), str(r.metrics.get("client", ""))
+
+
+def _sources_text(records: list[RunRecord]) -> list[str]:
+    """One line naming where each training setting was read, for the settings every update read alike."""
+    found = [r.metrics.get("sources") for r in records if isinstance(r.metrics.get("sources"), dict)]
+    if not found:
+        return []
+    first: dict[str, Any] = found[0] or {}
+    common = {k: v for k, v in first.items() if v != "unused" and all((f or {}).get(k) == v for f in found)}
+    return ["Where the audit read the client's training: " + ", ".join(f"{k} — {v}" for k, v in common.items()) + "."]
 
 
 def _draw_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -190,7 +226,7 @@ def _draw_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.set_xticklabels([str(t) for t in rounds])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("round")
-    ax.set_ylabel("risk (update fit × label signal)")
+    ax.set_ylabel("risk: P(recognisable)")
     if not rows:
         ax.text(0.5, 0.5, "no audited update yet", ha="center", va="center", transform=ax.transAxes)
     elif len(clients) <= 12:
@@ -251,7 +287,7 @@ def _draw_psnr_vs_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.scatter([r["risk"] for r in scored], [r["psnr_mean_colour"] for r in scored], marker="x",
                label="mean-colour baseline PSNR")
     ax.set_xlim(0, 1.05)
-    ax.set_xlabel("risk (update fit × label signal)")
+    ax.set_xlabel("risk: P(recognisable)")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -23,7 +23,7 @@ from fedleak.integrations.flower.records import (
     mean_update,
     num_examples,
     only,
-    public_hyperparameters,
+    read_training,
     state_dict,
 )
 from fedleak.integrations.flower.worker import AuditJob, EvaluationHook, HookTruth
@@ -48,6 +48,9 @@ class Jobs:
     evaluation: EvaluationHook | None = None
     lpips: tuple[str, ...] = ()
     lpips_weights: str | None = None
+    run_config: Mapping[str, Any] | None = None  # the app's run config: settings the train config does not send
+    public: Tensor | None = None  # images the server holds, in [0, 1] (the check and the label counts use them)
+    public_labels: Tensor | None = None
 
     def view(self, reply: Message, sent: Sent) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any], int]:
         """(state sent, state returned, train config, number of examples) of one reply."""
@@ -62,21 +65,23 @@ class Jobs:
         return global_state, returned, config, examples
 
     def _job(self, server_round: int, client: str, payload: Payload, assumptions: list[str], view: str,
-             run_id: int, nodes: list[int]) -> AuditJob:
+             run_id: int, nodes: list[int], sources: Mapping[str, str]) -> AuditJob:
         truth = None if self.evaluation is None else HookTruth(self.evaluation, run_id, server_round, tuple(nodes),
                                                                str(self.device))
         return AuditJob(payload=payload, knowledge=self.knowledge, attack=self.attack, round=server_round,
                         client=client, view=view, seed=self.seed, assumptions=tuple(assumptions), truth=truth,
-                        lpips=self.lpips, lpips_weights=self.lpips_weights)
+                        lpips=self.lpips, lpips_weights=self.lpips_weights, sources=tuple(sources.items()),
+                        public=self.public, public_labels=self.public_labels)
 
     def client(self, server_round: int, reply: Message, sent: Sent) -> AuditJob:
         """The audit of one client's update, as the server received it."""
         node = reply.metadata.src_node_id
         global_state, returned, config, examples = self.view(reply, sent)
         model = self.knowledge.architecture
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
-        payload, more = build_payload(global_state, returned, hyper, model)
-        return self._job(server_round, str(node), payload, assumptions + more, "clients", reply.metadata.run_id, [node])
+        reading = read_training(config, examples, model, self.keys, self.known, self.max_steps, self.run_config)
+        payload, more = build_payload(global_state, returned, reading.hyper, model)
+        return self._job(server_round, str(node), payload, reading.assumptions + more, "clients", reply.metadata.run_id,
+                         [node], reading.sources)
 
     def aggregate(self, server_round: int, valid: list[Message], sent: Sent) -> AuditJob:
         """The audit of the round's example-weighted mean update (what secure aggregation reveals)."""
@@ -91,10 +96,11 @@ class Jobs:
             raise FedleakError("the clients were sent different global models: their mean is no FedAvg aggregate")
         model = self.knowledge.architecture
         returned = mean_update([v[1] for v in views], [float(v[3]) for v in views], global_state, model)
-        hyper, assumptions = public_hyperparameters(config, examples, model, self.keys, self.known, self.max_steps)
+        reading = read_training(config, examples, model, self.keys, self.known, self.max_steps, self.run_config)
+        hyper, assumptions = reading.hyper, reading.assumptions
         spec = "+".join(filter(None, [hyper.defense, f"aggregate:clients={len(views)}"]))
         hyper = PublicHyperparameters(**{**vars(hyper), "clients": len(views), "defense": spec})
         payload, more = build_payload(global_state, returned, hyper, model)
         nodes = [r.metadata.src_node_id for r in valid]
         return self._job(server_round, "aggregate", payload, assumptions + more, "aggregate", valid[0].metadata.run_id,
-                         nodes)
+                         nodes, reading.sources)

@@ -303,6 +303,8 @@ def read_training(config: Mapping[str, Any], examples: int, model: nn.Module, ke
     seed, shuffle = get("shuffle_seed"), get("shuffle")
     settings["shuffle_seed"] = None if seed is None else _setting("shuffle_seed", seed, keys.shuffle_seed)
     settings["shuffle"] = seed is not None or (shuffle is not None and _setting("shuffle", shuffle, keys.shuffle))
+    if seed is not None and shuffle is None:
+        sources["shuffle"] = sources["shuffle_seed"]  # a public seed: the client shuffles, in the order it gives
     if seed is None and shuffle is None:
         if batch < examples:
             settings["shuffle"] = True

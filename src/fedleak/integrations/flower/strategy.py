@@ -42,6 +42,23 @@ from fedleak.studies.flower_audit import histogram_text, label_histogram, verdic
 VIEWS = ("clients", "aggregate")
 
 
+def public_data(public: Tensor | tuple[Tensor, Tensor] | None,
+                input_shape: Sequence[int]) -> tuple[Tensor | None, Tensor | None]:
+    """``public=`` as (images, labels or None), checked: N×C×H×W images in [0, 1], one label each."""
+    if public is None:
+        return None, None
+    images, labels = public if isinstance(public, tuple) else (public, None)
+    if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape) \
+            or len(images) == 0:
+        raise ConfigError(f"public= must be N×{'×'.join(map(str, input_shape))} images (optionally with labels), "
+                          f"got {tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    if not bool(((images >= 0) & (images <= 1)).all()):
+        raise ConfigError("public= images must lie in [0, 1] (before normalisation)")
+    if labels is not None and (not isinstance(labels, Tensor) or labels.shape != (len(images),)):
+        raise ConfigError(f"public= labels must be one class index per image ({len(images)})")
+    return images.detach().cpu().float().clone(), None if labels is None else labels.detach().cpu().long().clone()
+
+
 def weighting_key(strategy: Strategy) -> str:
     """The metric FedAvg-style strategies weight replies by, looked up through wrapper strategies."""
     node: Any = strategy  # a strategy, then the one it wraps, if any
@@ -72,7 +89,12 @@ class LeakageAudit(Strategy):
 
     The train config the server sent gives the public training settings (:class:`TrainKeys` names
     the entries read); ``known`` adds settings the server knows from elsewhere, under the same
-    names. Anything neither holds is assumed (PyTorch's defaults) and listed in the report.
+    names; ``run_config`` (the ServerApp's ``context.run_config``) gives what the app configured only
+    there, read under the same names after both. Anything none holds is assumed (PyTorch's defaults)
+    and listed in the report; each setting's source (``train config 'lr'``, ``known``, ``run config``,
+    ``reply``, ``assumed``) is kept in its record. ``public``: images the server holds (N×C×H×W in
+    [0, 1], optionally with their labels as ``(images, labels)``) — the mis-specification check and
+    the label-count recovery simulate the client on them (default: smooth random images).
     ``evaluation`` (simulations only) gives the auditor each client's batch for scoring after the
     attack, e.g. a :class:`~fedleak.integrations.flower.SharedBatches`; its data never reaches the
     attack (a hook with a ``discard(run_id, server_round, node_id)`` method is told of the batches
@@ -124,6 +146,8 @@ class LeakageAudit(Strategy):
         evaluation: EvaluationHook | None = None,
         keys: TrainKeys = TrainKeys(),
         known: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        public: Tensor | tuple[Tensor, Tensor] | None = None,
         seed: int = 0,
         lpips: Sequence[str] = ("alex",),
         lpips_weights: str | Path | None = None,
@@ -193,7 +217,8 @@ class LeakageAudit(Strategy):
                      **self.selection.describe(), "known": self.known, "keys": vars(keys),
                      "evaluation": evaluation is not None, "out": str(target)}
         self.jobs = Jobs(self.knowledge, self.attack, keys, self.known, self.weighted_by_key, max_steps, max_examples,
-                         seed, self.device, evaluation, self.lpips, self.lpips_weights)
+                         seed, self.device, evaluation, self.lpips, self.lpips_weights, dict(run_config or {}),
+                         *public_data(public, input_shape))
         self.log = AuditLog(target, self.attack, view, type(architecture).__name__, selection, overwrite)
         if self.log.out != target:
             log(WARNING, "fedleak audit: %s already holds files; this audit writes into %s", target, self.log.out)

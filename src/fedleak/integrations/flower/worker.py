@@ -94,12 +94,16 @@ class AuditJob:
     truth: HookTruth | None = None
     lpips: tuple[str, ...] = ()
     lpips_weights: str | None = None
+    sources: tuple[tuple[str, str], ...] = ()  # each training setting → where the audit read it
+    public: torch.Tensor | None = None  # images the server holds, in [0, 1]
+    public_labels: torch.Tensor | None = None
 
     def run(self) -> AuditRecord:
         lpips = scorers(self.lpips, self.lpips_weights)[0] if self.truth is not None else {}
         return audit_update(self.payload, self.knowledge, self.attack.build(), round=self.round, client=self.client,
                             seed=self.seed, assumptions=list(self.assumptions), view=self.view, truth=self.truth,
-                            lpips=lpips)
+                            lpips=lpips, sources=dict(self.sources), public=self.public,
+                            public_labels=self.public_labels)
 
 
 def run_job(blob: bytes) -> bytes:
