@@ -3,7 +3,6 @@
 import copy
 import itertools
 import json
-import sys
 
 import pytest
 import torch
@@ -18,12 +17,12 @@ from fedleak.attacks.fedavg_orders import (
     simulate_epochs,
 )
 from fedleak.attacks.simulation import Simulation
-from fedleak.cli import main
 from fedleak.data.normalization import Normalization
 from fedleak.errors import FedleakError
 from fedleak.fl import Client, ClientData, PublicHyperparameters
 from fedleak.fl.payload import Payload
 from fedleak.models import create_model
+from tests.test_cli import fedleak
 
 MEAN, STD = (0.5, 0.4, 0.45), (0.25, 0.2, 0.3)
 
@@ -167,15 +166,6 @@ def test_the_invariant_prior_improves_the_reconstruction_of_a_privately_shuffled
 # ----------------------------------------------------------------------------- the command line
 
 
-def fedleak(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_listed_by_config_and_run_from_the_command_line(tmp_path, monkeypatch, capsys, one_thread):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from fedleak.attacks.label_counts import histogram_error, label_histogram
+from fedleak.errors import ConfigError
 from fedleak.integrations.flower import LeakageAudit, SharedBatches, TrainKeys, record_batch
 from fedleak.leaks import IMPRINT_BINS
 from fedleak.verdicts import INCONCLUSIVE, NO_LEAK, VERDICTS
@@ -138,3 +140,11 @@ def test_private_order_and_undeclared_training_are_never_no_leak_found(tmp_path)
         assert record.verdict == INCONCLUSIVE and not record.specification.consistent
         assert "mis-specified" in record.verdict_reason
         assert math.isnan(record.risk)  # no risk number from a simulation that is not the client's
+
+
+def test_public_images_the_model_cannot_take_are_refused_when_the_strategy_is_built(tmp_path):
+    for bad, said in ((torch.rand(4, 3, 16, 16), "public= must be N×3×8×8"), (torch.rand(4, *SHAPE) + 1, "[0, 1]"),
+                      ((torch.rand(4, *SHAPE), torch.zeros(3)), "one class index per image")):
+        with pytest.raises(ConfigError, match=said.replace("[", r"\[").replace("]", r"\]")):
+            LeakageAudit(FedAvg(), model=net, input_shape=SHAPE, num_classes=CLASSES, mean=MEAN, std=STD,
+                         out=tmp_path / "x", public=bad, workers=0)
