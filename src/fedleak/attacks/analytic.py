@@ -35,9 +35,8 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 @register_attack("analytic")
-class Analytic(Attack):
-    Config = AnalyticConfig
-    config: AnalyticConfig
+class Analytic(Attack[AnalyticConfig]):
+    """Phong et al.'s analytic recovery of one image from a first linear layer with bias."""
 
     def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()

@@ -11,7 +11,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -105,14 +105,36 @@ class OptimizationConfig(AttackConfig):
     _init = field_validator("init")(lambda v: INITS.check(v))
 
 
-class Attack(ABC):
-    """An attack is built from its validated ``Config`` and run on one payload."""
+C = TypeVar("C", bound=AttackConfig)
+
+
+class Attack(ABC, Generic[C]):
+    """An attack is built from its validated ``Config`` and run on one payload.
+
+    ``class Analytic(Attack[AnalyticConfig])`` makes ``AnalyticConfig`` the attack's ``Config`` (and
+    the type of ``self.config``). :attr:`requires` names the capabilities
+    (:data:`fedleak.threats.CAPABILITIES`) the attack always uses beyond the payload, each with why;
+    :meth:`needs` adds those its settings call for."""
 
     Config: ClassVar[type[AttackConfig]] = AttackConfig
     name: ClassVar[str] = "attack"  # shown on progress bars
+    requires: ClassVar[Mapping[str, str]] = {}
+    config: C
 
-    def __init__(self, config: AttackConfig) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, AttackConfig):
+                    cls.Config = arg
+
+    def __init__(self, config: C) -> None:
         self.config = config
+
+    def needs(self) -> dict[str, str]:
+        """The capabilities this attack, with its settings, uses beyond the payload: capability →
+        what uses it (for the refusal line of :func:`fedleak.threats.check`)."""
+        return {c: f"attack {self.name} ({why})" for c, why in self.requires.items()}
 
     @abstractmethod
     def run(
@@ -129,8 +151,8 @@ class Attack(ABC):
         return [self.run(p, k, seed=s, progress=progress) for p, k, s in zip(payloads, knowledges, seeds)]
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
-A = TypeVar("A", bound=Attack)
+ATTACKS: Registry[type[Attack[Any]]] = Registry("attack")
+A = TypeVar("A", bound=Attack[Any])
 
 
 def register_attack(name: str) -> Callable[[type[A]], type[A]]:
@@ -144,7 +166,7 @@ def register_attack(name: str) -> Callable[[type[A]], type[A]]:
     return add
 
 
-def build_attack(name: str, settings: dict[str, Any] | None = None) -> Attack:
+def build_attack(name: str, settings: dict[str, Any] | None = None) -> Attack[Any]:
     """Build attack or preset ``name`` with ``settings`` (which override a preset's) validated
     against the attack's config."""
     preset = load_preset(name)

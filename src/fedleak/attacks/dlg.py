@@ -38,9 +38,7 @@ class DLGConfig(OptimizationConfig):
 
 
 @register_attack("dlg")
-class DLG(Attack):
-    Config = DLGConfig
-    config: DLGConfig
+class DLG(Attack[DLGConfig]):
 
     def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         with matmul_precision(self.config.precision):

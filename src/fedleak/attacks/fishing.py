@@ -80,11 +80,9 @@ def other_labels(payload: Payload, knowledge: AttackerKnowledge, target: int, n:
 
 
 @register_attack("fishing")
-class FishingAttack(Attack):
+class FishingAttack(Attack[FishingAttackConfig]):
     """Wen et al.'s fishing: an inner attack on the gradient of the isolated target class."""
 
-    Config = FishingAttackConfig
-    config: FishingAttackConfig
 
     def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()

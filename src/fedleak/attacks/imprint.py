@@ -79,11 +79,9 @@ def pick_bins(candidates: Tensor, db: Tensor, wanted: int, empty: float) -> tupl
 
 
 @register_attack("imprint")
-class ImprintRecovery(Attack):
+class ImprintRecovery(Attack[ImprintAttackConfig]):
     """Robbing the Fed: exact recovery from a malicious server's imprint block."""
 
-    Config = ImprintAttackConfig
-    config: ImprintAttackConfig
 
     def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
