@@ -146,7 +146,7 @@ def test_bn_prior_end_to_end_from_the_config():
     from fedleak.config import build_config
     from fedleak.pipeline import run
 
-    common = ["data.image_size=12", "model.width=0.125", "attack.iterations=2", "knowledge.bn_stats=true"]
+    common = ["data.image_size=12", "model.width=0.125", "attack.iterations=2", "knowledge.bn_stats=true", "threat=D"]
     prior = run(build_config(overrides=[*common, "attack.regularizers={bn: 0.01}"])).reconstruction
     plain = run(build_config(overrides=common)).reconstruction
     assert prior.iterations == plain.iterations == 2

@@ -146,7 +146,7 @@ SETTINGS = {
 
 
 def _run_spied(spy, settings):
-    flags = {"attack.name": "spy", "data.image_size": 12, **settings}
+    flags = {"attack.name": "spy", "data.image_size": 12, "threat": "H", **settings}
     cfg = build_config(flags=flags)
     result = run(cfg)
     payload, knowledge = spy.seen[-1]

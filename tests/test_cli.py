@@ -52,7 +52,7 @@ def test_config_file_and_batches(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         "data: {name: samples, image_size: 8, index: [1, 2, 3]}\n"
-        "client: {batch_size: 3}\nknowledge: {labels: true}\nmodel: {name: lenet}\n"
+        "client: {batch_size: 3}\nknowledge: {labels: true}\nmodel: {name: lenet}\nthreat: C\n"
         "attack: {name: ig, iterations: 3, restarts: 2}\n"
     )
     out = tmp_path / "run"
@@ -263,10 +263,10 @@ def test_train_prior_then_attack_with_it(tmp_path, monkeypatch, capsys, cifar_ro
     assert code == 2 and "exists" in err
     out = tmp_path / "run"
     code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(out), "--attack", "rog",
-                           "--prior", str(prior))
+                           "--prior", str(prior), "--threat", "E")
     assert code == 0, err
     code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--out", str(tmp_path / "r2"), "--attack",
-                           "rog", "--prior", str(tmp_path / "missing.safetensors"))
+                           "rog", "--prior", str(tmp_path / "missing.safetensors"), "--threat", "E")
     assert code == 2 and "not found" in err and not (tmp_path / "r2").exists()
 
 

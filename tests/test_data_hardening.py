@@ -245,7 +245,7 @@ def test_unreadable_prior_metadata(tmp_path, metadata, message):
 def test_broken_prior_through_the_cli(tmp_path, monkeypatch, capsys):
     prior = _prior(tmp_path / "p.safetensors", {**GOOD_PRIOR, "width": "32"})
     line = attack_fails(tmp_path, monkeypatch, capsys, "--attack", "rog", "--prior", str(prior),
-                        "--set", "data.image_size=8", "--model", "lenet")
+                        "--set", "data.image_size=8", "--model", "lenet", "--threat", "E")
     assert "field 'width' must be an integer" in line
 
 

@@ -155,7 +155,7 @@ def test_canonical_spec_round_trips():
     assert parse_defense(canonical).spec == canonical
     assert canonical.startswith("clip:c=1.0,scope=global+noise:snr_db=0.0")
     assert parse_defense("none").spec is None and parse_defense(None).stages == ()
-    assert set(DEFENSES.names()) == {"aggregate", "clip", "dpsgd", "noise", "prune", "qsgd", "quantize", "sign", "topk"}
+    assert set(DEFENSES.names()) == {"aggregate", "clip", "dpsgd", "noise", "prune", "qsgd", "quantize", "sign", "soteria", "topk"}
 
 
 def _data(n=4, size=8, seed=0):

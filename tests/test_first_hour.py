@@ -95,7 +95,7 @@ def test_image_size_and_channels_flags(tmp_path, monkeypatch, capsys):
 
 def test_index_sets_the_batch_size(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--index", "3,7", "--known-labels",
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--index", "3,7", "--known-labels", "--threat", "C",
                            "--out", str(out))
     assert code == 0, err
     assert _config(out)["client"]["batch_size"] == 2

@@ -71,8 +71,18 @@ def test_every_malicious_model_fedleak_builds_is_flagged(spec, body):
         assert any(f.layer == "imprint.encoder.weight" and "staggered" in f.detail for f in findings.findings)
 
 
+TRAPS = ["trap:scale=1.2", "trap:scale=1.3", "trap:rate=0.125"]  # only a fully connected first layer (mlp)
+
+
+@pytest.mark.parametrize("spec", TRAPS)
+def test_every_trapped_mlp_is_flagged(spec):
+    cfg = build_config(flags={**SMALL, "model.name": "mlp", **server_flags(spec)})
+    model, classes = sent_model(cfg)
+    assert "trap" in inspect_model(model, classes).kinds()
+
+
 def test_every_registered_modification_is_covered():
-    assert {s.partition(":")[0] for s in MALICIOUS} == set(MODIFICATIONS.names())
+    assert {s.partition(":")[0] for s in [*MALICIOUS, *TRAPS]} == set(MODIFICATIONS.names())
 
 
 def test_findings_read_from_weights_alone():

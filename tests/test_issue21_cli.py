@@ -32,7 +32,7 @@ def test_fishing_hands_its_inner_attack_the_update_of_a_batch_of_n(monkeypatch):
 
     monkeypatch.setattr(fishing_module, "build_attack", lambda name, settings=None: Spy())
     cfg = build_config(flags={**FACES, "data.index": batch, "client.batch_size": len(batch), "client.seed": 1,
-                              **server_flags("fishing:target=0")})
+                              **server_flags("fishing:target=0"), "threat": "G"})
     run(cfg)
     isolated = seen["payload"]
     assert isolated.hyper.batch_size == 1
@@ -93,7 +93,7 @@ def test_an_untrained_model_is_named_as_such_in_the_report(tmp_path, monkeypatch
 def test_fishing_says_when_the_batch_has_no_image_of_the_fished_class():
     def notes(indices):
         cfg = build_config(flags={**FACES, "data.index": indices, "client.batch_size": 4, "client.seed": 1,
-                                  **server_flags("fishing:target=0"), "attack.attack": {"iterations": 2}})
+                                  **server_flags("fishing:target=0"), "attack.attack": {"iterations": 2}, "threat": "G"})
         return [h for h in run(cfg).hints if "fished class 0 has no image" in h]
 
     assert notes([100, 101, 102, 103]) and not notes([0, 101, 102, 103])

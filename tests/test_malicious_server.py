@@ -27,7 +27,7 @@ FACES = {"data.name": "samples", "data.options": {"subset": "faces"}, "data.imag
 def imprint_run(batch: int, clients: int = 1, defense: str | None = None, bins: int = 256, **flags):
     stages = [d for d in (defense, f"aggregate:clients={clients}" if clients > 1 else None) if d]
     cfg = build_config(flags={**FACES, "client.batch_size": batch, "client.defense": "+".join(stages) or None,
-                              "client.seed": 3, **server_flags(f"imprint:bins={bins}"), **flags})
+                              "client.seed": 3, **server_flags(f"imprint:bins={bins}"), "threat": "G", **flags})
     return run(cfg)
 
 
@@ -92,7 +92,7 @@ def test_server_config_is_validated_and_canonical():
     assert parse_modification(cfg.server.modification).spec() == cfg.server.modification  # parses back
     assert build_config(flags={**server_flags("imprint:bins=8"), "attack.name": "ig"}).attack.name == "ig"
     assert build_config(flags=server_flags("honest")).server.modification is None
-    assert set(MODIFICATIONS.names()) == {"imprint", "fishing"}
+    assert set(MODIFICATIONS.names()) == {"imprint", "fishing", "trap"}
     for overrides, message in [
         (["server.threat=malicious"], "needs server.modification"),
         (["server.modification=imprint"], "honest server modifies nothing"),
@@ -107,7 +107,7 @@ def test_server_config_is_validated_and_canonical():
 
 def test_a_malicious_setting_shows_in_config_metrics_and_report(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    code, stdout, err = cli(monkeypatch, capsys, "attack", "--server", "imprint:bins=64", "--dataset", "samples",
+    code, stdout, err = cli(monkeypatch, capsys, "attack", "--server", "imprint:bins=64", "--threat", "G", "--dataset", "samples",
                             "--set", "data.options.subset=faces", "--image-size", "12", "--model", "lenet",
                             "-b", "4", "--defense", "aggregate:clients=2", "--set", "client.seed=3",  # fixed images
                             "--out", str(out), "-q")
@@ -152,7 +152,7 @@ def test_class_fishing_isolates_the_target_images_gradient():
 
 def test_the_fishing_attack_runs_ig_on_the_isolated_gradient():
     cfg = build_config(flags={**FACES, "data.index": [0, 100, 101, 102], "client.batch_size": 4,
-                              **server_flags("fishing:target=0"), "attack.attack": {"iterations": 3}})
+                              **server_flags("fishing:target=0"), "attack.attack": {"iterations": 3}, "threat": "G"})
     assert cfg.attack.name == "fishing"
     result = run(cfg)
     assert result.reconstruction.images.shape == result.truth.images.shape

@@ -54,7 +54,7 @@ def test_convnet_pool_choice():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "vit"}, "unknown model"),
+        ({"name": "nonet"}, "unknown model"),
         ({"name": "resnet18", "norm": "layer"}, "norm must be"),
         ({"name": "convnet", "image_size": 8}, "too small"),
         ({"name": "lenet", "depth": 3}, "unexpected keyword"),

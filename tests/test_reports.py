@@ -72,7 +72,7 @@ def test_run_report_shows_loss_curve_baselines_and_captioned_images(tmp_path, mo
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("FEDLEAK_LPIPS", raising=False)
     out = tmp_path / "run"
-    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--batch-size", "2", "--known-labels",
+    code, _, err = fedleak(monkeypatch, capsys, "attack", *TINY, "--batch-size", "2", "--known-labels", "--threat", "C",
                            "--out", str(out))
     assert code == 0, err
     html = (out / "report.html").read_text()

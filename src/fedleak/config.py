@@ -31,6 +31,7 @@ from fedleak.fl.payload import TRAINING_SETTINGS, ClientTraining, client_trainin
 from fedleak.fl.server import HONEST, canonical, default_attack
 from fedleak.identity import LATER_FIELDS
 from fedleak.models.external import is_external, refuse_file_factory
+from fedleak.threats import THREAT_MODELS
 
 
 class Section(BaseModel):
@@ -246,6 +247,10 @@ class RunConfig(Section):
     device: str = Field("auto", description="where the run computes: auto | cpu | cuda | cuda:N | mps (auto: CUDA, "
                         "else MPS, else CPU); the resolved device is recorded with the results")
     seed: int = Field(0, ge=0, lt=2**63, description="run seed, recorded with the results")
+    threat: str | None = Field(None, description="the threat model the run grants its attacker, A–H (fedleak.threats; "
+                               "unset: B, the honest-but-curious server with public training settings, for a run; "
+                               "the weakest that grants what each run uses, for a study); a run that needs more "
+                               "is refused")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     client: ClientSection = Field(default_factory=ClientSection)
@@ -259,6 +264,15 @@ class RunConfig(Section):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @field_validator("threat")
+    @classmethod
+    def _threat(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if v.strip().upper() not in THREAT_MODELS:
+            raise ValueError(f"unknown threat model {v!r}: choose one of {', '.join(THREAT_MODELS)}")
+        return v.strip().upper()
 
     @model_validator(mode="after")
     def _normalization_channels(self) -> RunConfig:

@@ -20,9 +20,10 @@ from typing import Any
 
 ERASED = object()  # a location removed from the tree (the default), rather than set to a value
 
-RUN_LOCATIONS: Mapping[str, Any] = {"data.root": None, "device": ERASED}
+RUN_LOCATIONS: Mapping[str, Any] = {"data.root": None, "device": ERASED, "threat": ERASED}
 """A run config's locations. Run keys have always hashed ``data.root`` as null (the key stays
-where the config holds a data section) and left ``device`` out."""
+where the config holds a data section) and left ``device`` out. ``threat`` is left out too: the
+threat model a run is granted decides whether it may run, never what it computes."""
 
 
 LATER_FIELDS: Mapping[str, Any] = {"model.mean": None, "model.std": None}

@@ -7,7 +7,10 @@ trains (``fedleak inspect-model``, or :func:`inspect_model` from a Flower client
   nonzero row pointing the same way — with staggered biases, i.e. thresholds on one number; or a
   layer whose columns all write the same direction back (the block's decoder);
 - **fishing-like** (Wen et al.): a classifier with one dominant row (the others near zero) or with
-  biases far apart, which makes the model's prediction ignore the input for all classes but one.
+  biases far apart, which makes the model's prediction ignore the input for all classes but one;
+- **trap-like** (Boenisch et al.'s trap weights): a fully connected layer whose rows' negative
+  weights are systematically larger than their positive ones — more than the rows' share of negative
+  weights explains — so that its neurons rarely fire and many fire for one image alone.
 
 The checks read weights only (a state dict is enough: no architecture, no data), by shape and role,
 never by name — a server can call its tensors anything: every floating-point tensor of two or more
@@ -29,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from scipy.stats import binomtest
 from torch import Tensor, nn
 
 from fedleak.data import load_dataset
@@ -48,6 +52,9 @@ class Thresholds:
     aligned_share: float = 0.9  # share of nonzero rows that must be aligned
     dominance: float = 10.0  # largest classifier row norm over the median row norm
     bias_gap: float = 10.0  # largest minus smallest classifier bias, in logits
+    trap_columns: int = 16  # fully connected layers with fewer inputs are not checked for trap weights
+    trap_p: float = 1e-8  # one-sided sign-test p-value of rows with a negative-magnitude excess, at most
+    trap_excess: float = 0.01  # the rows' median excess, log(magnitude ratio) − log(count ratio), at least
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class Findings:
     def summary(self) -> str:
         """One line: what was found, or that nothing was."""
         if not self.findings:
-            return f"no imprint-like or fishing-like structure in {self.checked} weight tensors"
+            return f"no imprint-like or fishing-like structure, no trap weights, in {self.checked} weight tensors"
         return f"{len(self.findings)} suspicious layer(s) ({', '.join(self.kinds)}) in {self.checked} weight tensors"
 
     def as_dict(self) -> dict[str, Any]:
@@ -252,6 +259,43 @@ def fishing_like(weights: Weights, limits: Thresholds, num_classes: int | None =
                 found.append(Finding("fishing", bias_name or name,
                                      f"classifier biases span {gap:.3g} logits (class {int(b.argmin())} is pushed "
                                      f"{float(b.median() - b.min()):.3g} below the median)", gap))
+    return found
+
+
+def magnitude_excess(matrix: Tensor) -> Tensor:
+    """Per row with weights of both signs: log(mean |negative weight| / mean positive weight) −
+    log(count of negative / count of positive weights). It is 0 in expectation for a sign-symmetric
+    row (every honest initialisation) and for a uniform row shifted by a constant (a shift grows the
+    negatives' count and magnitude together), and log s for a row whose negative weights were scaled
+    by s (trap weights keep the signs balanced)."""
+    negative, positive = (matrix < 0).sum(1), (matrix > 0).sum(1)
+    both = (negative > 0) & (positive > 0)
+    m, neg, pos = matrix[both], negative[both].to(matrix.dtype), positive[both].to(matrix.dtype)
+    ratio = ((-m).clamp_min(0).sum(1) / neg) / (m.clamp_min(0).sum(1) / pos)
+    return torch.log(ratio) - torch.log(neg / pos)
+
+
+@CHECKS.register("trap")
+def trap_like(weights: Weights, limits: Thresholds, num_classes: int | None = None) -> list[Finding]:
+    """Fully connected layers (not classifiers, at least ``trap_columns`` inputs) whose rows have a
+    positive :func:`magnitude_excess` so systematically that a sign test (each row's excess positive
+    or not, probability ½ each for an honest row) gives p ≤ ``trap_p``, with a median excess of at
+    least ``trap_excess``."""
+    heads = set(classifiers(weights, num_classes))
+    found = []
+    for name, entry in weights.items():
+        if entry.ndim != 2 or name in heads or entry.matrix.shape[1] < limits.trap_columns:
+            continue
+        excess = magnitude_excess(entry.matrix)
+        if len(excess) < limits.min_rows:
+            continue
+        above = int((excess > 0).sum())
+        p = float(binomtest(above, len(excess), 0.5, alternative="greater").pvalue)
+        median = float(excess.median())
+        if p <= limits.trap_p and median >= limits.trap_excess:
+            found.append(Finding("trap", name, f"{above} of {len(excess)} rows weigh their negative weights "
+                                 f"more than their positive ones beyond their count (median factor "
+                                 f"{math.exp(median):.3g}, sign test p = {p:.2g}): neurons that rarely fire", median))
     return found
 
 

@@ -32,6 +32,7 @@ from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info
 from fedleak.models.external import check_attackable, is_external
 from fedleak.models.normalization import Evidence, resolve_normalization
+from fedleak.needs import check_run
 from fedleak.serving import apply_server, record_server
 
 
@@ -56,6 +57,7 @@ class RunResult:
     memory: dict[str, Any] = field(default_factory=dict)  # the attack's peak memory (fedleak.device.peak_memory)
     batch: int = 1  # how many runs' attacks shared one batched optimisation with this one
     checkpoint: dict[str, Any] = field(default_factory=dict)  # the attacked weights (checkpoint_summary)
+    threat: dict[str, Any] = field(default_factory=dict)  # the threat model granted and used (needs.check_run)
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -87,6 +89,7 @@ class RunResult:
             "images": [vars(s) for s in ev.images],
             "hints": self.hints,
             "checkpoint": self.checkpoint or None,
+            "threat": self.threat or None,
         }
 
 
@@ -217,6 +220,7 @@ class Prepared:
     start: float
     checkpoint: dict[str, Any] = field(default_factory=dict)  # what the attacked weights are (checkpoint_summary)
     notes: list[str] = field(default_factory=list)
+    threat: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(config: RunConfig, model: nn.Module | None = None,
@@ -227,6 +231,8 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
     config = config.model_copy(update={"device": device_name(device)})  # the resolved device is recorded
     torch.manual_seed(config.seed)
     attack = build_attack(config.attack.name, config.attack.settings())
+    threat = check_run(config, attack)  # refused here, before any work, if it needs more than it is granted
+    config = config.model_copy(update={"threat": threat["granted"]})
     config, info = resolve_checkpoint(config)
     d = config.data
     dataset = load_data(config, loader)
@@ -259,7 +265,7 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
         bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
     )
     return Prepared(config, attack, dataset, truth, target, client, payload, knowledge, start,
-                    checkpoint_summary(config, info), checkpoint_notes(config, info))
+                    checkpoint_summary(config, info), checkpoint_notes(config, info), threat)
 
 
 def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str, Any] | None = None,
@@ -283,6 +289,7 @@ def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str,
         checkpoint=p.checkpoint,
         memory=memory or {},
         batch=batch,
+        threat=p.threat,
     )
 
 

@@ -123,7 +123,9 @@ class Attack(ABC, Generic[C]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in getattr(cls, "__orig_bases__", ()):
+        if "Config" in cls.__dict__:  # named in the class body: that one
+            return
+        for base in cls.__dict__.get("__orig_bases__", ()):  # its own bases only, never a parent's
             for arg in get_args(base):
                 if isinstance(arg, type) and issubclass(arg, AttackConfig):
                     cls.Config = arg

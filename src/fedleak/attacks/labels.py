@@ -77,11 +77,135 @@ def wainakh(payload: Payload, num_classes: int) -> Tensor:
     return torch.tensor(sorted(labels), dtype=torch.long, device=sums.device)
 
 
+def classifier_names(payload: Payload, num_classes: int) -> tuple[str, str | None]:
+    """The update names of the classifier's weight (the last 2-D tensor with one row per class) and
+    of its bias (``None`` when it has none)."""
+    for name in reversed(list(payload.update)):
+        if payload.update[name].ndim == 2 and payload.update[name].shape[0] == num_classes:
+            bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
+            found = payload.update.get(bias)
+            return name, bias if found is not None and found.shape == (num_classes,) else None
+    raise FedleakError("label recovery needs a final linear layer with one row per class")
+
+
+def ilrg_condition(payload: Payload, num_classes: int) -> str | None:
+    """Why iLRG does not apply to ``payload`` (one clause), or ``None`` where it does: a single FedSGD
+    gradient; a final linear layer with a bias, in the update and in the global model; the
+    softmax cross-entropy signature, Σ_c ∂L/∂b_c = 0 with ∂L/∂b ≠ 0 (every column of P − Y sums to 0);
+    and the low rank of ∂L/∂W = (1/B)·(P − Y)·Hᵀ, at most min(B, C − 1) (``torch.linalg.matrix_rank``,
+    its float tolerance). A noised, sparsified or sign-compressed update fails the last two."""
+    hyper = payload.hyper
+    if hyper.protocol != "fedsgd":
+        return f"it needs a single FedSGD gradient (client.protocol=fedsgd), this round ran {hyper.protocol}"
+    weight, bias = classifier_names(payload, num_classes)
+    if bias is None or weight not in payload.model_state or bias not in payload.model_state:
+        return "it needs a final linear layer with a bias, in the update and in the global model's state"
+    gw, gb = payload.update[weight], payload.update[bias]
+    if not (torch.isfinite(gw).all() and torch.isfinite(gb).all()) or not gb.abs().sum() > 0:
+        return "the classifier's bias gradient is zero or not finite"
+    if gb.double().sum().abs() > 1e-3 * gb.double().abs().sum():
+        return "the bias gradient does not sum to 0 over the classes (not a softmax cross-entropy gradient)"
+    b, rank = hyper.observed_images, int(torch.linalg.matrix_rank(gw))
+    if rank > min(b, num_classes - 1):
+        return (f"the classifier's weight gradient has rank {rank} > min(B, C − 1) = {min(b, num_classes - 1)}"
+                " (not one batch's softmax cross-entropy gradient)")
+    return None
+
+
+def _solve_counts(posteriors: Tensor, bias_grad: Tensor, b: int) -> Tensor:
+    """iLRG's linear system: B·∂L/∂b = Σ_c n_c (p̂_c − e_c) = (P̂ − I)·n with Σ_c n_c = B, solved by the
+    Moore–Penrose pseudoinverse (P̂'s column c: the posterior of class c's instances); negatives clipped."""
+    c = len(bias_grad)
+    system = torch.cat([posteriors - torch.eye(c, dtype=posteriors.dtype), posteriors.new_ones(1, c)])
+    return (torch.linalg.pinv(system) @ torch.cat([b * bias_grad, bias_grad.new_tensor([float(b)])])).clamp(min=0)
+
+
+def _class_embeddings(weight_grad: Tensor, posteriors: Tensor, counts: Tensor, present: Tensor, b: int,
+                      weight: Tensor) -> Tensor:
+    """The class-wise embeddings Ĥ (one row per class with n_c > 0) that explain the weight gradient,
+    B·∂L/∂W = (P̂ − I)·diag(n)·Ĥ: the least-squares solution, and, along the null space of
+    D = (P̂ − I)·diag(n) (one direction when every class is present: 1ᵀD = 0), the one whose
+    class embeddings are closest to their count-weighted mean (an untrained model maps every image
+    to nearly the same embedding)."""
+    d = (posteriors - torch.eye(len(present), dtype=posteriors.dtype)[:, present]) * counts
+    u, s, vh = torch.linalg.svd(d, full_matrices=True)
+    r = int((s > s[0] * 1e-4).sum())
+    h = vh[:r].T @ ((u[:, :r].T @ (b * weight_grad)) / s[:r, None])
+    null = vh[r:].T
+    if null.shape[1]:
+        w = (counts / counts.sum()).unsqueeze(1)
+        spread, root = null - (w.T @ null), w.sqrt()
+        logits = (h - w.T @ h) @ weight.T  # the spread that matters: the class logits' (W·ĥ)
+        shift = torch.linalg.lstsq(root * spread, -root * logits).solution  # (W·w)ᵀ per null direction
+        h = h + null @ torch.linalg.lstsq(weight, shift.T).solution.T
+    return h
+
+
+def ilrg_counts(payload: Payload, num_classes: int, iterations: int = 20) -> Tensor:
+    """iLRG (Ma et al., ICLR 2023): the class counts (int64, summing to B) of a FedSGD gradient from
+    the classifier z = W·h + b, its gradient and the global model's W and b (see :func:`ilrg`)."""
+    reason = ilrg_condition(payload, num_classes)
+    if reason is not None:
+        raise FedleakError(f"iLRG label recovery does not apply: {reason}; set attack.labels=auto|wainakh")
+    weight, bias = classifier_names(payload, num_classes)
+    assert bias is not None  # ilrg_condition checked it
+    gw, gb = payload.update[weight].double(), payload.update[bias].double()
+    w, bb = (payload.model_state[n].double().to(gw.device) for n in (weight, bias))
+    b = payload.hyper.observed_images
+    mean = gw.T @ gb / (gb @ gb)  # ∂L/∂W ≈ ∂L/∂b · h̄ᵀ, exact when every image has the same embedding
+    posteriors = torch.softmax(w @ mean + bb, 0).unsqueeze(1).repeat(1, num_classes)
+    counts = _solve_counts(posteriors, gb, b)
+    for _ in range(iterations):
+        present = counts > 0.5
+        embeddings = _class_embeddings(gw, posteriors[:, present], counts[present], present, b, w)
+        posteriors[:, present] = torch.softmax(embeddings @ w.T + bb, 1).T
+        previous, counts = counts, _solve_counts(posteriors, gb, b)
+        if (counts - previous).abs().max() < 1e-6:
+            break
+    return _integer_counts(counts, b)
+
+
+def _integer_counts(raw: Tensor, total: int) -> Tensor:
+    """Non-negative integers summing to ``total`` closest to ``raw`` (≥ 0): scaled to ``total``,
+    floored, the remainder given to the largest fractional parts."""
+    r = raw / raw.sum() * total if raw.sum() > 0 else torch.full_like(raw, total / len(raw))
+    counts = r.floor().long()
+    counts[torch.argsort(counts - r, stable=True)[: total - int(counts.sum())]] += 1
+    return counts
+
+
+@LABEL_METHODS.register("ilrg")
+def ilrg(payload: Payload, num_classes: int) -> Tensor:
+    """iLRG (Ma et al., "Instance-wise batch label restoration via gradients in federated learning",
+    ICLR 2023): counts of repeated labels from a FedSGD gradient and the global model's classifier.
+
+    With softmax cross-entropy, B·∂L/∂b = Σ_i (p_i − e_{y_i}) and B·∂L/∂W = Σ_i (p_i − e_{y_i})·h_iᵀ.
+    Taking every instance of class c to share one embedding ĥ_c (nearly so in an untrained model),
+    hence one posterior p̂_c = softmax(W·ĥ_c + b), these are B·∂L/∂b = (P̂ − I)·n and
+    B·∂L/∂W = (P̂ − I)·diag(n)·Ĥ. Starting from the mean embedding (the least-squares fit
+    ∂L/∂W ≈ ∂L/∂b·h̄ᵀ), it alternates the counts n (the pseudoinverse solution, Σ n = B) with the
+    class embeddings Ĥ (:func:`_class_embeddings`) and their posteriors, then rounds n to integers.
+    Exact when all images share an embedding, whatever W and b; the conditions it checks are
+    :func:`ilrg_condition`'s. Not the paper's code: a reading of its method."""
+    counts = ilrg_counts(payload, num_classes)
+    return torch.repeat_interleave(torch.arange(num_classes, device=counts.device), counts)
+
+
+def ilrg_applies(payload: Payload, num_classes: int) -> bool:
+    """Where ``auto`` picks iLRG: :func:`ilrg_condition` holds, an honest server sent the model, and
+    the classifier's input width d is at least B (the embeddings can be distinct)."""
+    if payload.hyper.server != "honest" or ilrg_condition(payload, num_classes) is not None:
+        return False
+    weight, _ = classifier_names(payload, num_classes)
+    return payload.update[weight].shape[1] >= payload.hyper.observed_images
+
+
 @LABEL_METHODS.register("auto")
 def auto(payload: Payload, num_classes: int) -> Tensor:
-    """iDLG when the update stands for one image (exact there), else Wainakh et al.'s batch method,
-    which also finds repeated labels."""
-    method = "idlg" if payload.hyper.observed_images == 1 else "wainakh"
+    """iDLG when the update stands for one image (exact there); iLRG where it applies
+    (:func:`ilrg_applies`); else Wainakh et al.'s batch method, which also finds repeated labels."""
+    b = payload.hyper.observed_images
+    method = "idlg" if b == 1 else "ilrg" if ilrg_applies(payload, num_classes) else "wainakh"
     return LABEL_METHODS.get(method)(payload, num_classes)
 
 

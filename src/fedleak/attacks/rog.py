@@ -43,6 +43,11 @@ class ROG(BatchedMatching):
     Config = ROGConfig
     config: ROGConfig
 
+    def needs(self) -> dict[str, str]:
+        """A restoration prior is trained on public images of the client's distribution."""
+        return {**super().needs(), **({"surrogate_data": f"attack rog's restoration prior {self.config.prior}"}
+                                      if self.config.prior else {})}
+
     @functools.cached_property
     def prior(self) -> RestorationPrior | None:
         """The restoration prior of ``config.prior``, loaded once."""

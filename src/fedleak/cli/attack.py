@@ -37,7 +37,7 @@ FLAGS: dict[str, str] = {
     "--defense": "client.defense",
     "--attack": "attack.name", "--prior": "attack.prior", "--iterations": "attack.iterations",
     "--restarts": "attack.restarts",
-    "--known-labels": "knowledge.labels",
+    "--known-labels": "knowledge.labels", "--threat": "threat",
     "--seed": "seed", "--device": "device", "--out": "out",
 }
 # Help where the field has no description, or where the command line says more (or takes less) than the field.
@@ -114,6 +114,7 @@ def attack(
     iterations: Annotated[int | None, flag("--iterations")] = None,
     restarts: Annotated[int | None, flag("--restarts")] = None,
     known_labels: Annotated[bool | None, flag("--known-labels/--recover-labels")] = None,
+    threat: Annotated[str | None, flag("--threat")] = None,
     seed: Annotated[int | None, flag("--seed")] = None,
     device: Annotated[str | None, flag("--device")] = None,
     out: Annotated[Path | None, flag("--out")] = None,

@@ -1,6 +1,6 @@
 """Obfuscations φ a client applies to what it sends, composable from spec strings."""
 
-from fedleak.defenses import aggregate, compression, dp, noise  # noqa: F401  (fill the registry)
+from fedleak.defenses import aggregate, compression, dp, noise, soteria  # noqa: F401  (fill the registry)
 from fedleak.defenses.base import (
     DEFENSES,
     Aggregation,

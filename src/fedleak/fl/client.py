@@ -14,8 +14,9 @@ from fedleak.device import matmul_precision
 from fedleak.errors import DataError
 from fedleak.fl.aggregation import aggregate_buffers
 from fedleak.fl.payload import ClientData, ClientTraining, Payload, PublicHyperparameters
-from fedleak.fl.protocols import PROTOCOLS
+from fedleak.fl.protocols import PROTOCOLS, regularized_gradient
 from fedleak.models.batchnorm import batch_norm_layers, batch_statistics
+from fedleak.models.precode import has_extra_loss
 
 
 class Client:
@@ -60,7 +61,9 @@ class Client:
         device = data.images.device  # the defense's draws are made where the update lives
         generator = torch.Generator(device=device).manual_seed(self.seed)
         make_gradient = self.defense.gradient
-        gradient = make_gradient(generator) if make_gradient is not None else batch_gradient
+        # A model that adds a term to its training loss (PRECODE's KL) trains with it.
+        plain = regularized_gradient if has_extra_loss(self.model) else batch_gradient
+        gradient = make_gradient(generator) if make_gradient is not None else plain
         inputs = self.normalization.to_input(data.images)
         order = torch.Generator().manual_seed(self.seed)  # a private data order (shuffle without a public seed)
         updates, buffers = [], []

@@ -101,6 +101,7 @@ class Imprint(Modification):
     Config = ImprintConfig
     config: ImprintConfig
     attack = "imprint"
+    requires = {"surrogate_data": "its bin thresholds are quantiles of public images"}
 
     def modify(self, model: nn.Module, context: ServerContext) -> nn.Module:
         cfg = self.config
@@ -166,6 +167,7 @@ class Fishing(Modification):
     Config = FishingConfig
     config: FishingConfig
     attack = "fishing"
+    requires = {"surrogate_data": "its classifier margins are set on public images"}
 
     def modify(self, model: nn.Module, context: ServerContext) -> nn.Module:
         cfg = self.config

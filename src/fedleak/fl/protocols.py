@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedleak.defenses import Gradient, batch_gradient
 from fedleak.fl.payload import PublicHyperparameters
+from fedleak.models.precode import extra_loss
 from fedleak.parameters import trainable
 from fedleak.registry import Registry
 
@@ -22,6 +24,20 @@ Protocol = Callable[..., tuple[Tensors, Tensors]]
 (CPU) draws a private data order, the client's own."""
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def regularized_gradient(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensors:
+    """The gradient of the mean cross-entropy plus the terms the model adds to its training loss
+    after its forward pass (:func:`fedleak.models.precode.extra_loss`: PRECODE's β·KL), per
+    trainable parameter. The client trains with it in place of the plain batch gradient when its
+    model has such terms."""
+    named = trainable(model)
+    loss = F.cross_entropy(model(inputs), labels)
+    extra = extra_loss(model)
+    if extra is not None:
+        loss = loss + extra
+    grads = torch.autograd.grad(loss, [p for _, p in named])
+    return {n: g.detach() for (n, _), g in zip(named, grads)}
 
 
 @PROTOCOLS.register("fedsgd")

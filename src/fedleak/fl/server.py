@@ -78,6 +78,9 @@ class Modification(ABC):
     Config: ClassVar[type[ModificationConfig]] = ModificationConfig
     name: ClassVar[str] = "modification"
     attack: ClassVar[str] = "ig"
+    # The capabilities (fedleak.threats.CAPABILITIES) the server uses to make it, beyond sending a
+    # modified model, each with why.
+    requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModificationConfig) -> None:
         self.config = config

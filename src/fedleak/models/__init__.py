@@ -9,6 +9,7 @@ from fedleak.models import (  # noqa: F401  (fill the registry)
     mlp,
     resnet,
     vgg,
+    vit,
 )
 from fedleak.models.cards import ModelCard
 from fedleak.models.catalogue import card_of

@@ -22,6 +22,7 @@ from fedleak.errors import ConfigError
 from fedleak.models.cards import ModelCard
 from fedleak.models.external import build_external, is_external
 from fedleak.models.layouts import LAYOUTS, Layout
+from fedleak.models.precode import add_precode
 from fedleak.registry import Registry
 
 ImageSize = int | Sequence[int]  # a square side, or (H, W)
@@ -93,17 +94,19 @@ def create_model(
         )
     if width is not None and width <= 0:
         raise ConfigError(f"model width must be positive, got {width}")
+    precode = kwargs.pop("precode", None)  # every family's option: PRECODE's bottleneck (fedleak.models.precode)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         if builder is None:
             given = {} if width is None else {"width": width}
-            return build_external(name, num_classes=num_classes, in_channels=in_channels,
-                                  image_size=size, **given, **kwargs)
+            return add_precode(build_external(name, num_classes=num_classes, in_channels=in_channels,
+                                              image_size=size, **given, **kwargs), precode)
         try:
-            return builder(num_classes, in_channels, size, 1.0 if width is None else width, **kwargs)
+            model = builder(num_classes, in_channels, size, 1.0 if width is None else width, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"model {name!r}: {exc}") from None
+        return add_precode(model, precode)
 
 
 def without_batch_norm(name: str, options: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from fedleak.studies import (  # noqa: F401
     recognition,
     secure_aggregation,
     tradeoff,
+    worst_case,
 )
 from fedleak.studies.base import STUDIES, PlannedRun, Study, StudySettings, study_of
 from fedleak.studies.planning import build_study

@@ -14,11 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedleak.attacks import build_attack
 from fedleak.config import RunConfig, apply_override, build_config, describe_validation_error, parse_override, read_yaml
 from fedleak.errors import ConfigError
 from fedleak.models.external import named_factories
+from fedleak.needs import run_needs
 from fedleak.run_unit import PlannedRun, RunSpec
 from fedleak.studies.base import STUDIES, Study
+from fedleak.threats import smallest
 
 
 def build_study(name: str, preset: str = "cpu", file: str | Path | None = None,
@@ -68,7 +71,7 @@ def plan(study: Study) -> list[Planned]:
         raise ConfigError(f"the study's lists span up to {bound:,} runs (more than {MAX_GRID:,}); shorten them")
     planned = []
     for run in study.plan():
-        config = build_config(flags=run.flags)
+        config = with_threat(build_config(flags=run.flags))
         spec = RunSpec(config=config.model_dump(mode="json"), study=study.name, settings=settings, name=run.name,
                        params=run.params, kind=run.kind, extra=run.extra, flags=run.flags)
         planned.append(Planned(run, config, spec))
@@ -77,3 +80,12 @@ def plan(study: Study) -> list[Planned]:
         twice = next(p.run.name for p in planned if keys.count(p.key) > 1)
         raise ConfigError(f"the grid holds the same run twice ({twice}): its settings repeat a value")
     return planned
+
+
+def with_threat(config: RunConfig) -> RunConfig:
+    """``config`` granted, where it names no threat model, the weakest that grants what it uses: a
+    study's protocol decides what its attacker knows, and each run records it."""
+    if config.threat is not None:
+        return config
+    attack = build_attack(config.attack.name, config.attack.settings())
+    return config.model_copy(update={"threat": smallest(run_needs(config, attack))})
