@@ -78,7 +78,7 @@ TRAPS = ["trap:scale=1.2", "trap:scale=1.3", "trap:rate=0.125"]  # only a fully 
 def test_every_trapped_mlp_is_flagged(spec):
     cfg = build_config(flags={**SMALL, "model.name": "mlp", **server_flags(spec)})
     model, classes = sent_model(cfg)
-    assert "trap" in inspect_model(model, classes).kinds()
+    assert "trap" in inspect_model(model, classes).kinds
 
 
 def test_every_registered_modification_is_covered():

@@ -116,7 +116,7 @@ def _solve_counts(posteriors: Tensor, bias_grad: Tensor, b: int) -> Tensor:
     """iLRG's linear system: B·∂L/∂b = Σ_c n_c (p̂_c − e_c) = (P̂ − I)·n with Σ_c n_c = B, solved by the
     Moore–Penrose pseudoinverse (P̂'s column c: the posterior of class c's instances); negatives clipped."""
     c = len(bias_grad)
-    system = torch.cat([posteriors - torch.eye(c, dtype=posteriors.dtype), posteriors.new_ones(1, c)])
+    system = torch.cat([posteriors - torch.eye(c, dtype=posteriors.dtype, device=posteriors.device), posteriors.new_ones(1, c)])
     return (torch.linalg.pinv(system) @ torch.cat([b * bias_grad, bias_grad.new_tensor([float(b)])])).clamp(min=0)
 
 
@@ -127,7 +127,7 @@ def _class_embeddings(weight_grad: Tensor, posteriors: Tensor, counts: Tensor, p
     D = (P̂ − I)·diag(n) (one direction when every class is present: 1ᵀD = 0), the one whose
     class embeddings are closest to their count-weighted mean (an untrained model maps every image
     to nearly the same embedding)."""
-    d = (posteriors - torch.eye(len(present), dtype=posteriors.dtype)[:, present]) * counts
+    d = (posteriors - torch.eye(len(present), dtype=posteriors.dtype, device=posteriors.device)[:, present]) * counts
     u, s, vh = torch.linalg.svd(d, full_matrices=True)
     r = int((s > s[0] * 1e-4).sum())
     h = vh[:r].T @ ((u[:, :r].T @ (b * weight_grad)) / s[:r, None])
