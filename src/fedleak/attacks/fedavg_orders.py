@@ -73,7 +73,7 @@ class FedAvgOrdersConfig(MatchingConfig):
     iterations: int = Field(400, ge=1, description="optimisation steps (the release: 2 × 200)")
     lr: float = Field(0.1, gt=0, description="Adam learning rate")
     labels: str = Field("counts", description="label recovery when labels are not known: counts (class counts "
-                        "from the multi-step update) | auto | idlg | yin | wainakh")
+                        "from the multi-step update) | auto | idlg | yin | wainakh | ilrg")
     schedule: Literal["step", "none"] = Field("step", description="lr × 0.1 at 3/8, 5/8, 7/8 | none")
     signed: bool = Field(True, description="step on the sign of the image gradient")
     boxed: bool = Field(True, description="clamp to the valid pixel range after each step")

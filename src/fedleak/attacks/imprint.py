@@ -35,7 +35,7 @@ from fedleak.fl.payload import Payload
 
 
 class ImprintAttackConfig(AttackConfig):
-    labels: str = Field("auto", description="label recovery when labels are not known: auto | idlg | yin | wainakh")
+    labels: str = Field("auto", description="label recovery when labels are not known: auto | idlg | yin | wainakh | ilrg")
     empty: float = Field(1e-9, ge=0, lt=1, description="a bin whose bias-gradient difference is at most this "
                          "share of the largest is empty")
 

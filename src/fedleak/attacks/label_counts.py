@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedleak.attacks.base import AttackerKnowledge, target_model
-from fedleak.attacks.labels import LABEL_METHODS
+from fedleak.attacks.labels import LABEL_METHODS, classifier_names, integer_counts
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import Payload, PublicHyperparameters
 from fedleak.fl.protocols import PROTOCOLS
@@ -87,17 +87,6 @@ def step_weights(hyper: PublicHyperparameters) -> Steps:
         weights, move = 1 + mu * weights, 1 + mu * move
     travelled = np.concatenate([[0.0], np.cumsum(move)])
     return Steps(weights=weights, positions=travelled[:-1] / travelled[-1])
-
-
-def classifier_names(payload: Payload, num_classes: int) -> tuple[str, str | None]:
-    """The update names of the classifier's weight (the last 2-D tensor with one row per class) and
-    of its bias (``None`` when it has none)."""
-    for name in reversed(list(payload.update)):
-        if payload.update[name].ndim == 2 and payload.update[name].shape[0] == num_classes:
-            bias = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
-            found = payload.update.get(bias)
-            return name, bias if found is not None and found.shape == (num_classes,) else None
-    raise FedleakError("label counts need a final linear layer with one row per class")
 
 
 def gradient_sum(payload: Payload, name: str, steps: Steps) -> Tensor:
@@ -354,19 +343,6 @@ def recover_label_counts(payload: Payload, knowledge_or_num_classes: AttackerKno
     [0, 1] with their labels: :func:`raw_label_counts`, clipped and rounded (:func:`integer_counts`)."""
     raw = raw_label_counts(payload, knowledge_or_num_classes, public_images, public_labels, settings)
     return integer_counts(raw, payload.hyper.observed_images)
-
-
-def integer_counts(raw: np.ndarray | Tensor, total: int) -> Tensor:
-    """Non-negative integer counts summing to ``total`` closest to ``raw``: negatives clipped, the
-    rest scaled to ``total``, floored, the remainder given to the largest fractional parts."""
-    r = np.clip(np.asarray(raw, dtype=np.float64), 0, None)
-    if not np.isfinite(r).all():
-        raise FedleakError("the update gives non-finite label counts (is it finite?)")
-    r = r / r.sum() * total if r.sum() > 0 else np.full(len(r), total / len(r))
-    counts = np.floor(r).astype(np.int64)
-    order = np.argsort(-(r - counts), kind="stable")
-    counts[order[: total - int(counts.sum())]] += 1
-    return torch.from_numpy(counts)
 
 
 def counts_to_labels(counts: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -162,16 +163,20 @@ def ilrg_counts(payload: Payload, num_classes: int, iterations: int = 20) -> Ten
         previous, counts = counts, _solve_counts(posteriors, gb, b)
         if (counts - previous).abs().max() < 1e-6:
             break
-    return _integer_counts(counts, b)
+    return integer_counts(counts.cpu(), b).to(counts.device)
 
 
-def _integer_counts(raw: Tensor, total: int) -> Tensor:
-    """Non-negative integers summing to ``total`` closest to ``raw`` (≥ 0): scaled to ``total``,
-    floored, the remainder given to the largest fractional parts."""
-    r = raw / raw.sum() * total if raw.sum() > 0 else torch.full_like(raw, total / len(raw))
-    counts = r.floor().long()
-    counts[torch.argsort(counts - r, stable=True)[: total - int(counts.sum())]] += 1
-    return counts
+def integer_counts(raw: np.ndarray | Tensor, total: int) -> Tensor:
+    """Non-negative integer counts summing to ``total`` closest to ``raw``: negatives clipped, the
+    rest scaled to ``total``, floored, the remainder given to the largest fractional parts."""
+    r = np.clip(np.asarray(raw, dtype=np.float64), 0, None)
+    if not np.isfinite(r).all():
+        raise FedleakError("the update gives non-finite label counts (is it finite?)")
+    r = r / r.sum() * total if r.sum() > 0 else np.full(len(r), total / len(r))
+    counts = np.floor(r).astype(np.int64)
+    order = np.argsort(-(r - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    return torch.from_numpy(counts)
 
 
 @LABEL_METHODS.register("ilrg")

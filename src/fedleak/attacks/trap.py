@@ -57,7 +57,7 @@ from fedleak.fl.trap import Trap, first_linear
 
 
 class TrapAttackConfig(AttackConfig):
-    labels: str = Field("auto", description="label recovery when labels are not known: auto | idlg | yin | wainakh")
+    labels: str = Field("auto", description="label recovery when labels are not known: auto | idlg | yin | wainakh | ilrg")
     empty: float = Field(1e-9, ge=0, lt=1, description="a row whose bias gradient is at most this share of the "
                          "largest is inactive")
     tolerance: float = Field(1e-3, gt=0, lt=1, description="candidates closer than this (largest pixel difference, "
