@@ -70,8 +70,9 @@ def plan(study: Study) -> list[Planned]:
     if bound > MAX_GRID:  # before the plan is built: a settings file of long lists must not exhaust memory
         raise ConfigError(f"the study's lists span up to {bound:,} runs (more than {MAX_GRID:,}); shorten them")
     planned = []
+    attacks: dict[str, Any] = {}  # one built attack per distinct attack section (for what it needs)
     for run in study.plan():
-        config = with_threat(build_config(flags=run.flags))
+        config = with_threat(build_config(flags=run.flags), attacks)
         spec = RunSpec(config=config.model_dump(mode="json"), study=study.name, settings=settings, name=run.name,
                        params=run.params, kind=run.kind, extra=run.extra, flags=run.flags)
         planned.append(Planned(run, config, spec))
@@ -82,10 +83,15 @@ def plan(study: Study) -> list[Planned]:
     return planned
 
 
-def with_threat(config: RunConfig) -> RunConfig:
+def with_threat(config: RunConfig, attacks: dict[str, Any] | None = None) -> RunConfig:
     """``config`` granted, where it names no threat model, the weakest that grants what it uses: a
-    study's protocol decides what its attacker knows, and each run records it."""
+    study's protocol decides what its attacker knows, and each run records it. ``attacks`` caches
+    the built attack of each attack section across a plan."""
     if config.threat is not None:
         return config
-    attack = build_attack(config.attack.name, config.attack.settings())
+    cache = {} if attacks is None else attacks
+    key = config.attack.model_dump_json()
+    if key not in cache:
+        cache[key] = build_attack(config.attack.name, config.attack.settings())
+    attack = cache[key]
     return config.model_copy(update={"threat": smallest(run_needs(config, attack))})
