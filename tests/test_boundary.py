@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fedleak import pipeline
+from fedleak.modalities import image as image_modality
 from fedleak.attacks import ATTACKS, Attack, AttackerKnowledge
 from fedleak.attacks.base import AttackConfig, Reconstruction
 from fedleak.config import build_config
@@ -237,7 +238,8 @@ def test_the_checker_catches_a_leaking_pipeline(spy, monkeypatch, name):
     _Stash.data = None
     monkeypatch.setattr(pipeline, "Client", client)
     if change is not None:
-        monkeypatch.setattr(pipeline, "AttackerKnowledge", _leaky_knowledge(change))
+        # the image modality builds what the attacker is told (fedleak.modalities.image)
+        monkeypatch.setattr(image_modality, "AttackerKnowledge", _leaky_knowledge(change))
     cfg, result, payload, knowledge = _run_spied(spy, SETTINGS[case])
     assert _Stash.data is result.truth  # the leaking client really ran in the pipeline
     found = leaks(payload, knowledge, result.truth, cfg.knowledge.labels)

@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from fedleak.attacks import AttackerKnowledge, build_attack
 from fedleak.attacks.labels import LABEL_METHODS
 from fedleak.config import build_config
+from fedleak.data.normalization import Normalization
 from fedleak.device import device_name
 from fedleak.errors import ConfigError
-from fedleak.data.normalization import Normalization
-from fedleak.fl import Client, ClientTraining, ClientData
+from fedleak.fl import Client, ClientData, ClientTraining
 from fedleak.fl.payload import Payload
 from fedleak.fl.server import server_flags
-from fedleak.serving import apply_server
 from fedleak.models import create_model
+from fedleak.serving import apply_server
 from tests.test_cli import fedleak as run_cli
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
@@ -155,7 +155,7 @@ def test_server_modifications_are_built_on_the_model_s_device(spec, bins, meta_g
     """``apply_server`` with a meta model: the server's public images (from the loader, on the host)
     are moved to the model's device, and every weight of the modified model is made there."""
     from fedleak.data import load_dataset
-    from fedleak.pipeline import Target
+    from fedleak.modalities import Target
 
     config = build_config(flags={**FACES, **server_flags(spec)})
     dataset = load_dataset("samples", None, split="test", image_size=12, subset="faces")
@@ -172,7 +172,7 @@ def test_the_imprint_attack_reads_an_imprinted_update_on_meta(meta_generators):
     bins (no host read: the shapes do not depend on the values)."""
     from fedleak.attacks.imprint import bin_images, pick_bins
     from fedleak.data import load_dataset
-    from fedleak.pipeline import Target
+    from fedleak.modalities import Target
 
     dataset = load_dataset("samples", None, split="test", image_size=12, subset="faces")
     body = create_model("convnet", dataset.num_classes, 3, 12, width=0.125, seed=0, norm="none").to("meta")

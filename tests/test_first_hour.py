@@ -10,7 +10,8 @@ from PIL import Image
 
 from fedleak.config import DEFAULT_JOB, build_config
 from fedleak.data import load_dataset
-from fedleak.pipeline import build_target, run
+from fedleak.modalities import build_target
+from fedleak.pipeline import run
 from tests.test_cli import fedleak
 
 TINY = ["--image-size", "8", "--model", "lenet", "--iterations", "1", "-q"]

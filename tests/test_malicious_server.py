@@ -15,9 +15,10 @@ from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl.client import normalize
 from fedleak.fl.modifications import Imprinted, classifier_of
 from fedleak.fl.server import MODIFICATIONS, parse_modification, server_flags
-from fedleak.serving import apply_server
 from fedleak.metrics.recovery import is_exact, recovery_summary
-from fedleak.pipeline import build_target, run
+from fedleak.modalities import build_target
+from fedleak.pipeline import run
+from fedleak.serving import apply_server
 from tests.test_cli import fedleak as cli
 
 FACES = {"data.name": "samples", "data.options": {"subset": "faces"}, "data.image_size": 12,

@@ -15,14 +15,14 @@ from torch import nn
 from fedleak.config import RunConfig, build_config
 from fedleak.data import load_dataset
 from fedleak.errors import ConfigError
+from fedleak.modalities import build_target
 from fedleak.models import CARDS, MODELS, ModelCard, card_of, create_model
 from fedleak.models.cards import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
 from fedleak.models.catalogue import card_table, describe_model, file_card
 from fedleak.models.checkpoint import CheckpointInfo, save_checkpoint, save_tensors
 from fedleak.models.normalization import SOURCES, Evidence, declared_normalization, resolve_normalization
-from fedleak.pipeline import build_target, resolve_checkpoint
+from fedleak.pipeline import resolve_checkpoint
 from fedleak.run_unit import RunSpec
-
 from tests.foreign_layouts import foreign_state
 from tests.test_cli import fedleak
 
@@ -44,10 +44,23 @@ EXPECTED = {  # what each registered model's card says: (input size, mean, std)
 }
 
 
+TEXT = {"gpt2-tiny": 128, "gpt2-small-shape": 1024, "bert-tiny": 512, "bert-small-shape": 512}  # their context
+
+
 # ------------------------------------------------------------------------------------------- cards
 
 def test_every_registered_model_has_a_card_and_every_card_a_model():
-    assert CARDS.names() == MODELS.names() == sorted(EXPECTED)
+    assert CARDS.names() == MODELS.names() == sorted({*EXPECTED, *TEXT})
+
+
+@pytest.mark.parametrize("name", sorted(TEXT))
+def test_text_cards_say_token_ids_and_their_context(name):
+    card = card_of(name)
+    assert card.modality == "text" and card.context_length == TEXT[name]
+    assert "token ids" in card.summary() and f"≤{TEXT[name]} tokens" in card.size_text()
+    text = describe_model(name)
+    assert "image_size" not in text and f"at most {TEXT[name]}" in text
+    assert yaml.safe_load(text)["model"]["name"] == name
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -95,7 +108,9 @@ def test_a_malformed_card_is_refused(kwargs, message):
 def test_card_table_lists_every_model():
     rows = card_table()
     assert [r["model"] for r in rows] == MODELS.names()
-    assert all(set(r) == {"model", "input_size", "mean", "std", "dataset", "reference"} for r in rows)
+    image = {"model", "input_size", "mean", "std", "dataset", "reference"}
+    assert all(set(r) == image for r in rows if r["model"] not in TEXT)
+    assert all(set(r) == image | {"modality", "context_length"} for r in rows if r["model"] in TEXT)
 
 
 def test_config_command_shows_a_models_section_and_card(monkeypatch, capsys):

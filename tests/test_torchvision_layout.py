@@ -9,7 +9,6 @@ import torch
 from fedleak.errors import FedleakError
 from fedleak.models import create_model
 from fedleak.models.checkpoint import load_into
-
 from tests.foreign_layouts import foreign_state
 from tests.test_cli import fedleak
 
@@ -67,7 +66,8 @@ def test_attack_command_loads_a_torchvision_checkpoint(tmp_path, monkeypatch, ca
 
 def test_weights_reach_the_attacked_model(tmp_path):
     from fedleak.config import build_config
-    from fedleak.pipeline import build_target, load_data
+    from fedleak.modalities import build_target
+    from fedleak.pipeline import load_data
 
     source = create_model("densenet121", 10, 3, 16, width=0.125, seed=4)
     torch.save(foreign_state(source, "densenet121"), tmp_path / "dn.pt")

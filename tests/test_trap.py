@@ -20,8 +20,9 @@ from fedleak.fl.client import normalize
 from fedleak.fl.server import parse_modification, server_flags
 from fedleak.fl.trap import first_linear
 from fedleak.inspect import FLAGGED, inspect_model, inspect_state, sent_model
+from fedleak.modalities import build_target
 from fedleak.models import create_model
-from fedleak.pipeline import build_target, run
+from fedleak.pipeline import run
 from fedleak.serving import apply_server
 from tests.test_cli import fedleak as cli
 

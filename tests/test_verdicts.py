@@ -81,6 +81,8 @@ def test_evidence_of_a_leak_stands_and_a_mis_specified_calibration_is_not_used()
 def test_minimum_iterations_and_data_order():
     assert minimum_iterations("ig") == 1000 and minimum_iterations("analytic") == 0
     assert minimum_iterations("unregistered", build_attack("ig").config) == 1000
+    # SPEAR's later-layer feature inversion runs its default 400 steps: enough, not "below its minimum"
+    assert minimum_iterations("spear", build_attack("spear").config) == build_attack("spear").config.iterations
     shuffled = ClientTraining("fedavg", lr=0.1, local_batch_size=2, epochs=1, shuffle=True).public(4)
     assert "private seed" in order_unknown(shuffled)
     seeded = dataclasses.replace(shuffled, shuffle=False, shuffle_seed=3)

@@ -64,3 +64,21 @@ def test_an_exact_attack_makes_the_worst_case_leak(tmp_path):
     assert worst["per_image"].count("analytic") == 2
     noisy = next(r for r in rows if r["attack"] == "analytic" and r["defense"] == "noise:snr_db=0")
     assert noisy["exact"] == 0.0  # noise at 0 dB breaks the exact ratio
+
+
+def test_a_closed_form_attack_needs_no_iteration_minimum(tmp_path):
+    """SPEAR through a first linear layer solves in closed form (0 iterations) although its settings
+    count feature-inversion steps; that must not make a clean result inconclusive. With SSIM 1 as the
+    bar no noisy reconstruction counts, so both closed-form attacks finishing means no leak found."""
+    overrides = [*TINY[:5], "defenses=['noise:snr_db=0']", "ssim=1",
+                 "attacks={spear: {name: spear}, analytic: {name: analytic}}"]
+    out = tmp_path / "wc"
+    run_study(build_study("worst-case", "cpu", overrides=overrides), "cpu", out, progress=False)
+    rows = {r["attack"]: r for r in json.loads((out / "table.json").read_text())}
+    for label in ("spear", "analytic"):
+        assert rows[label]["applies"] == "yes" and rows[label]["images"] == 2
+        assert rows[label]["iterations"] == 0 and rows[label]["minimum"] == 0
+        assert rows[label]["exact"] == 0.0 and rows[label]["recovered"] == 0.0
+    worst = rows["worst case"]
+    assert worst["verdict"] == "no leak found", worst["reason"]
+    assert "2 attacks at their minimum budgets" in worst["reason"]

@@ -41,7 +41,7 @@ class Section(BaseModel):
 
 
 class DataSection(Section):
-    name: str = Field("samples", description="dataset: samples | mnist | cifar10 | cifar100 | folder")
+    name: str = Field("samples", description="dataset: samples | mnist | cifar10 | cifar100 | folder; text (with the text extra): pii | text | hf-disk")
     root: str | None = Field(None, description="data folder ($FEDLEAK_DATA when unset)")
     split: Literal["train", "test"] = "test"
     image_size: int | tuple[int, int] | None = Field(None, description="resize to this square side, or to [H, W]")

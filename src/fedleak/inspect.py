@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from fedleak.data import load_dataset
 from fedleak.device import resolve_device
 from fedleak.errors import FedleakError
-from fedleak.pipeline import build_target, resolve_checkpoint
+from fedleak.modalities import build_target
+from fedleak.pipeline import resolve_checkpoint
 from fedleak.registry import Registry
 from fedleak.serving import apply_server
 

@@ -9,7 +9,6 @@ its outcome — is the run unit above this module (:mod:`fedleak.run_unit`).
 
 from __future__ import annotations
 
-import copy
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +26,8 @@ from fedleak.defenses import parse_defense
 from fedleak.device import device_name, peak_memory, resolve_device
 from fedleak.errors import ConfigError
 from fedleak.fl import Client, ClientData, Payload, client_training
-from fedleak.metrics import Evaluation, evaluate, lpips_scorers
-from fedleak.models import create_model
-from fedleak.models.checkpoint import CheckpointInfo, load_into, read_info
-from fedleak.models.external import check_attackable, is_external
-from fedleak.models.normalization import Evidence, resolve_normalization
+from fedleak.modalities import Target, modality_of
+from fedleak.models.checkpoint import CheckpointInfo, read_info
 from fedleak.needs import check_run
 from fedleak.serving import apply_server, record_server
 
@@ -45,11 +41,11 @@ class RunResult:
 
     config: RunConfig
     attack_settings: dict[str, Any]
-    dataset: ImageDataset
+    dataset: Any  # an ImageDataset, or a text dataset (the modality's)
     truth: ClientData
     payload: Payload
     reconstruction: Reconstruction
-    evaluation: Evaluation
+    evaluation: Any  # the modality's evaluation (metrics.Evaluation for images; modalities.Scored)
     seconds: float
     privacy: dict[str, Any] = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)  # e.g. what LPIPS weights to place where
@@ -58,6 +54,7 @@ class RunResult:
     batch: int = 1  # how many runs' attacks shared one batched optimisation with this one
     checkpoint: dict[str, Any] = field(default_factory=dict)  # the attacked weights (checkpoint_summary)
     threat: dict[str, Any] = field(default_factory=dict)  # the threat model granted and used (needs.check_run)
+    modality: str = "image"  # the dataset's modality (fedleak.modalities)
 
     def resolved_config(self) -> dict[str, Any]:
         """The fully resolved config, attack defaults filled in."""
@@ -68,11 +65,8 @@ class RunResult:
     def metrics(self) -> dict[str, Any]:
         ev, rec = self.evaluation, self.reconstruction
         return {
-            "psnr": ev.psnr,
-            "ssim": ev.ssim,
-            "lpips": ev.lpips,
-            **{f"lpips_{net}": v for net, v in ev.lpips.items()},
-            "label_accuracy": ev.label_accuracy,
+            **ev.summary(),
+            "modality": self.modality,
             "matching_loss": rec.matching_loss,
             "restart_losses": rec.restart_losses,
             "iterations": rec.iterations,
@@ -86,26 +80,10 @@ class RunResult:
             "defense": self.payload.hyper.defense,
             "privacy": self.privacy,
             "normalization": self.target.normalization() if self.target is not None else None,
-            "images": [vars(s) for s in ev.images],
             "hints": self.hints,
             "checkpoint": self.checkpoint or None,
             "threat": self.threat or None,
         }
-
-
-@dataclass
-class Target:
-    """The model a run attacks and the normalisation its clients apply (``source``: where that came
-    from, see :mod:`fedleak.models.normalization`)."""
-
-    model: nn.Module
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    source: str = "dataset"
-
-    def normalization(self) -> dict[str, Any]:
-        """``{mean, std, source}`` as recorded in ``metrics.json``."""
-        return {"mean": list(self.mean), "std": list(self.std), "source": self.source}
 
 
 def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | None]:
@@ -173,37 +151,6 @@ def load_data(config: RunConfig, loader: Callable[..., ImageDataset] = load_data
                   **d.options)
 
 
-def build_target(config: RunConfig, dataset: ImageDataset, info: CheckpointInfo | None = None,
-                 model: nn.Module | None = None) -> Target:
-    """The global model: a given module, or the configured architecture (sized for the dataset's real
-    height and width), with checkpoint weights; and its normalisation, from the first source that has
-    one: the fedleak checkpoint's > ``model.mean``/``model.std`` > a bring-your-own module's declared
-    values > the model card's when a torchvision/timm state dict was loaded > the dataset's
-    (:func:`fedleak.models.normalization.resolve_normalization`)."""
-    c, h, w = dataset.image_shape
-    if info is not None and info.num_classes != dataset.num_classes:
-        raise ConfigError(
-            f"the checkpoint's model has {info.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
-        )
-    if model is not None:
-        target = copy.deepcopy(model)
-    else:
-        seed = config.model.seed if config.model.seed is not None else config.seed
-        target = create_model(config.model.name, dataset.num_classes, c, (h, w), width=config.model.width,
-                              seed=seed, **config.model.options)
-    layout = load_into(target, config.model.checkpoint, config.model.name) if config.model.checkpoint else ""
-    own = model is not None or is_external(config.model.name)  # a bring-your-own module
-    if own or (config.model.checkpoint and info is None):
-        check_attackable(target, dataset.image_shape, dataset.num_classes)
-    m = config.model
-    norm = resolve_normalization(Evidence(
-        channels=c, dataset=(dataset.mean, dataset.std),
-        checkpoint=(info.mean, info.std) if info is not None else None,
-        configured=(m.mean, m.std) if m.mean is not None and m.std is not None else None,
-        module=target if own else None, card_name=m.name if layout and not own else None))
-    return Target(target, norm.mean, norm.std, norm.source)
-
-
 @dataclass
 class Prepared:
     """A run up to the attack: the client has computed its payload; the attacker's side (``attack``,
@@ -211,7 +158,7 @@ class Prepared:
 
     config: RunConfig
     attack: Any
-    dataset: ImageDataset
+    dataset: Any  # the modality's dataset
     truth: ClientData
     target: Target
     client: Client
@@ -243,27 +190,19 @@ def prepare(config: RunConfig, model: nn.Module | None = None,
     # With aggregation the server averages K clients; all K batches are private data at risk.
     clients = parse_defense(config.client.defense).clients
     indices = pick_indices(dataset, config.client.batch_size * clients, d.index, d.classes, seed=client_seed)
-    truth = ClientData(dataset.images(indices).to(device), dataset.label_of(indices).to(device), tuple(indices))
-
-    target = build_target(config, dataset, info, model)
-    # the normalisation the run uses, written out so that config.yaml reproduces it (its source: metrics.json)
-    written = config.model.model_copy(update={"mean": target.mean, "std": target.std})
-    config = config.model_copy(update={"model": written})
+    modality = modality_of(dataset)
+    target = modality.target(config, dataset, info, model)
+    truth = modality.batch(dataset, indices, target, device)
+    if target.mean:  # the normalisation the run uses, written out so that config.yaml reproduces it
+        written = config.model.model_copy(update={"mean": target.mean, "std": target.std})  # (source: metrics.json)
+        config = config.model_copy(update={"model": written})
     target.model.to(device)
     target = apply_server(config, target, dataset, loader)  # a malicious server's modified model, made on the device
     training = client_training({**config.client.model_dump(), "model_mode": config.model.mode})
-    client = Client(target.model, Normalization(target.mean, target.std), training, config.client.defense, client_seed)
+    encoding = target.encoding or Normalization(target.mean, target.std)
+    client = Client(target.model, encoding, training, config.client.defense, client_seed)
     payload = record_server(client.update(truth), config)  # the threat model in the public hyperparameters
-
-    knowledge = AttackerKnowledge(
-        architecture=copy.deepcopy(target.model),
-        input_shape=dataset.image_shape,
-        num_classes=dataset.num_classes,
-        mean=target.mean,
-        std=target.std,
-        labels=truth.labels.clone() if config.knowledge.labels else None,
-        bn_stats=client.batch_norm_statistics(truth) if config.knowledge.bn_stats else None,
-    )
+    knowledge = modality.knowledge(config, target, dataset, truth, client)
     return Prepared(config, attack, dataset, truth, target, client, payload, knowledge, start,
                     checkpoint_summary(config, info), checkpoint_notes(config, info), threat)
 
@@ -272,8 +211,8 @@ def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str,
            batch: int = 1) -> RunResult:
     """Evaluate a prepared run's reconstruction against its private truth."""
     p = prepared
-    scorers, hints = lpips_scorers(p.config.metrics.lpips, p.config.metrics.lpips_weights)
-    evaluation = evaluate(reconstruction, p.truth, scorers)
+    modality = modality_of(p.dataset)
+    evaluation, hints = modality.evaluate(p.config, reconstruction, p.truth, p.dataset)
     return RunResult(
         config=p.config,
         attack_settings=p.attack.config.model_dump(mode="json"),
@@ -290,6 +229,7 @@ def finish(prepared: Prepared, reconstruction: Reconstruction, memory: dict[str,
         memory=memory or {},
         batch=batch,
         threat=p.threat,
+        modality=modality.name,
     )
 
 

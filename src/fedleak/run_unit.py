@@ -33,8 +33,7 @@ from fedleak.data import ImageDataset, load_dataset
 from fedleak.errors import FedleakError
 from fedleak.exits import one_line
 from fedleak.identity import RUN_LOCATIONS, identity, without_defaults
-from fedleak.images import image_grid, png_bytes
-from fedleak.metrics.baselines import no_leak_baselines
+from fedleak.modalities import MODALITIES
 from fedleak.pipeline import RunResult, run, run_many
 from fedleak.registry import Registry
 from fedleak.store import run_key
@@ -212,14 +211,6 @@ def attempt_many(specs: Sequence[RunSpec], loader: Callable[..., ImageDataset] =
 # ------------------------------------------------------------------------------- the attack run kind
 
 
-def image_files(result: RunResult) -> dict[str, bytes]:
-    """Each original and its matched reconstruction as PNG bytes: ``original-<i>.png``, …"""
-    matched = result.reconstruction.images[result.evaluation.order]
-    return {f"{kind}-{i}.png": png_bytes(image_grid([image[None]], pad=0))
-            for i in range(len(matched))
-            for kind, image in (("original", result.truth.images[i]), ("reconstruction", matched[i]))}
-
-
 def content_digest(images: torch.Tensor) -> str:
     """A short SHA-256 of the attacked images' pixels: evidence that a moved dataset is the same data."""
     return hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -228,10 +219,11 @@ def content_digest(images: torch.Tensor) -> str:
 def _attack_outcome(study: Measures | None, spec: RunSpec, result: RunResult) -> Artifacts:
     metrics = result.metrics()
     metrics["dataset"] = {**spec.dataset, "content": content_digest(result.truth.images)}
-    metrics["baselines"] = no_leak_baselines(result.truth.images, result.dataset, result.truth.indices)
+    modality = MODALITIES.get(result.modality)
+    metrics["baselines"] = modality.baselines(result.truth, result.dataset)
     if study is not None:
         metrics.update(study.measure(result, spec.planned()))
-    return metrics, image_files(result)
+    return metrics, modality.files(result.truth, result.reconstruction, result.evaluation)
 
 
 @RUN_KINDS.register("attack")

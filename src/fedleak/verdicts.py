@@ -7,7 +7,9 @@ the attack fail without the update being safe has been ruled out; anything less 
 - **leaks** — evidence, named: with the ground truth (the gate; an audit given the batch for
   scoring), a reconstructed image beats its own mean-colour guess by :data:`PSNR_MARGIN` dB of PSNR
   (:func:`recognisable`), or every label was recovered, or the client's label histogram was recovered
-  within :data:`fedleak.leaks.HISTOGRAM_TV` of total variation (the class mix leaked); without it, the calibrated probability that
+  within :data:`fedleak.leaks.HISTOGRAM_TV` of total variation (the class mix leaked), or the
+  modality's own evidence (:data:`EVIDENCE`; text, :func:`text_evidence`: a sequence recovered
+  exactly, or a recorded PII span verbatim); without it, the calibrated probability that
   the reconstruction is recognisable (:mod:`fedleak.calibration`) is at least
   :data:`LEAK_PROBABILITY` — used only where the simulation is verified, and not where the fit lies
   below the calibration's measured range (there the value is an upper bound only). Evidence of a leak stands
@@ -19,12 +21,15 @@ the attack fail without the update being safe has been ruled out; anything less 
   *and*, without the ground truth, the calibrated probability is at most :data:`SAFE_PROBABILITY`.
   The reason names the attack, its iterations and how the simulation was verified.
 - **inconclusive** — otherwise, each missing condition named: the simulation mis-specified, the
-  budget below the attack's minimum, the data order unknown, a calibrated probability in between.
+  budget below the attack's minimum, the data order unknown, a calibrated probability in between,
+  the attack not applicable to the update (it said so: e.g. DAGER when the batch's tokens fill the
+  span). Text has no calibration (the one of :mod:`fedleak.calibration` is measured on images), so a
+  text audit without ground truth is ``inconclusive`` unless the attack's evidence is scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +53,10 @@ MIN_ITERATIONS: Registry[int] = Registry("attack minimum")
 Lim & Chan ran it (1200; their reconstructions form within the first thousand), DLG's and iDLG's
 L-BFGS 300 steps (their papers'), ROG about 100 (its paper's), fishing's inner IG; the analytic
 and imprint attacks are closed-form (0)."""
+# SPEAR: closed form through a first layer (0 steps), its feature inversion's default 400 on a later one;
+# trap weights and DAGER are closed form.
 for _name, _minimum in (("ig", 1000), ("dlg", 300), ("idlg", 300), ("rog", 100), ("fishing", 1000),
-                        ("analytic", 0), ("imprint", 0)):
+                        ("analytic", 0), ("imprint", 0), ("spear", 400), ("trap", 0), ("dager", 0)):
     MIN_ITERATIONS.register(_name)(_minimum)
 
 
@@ -107,6 +114,9 @@ the measured range);
     bound: str = "estimate"  # what ``probability`` is: an estimate, an "upper bound" or a "lower bound"
     order_unknown: str | None = None
     histogram_error: float | None = None  # TV error of the recovered label histogram (ground truth only)
+    evidence: tuple[str, ...] = ()  # the modality's evidence of a leak against the ground truth (EVIDENCE)
+    searched: str | None = None  # with the ground truth, what the modality found nothing of (the no-leak reason)
+    not_applicable: str | None = None  # why the attack could not apply to this update (None: it could)
 
     @property
     def verified(self) -> bool:
@@ -149,13 +159,16 @@ def decide(f: Findings) -> Verdict:
             and f.probability >= LEAK_PROBABILITY):
         evidence.append(f"calibrated P(recognisable) {'at least ' * (f.bound != 'estimate')}{f.probability:.2f} "
                         f"≥ {LEAK_PROBABILITY:g}")
+    evidence.extend(f.evidence)
     if evidence:
         return Verdict(LEAKS, "; ".join(evidence) + f" ({f.attack}, {f.iterations} iterations)")
     problems = [p for p in [simulation_problem(f)] if p]
     if f.iterations < f.minimum:
         problems.append(f"budget below the attack's minimum: {f.attack} ran {f.iterations} of the {f.minimum} "
                         "iterations it needs")
-    scored = f.recognisable is not None
+    if f.not_applicable is not None:
+        problems.append(f"the attack does not apply to this update: {f.not_applicable}")
+    scored = f.recognisable is not None or f.searched is not None
     if not scored and not problems:
         if f.probability is None:
             problems.append("no calibrated probability for this update")
@@ -172,11 +185,35 @@ def decide(f: Findings) -> Verdict:
         return Verdict(INCONCLUSIVE, "; ".join(problems))
     how = (f"on the client's own batch (cosine {f.truth_fit:.4f})" if f.truth_fit is not None
            else f"by its update's norms ({f.specification.source})" if f.specification is not None else "")
-    found = (f"no image beat its mean-colour guess by {PSNR_MARGIN:g} dB, labels not all recovered" if scored
+    found = (f.searched if f.searched is not None
+             else f"no image beat its mean-colour guess by {PSNR_MARGIN:g} dB, labels not all recovered" if scored
              else f"calibrated P(recognisable) {f.probability:.2f}"
              + ("" if f.bound == "estimate" else f" ({f.bound}: the fit lies outside the measured range)"))
     return Verdict(NO_LEAK, f"{f.attack} at {f.iterations} iterations (minimum {f.minimum}), simulation verified "
                             f"{how}: {found}")
+
+
+def text_evidence(summary: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The text rule, on a :class:`~fedleak.metrics.text.TextEvaluation` summary: a leak when at
+    least one sequence of the batch was recovered exactly (token ids equal at every real position)
+    or at least one recorded PII span appears verbatim in its matched reconstruction; returns the
+    evidence lines and what was searched (the no-leak reason). ROUGE alone is no evidence: two
+    sentences of a templated corpus share many words (the no-leak baseline shows how many)."""
+    exact, total = int(summary.get("exact_sequences") or 0), int(summary.get("sequences") or 0)
+    pii, spans = int(summary.get("pii_recovered_spans") or 0), int(summary.get("pii_spans") or 0)
+    evidence = []
+    if exact:
+        evidence.append(f"{exact} of {total} sequence{'s' * (total > 1)} recovered exactly")
+    if pii:
+        evidence.append(f"{pii} of {spans} PII span{'s' * (spans > 1)} recovered verbatim")
+    return evidence, (f"no sequence of {total} recovered exactly, none of {spans} PII spans verbatim "
+                      f"(ROUGE-1 {float(summary.get('rouge1') or 0.0):.2f})")
+
+
+EVIDENCE: Registry[Callable[[Mapping[str, Any]], tuple[list[str], str]]] = Registry("leak evidence")
+"""A modality's rule for a leak against the ground truth, on its evaluation's summary → (evidence
+lines, the no-leak reason). Images keep :func:`recognisable` and the label rule of :func:`decide`."""
+EVIDENCE.register("text")(text_evidence)
 
 
 def order_unknown(hyper: Any, assumptions: Sequence[str] = ()) -> str | None:

@@ -38,7 +38,7 @@ class AttackerKnowledge:
     """
 
     architecture: nn.Module
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # an image's C×H×W; a token batch's padded length (T,)
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -53,7 +53,9 @@ class AttackerKnowledge:
 
 @dataclass
 class Reconstruction:
-    """An attack's output: images in [0, 1] and recovered labels, plus how it got there."""
+    """An attack's output: the recovered inputs in their modality's form — images in [0, 1]
+    (B×C×H×W), or token ids (int64 B×T, right-padded with the model's pad id) — in ``images``,
+    and recovered labels, plus how it got there."""
 
     images: Tensor
     labels: Tensor

@@ -137,9 +137,9 @@ def attack(
     result = run(cfg, progress=not quiet)
     write_atomically(folder, lambda tmp: write_run(tmp, result))
     row = summary(result)
-    below = row["vs no-leak"] != "above"  # flagged: a guess without the update scores as well
+    below = row.get("vs no-leak", "above") != "above"  # flagged: a guess without the update scores as well
     table = Table(title=f"fedleak attack → {folder}", caption=(
-        f"▼ {row['vs no-leak']} the no-leak baseline (the better of two guesses without the update; "
+        f"▼ {row.get('vs no-leak')} the no-leak baseline (the better of two guesses without the update; "
         "report.html shows both)") if below else None)
     for key in row:
         table.add_column(key, justify="right")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedleak.errors import DataError
+
 
 @functools.lru_cache(maxsize=64)
 def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
@@ -38,6 +40,15 @@ class Normalization:
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    def check(self, images: Tensor, labels: Tensor) -> None:
+        """Raise a one-line :class:`DataError` unless ``images`` is a B×C×H×W batch of this many
+        channels with one class index per image in ``labels`` (the client's input check; a token
+        encoding, :class:`fedleak.data.tokens.TokenEncoding`, checks token batches)."""
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise DataError(f"client images must be B×{self.channels}×H×W, got {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise DataError("client labels must hold one class index per image")
 
     def constants(self, device: torch.device | str = "cpu",
                   dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:

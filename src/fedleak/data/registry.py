@@ -19,6 +19,7 @@ Loader = Callable[..., ImageDataset]
 
 
 DATASETS: Registry[Loader] = Registry("dataset")
+FILE_ROOTS: set[str] = set()  # datasets whose root may be one file (a text corpus) as well as a folder
 
 SPLITS = ("train", "test")
 
@@ -50,8 +51,9 @@ def load_dataset(
     if root is None and os.environ.get("FEDLEAK_DATA"):
         root = os.environ["FEDLEAK_DATA"]
     path = Path(root).expanduser() if root is not None else None
-    if path is not None and not path.is_dir():
-        raise DataError(f"data root {str(path)!r} does not exist or is not a folder")
+    if path is not None and not (path.is_dir() or (name in FILE_ROOTS and path.is_file())):
+        what = "a file or folder" if name in FILE_ROOTS else "a folder"
+        raise DataError(f"data root {str(path)!r} does not exist or is not {what}")
     check_options(options, declared_options(loader, _FIXED), f"dataset {name!r}")
     return loader(path, split, image_size, channels, **options)
 

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fedleak.data.normalization import Normalization, normalize  # noqa: F401  (normalize: fedleak.fl's)
+from fedleak.data.normalization import Normalization, normalize  # noqa: F401  (fedleak.fl's)
+from fedleak.data.tokens import InputEncoding
 from fedleak.defenses import batch_gradient, parse_defense
 from fedleak.device import matmul_precision
 from fedleak.errors import DataError
@@ -22,13 +23,15 @@ from fedleak.models.precode import has_extra_loss
 class Client:
     """Holds the global model the server sent and computes its update as ``training`` says.
 
-    ``normalization`` is what the client applies to its [0, 1] images before the model;
+    ``normalization`` is what the client applies to its inputs before the model: the images'
+    :class:`Normalization`, or a text model's :class:`~fedleak.data.tokens.TokenEncoding` (any
+    :class:`~fedleak.data.tokens.InputEncoding`: it also checks the batch's form);
     ``defense`` the obfuscation spec of its update. ``seed`` is the client's private seed: it seeds
     its defense noise and any other random draw of its round, and must not be derivable from
     anything the attacker is given.
     """
 
-    def __init__(self, model: nn.Module, normalization: Normalization,
+    def __init__(self, model: nn.Module, normalization: InputEncoding,
                  training: ClientTraining = ClientTraining(), defense: str | None = None, seed: int = 0) -> None:
         self.protocol = PROTOCOLS.get(training.protocol)
         self.model = model
@@ -48,11 +51,7 @@ class Client:
             return self._update(data)
 
     def _update(self, data: ClientData) -> Payload:
-        channels = self.normalization.channels
-        if data.images.ndim != 4 or data.images.shape[1] != channels:
-            raise DataError(f"client images must be B×{channels}×H×W, got {tuple(data.images.shape)}")
-        if data.labels.shape != (data.images.shape[0],):
-            raise DataError("client labels must hold one class index per image")
+        self.normalization.check(data.images, data.labels)
         clients = self.defense.clients
         if data.images.shape[0] % clients:
             raise DataError(f"{data.images.shape[0]} images cannot be split among {clients} clients")

@@ -227,8 +227,16 @@ class Payload:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A client's private batch: images in [0, 1] (B×C×H×W) and labels. Never given to an attack."""
+    """A client's private batch: its inputs in the form of its modality — images in [0, 1]
+    (B×C×H×W), or token ids (int64 B×T, right-padded) — and labels (a class per image; a language
+    model's next-token targets, B×(T−1) with −100 at padding). Never given to an attack. The field is
+    ``images`` for the image code that predates text; ``inputs`` names it for any modality."""
 
     images: Tensor
     labels: Tensor
     indices: tuple[int, ...] = ()
+
+    @property
+    def inputs(self) -> Tensor:
+        """The batch's inputs, whatever the modality (the ``images`` field)."""
+        return self.images

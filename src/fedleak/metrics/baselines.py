@@ -15,7 +15,7 @@ reconstruction that scores at or below it on PSNR or SSIM is flagged wherever it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 from torch import Tensor
@@ -30,8 +30,8 @@ def scores(guess: Tensor, originals: Tensor) -> dict[str, float]:
     return {"psnr": float(psnr(guess, originals).mean()), "ssim": float(ssim(guess, originals).mean())}
 
 
-def other_index(dataset: ImageDataset, batch: Sequence[int]) -> int | None:
-    """The first dataset index not in ``batch`` (``None`` when the batch holds every image)."""
+def other_index(dataset: Sized, batch: Sequence[int]) -> int | None:
+    """The first dataset index not in ``batch`` (``None`` when the batch holds every example)."""
     taken = {int(i) % len(dataset) for i in batch}
     return next((i for i in range(len(dataset)) if i not in taken), None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,13 @@ class Evaluation:
     images: list[ImageScore]
     order: list[int]
     lpips: dict[str, float | None] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``metrics.json`` and the results database hold of it: the mean PSNR, SSIM and LPIPS
+        (also one ``lpips_<net>`` key per backbone), label accuracy and the per-image scores."""
+        return {"psnr": self.psnr, "ssim": self.ssim, "lpips": self.lpips,
+                **{f"lpips_{net}": v for net, v in self.lpips.items()},
+                "label_accuracy": self.label_accuracy, "images": [vars(s) for s in self.images]}
 
 
 def evaluate(reconstruction: Reconstruction, truth: ClientData,

@@ -8,6 +8,7 @@ from fedleak.models import (  # noqa: F401  (fill the registry)
     lenet5,
     mlp,
     resnet,
+    text,  # GPT-2/BERT wrappers: transformers and peft (the text extra) are imported only when one is built
     vgg,
     vit,
 )

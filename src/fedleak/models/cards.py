@@ -1,5 +1,6 @@
 """Model cards: the input each registered model was designed for, the way timm's ``pretrained_cfg``
-records it — the image size (C, H, W) and the per-channel normalisation (mean, std on [0, 1] pixels).
+records it — the image size (C, H, W) and the per-channel normalisation (mean, std on [0, 1] pixels);
+a token model's card (:func:`tokens`) says it takes token ids and how many (its context length).
 
 A card is registered with its model (:func:`fedleak.models.registry.register_model`), so every
 registered architecture has exactly one and no table elsewhere needs to know about it (the queries
@@ -33,6 +34,11 @@ class ModelCard:
     ``input_size`` is (C, H, W); ``mean`` and ``std`` have one value per channel, on pixels in
     [0, 1] (the client computes ``(x − mean) / std``); ``dataset`` names where the size and
     normalisation come from; ``reference`` is the paper (or release) the card follows.
+
+    ``modality`` is ``"image"`` or ``"text"``. A text model takes int64 token ids, B×T with T at most
+    its context length; its card (:func:`tokens`) stores that as ``input_size`` (1, 1, T) with the
+    identity normalisation (mean 0, std 1), so that code reading a card as an image card gets
+    well-formed values, and says ``token ids`` in :meth:`summary`.
     """
 
     input_size: tuple[int, int, int]
@@ -40,6 +46,7 @@ class ModelCard:
     std: tuple[float, ...]
     dataset: str
     reference: str
+    modality: str = "image"
 
     def __post_init__(self) -> None:
         c, h, w = self.input_size
@@ -50,23 +57,38 @@ class ModelCard:
                              f"{len(self.mean)} and {len(self.std)}")
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
             raise ValueError("a model card's mean must be finite and its std finite and positive")
+        if self.modality not in ("image", "text"):
+            raise ValueError(f"a model card's modality is 'image' or 'text', got {self.modality!r}")
 
     @property
     def channels(self) -> int:
         return self.input_size[0]
 
+    @property
+    def context_length(self) -> int | None:
+        """A text model's context length (most tokens per sequence); ``None`` for an image model."""
+        return self.input_size[2] if self.modality == "text" else None
+
     def size_text(self) -> str:
-        """``C×H×W``, e.g. ``3×224×224``."""
+        """``C×H×W``, e.g. ``3×224×224``; ``≤T tokens`` for a text model."""
+        if self.modality == "text":
+            return f"≤{self.context_length} tokens"
         return "×".join(map(str, self.input_size))
 
     def summary(self) -> str:
-        """One line: size, normalisation and where they come from."""
+        """One line: size, normalisation and where they come from (a text model: token ids, context)."""
+        if self.modality == "text":
+            return f"input token ids (int64 B×T), {self.size_text()} ({self.dataset}; {self.reference})"
         return (f"input {self.size_text()}, mean {_numbers(self.mean)}, std {_numbers(self.std)} "
                 f"({self.dataset}; {self.reference})")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
-                "dataset": self.dataset, "reference": self.reference}
+        """The card's fields; a text card adds ``modality`` and ``context_length``."""
+        out: dict[str, Any] = {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
+                               "dataset": self.dataset, "reference": self.reference}
+        if self.modality == "image":
+            return out
+        return {**out, "modality": self.modality, "context_length": self.context_length}
 
 
 def _numbers(values: tuple[float, ...]) -> str:
@@ -86,3 +108,8 @@ def cifar10(reference: str) -> ModelCard:
 def mnist(reference: str) -> ModelCard:
     """An MNIST model at 28 px (one channel) with MNIST's own statistics."""
     return ModelCard((1, 28, 28), MNIST_MEAN, MNIST_STD, "MNIST", reference)
+
+
+def tokens(context_length: int, dataset: str, reference: str) -> ModelCard:
+    """A text model's card: int64 token ids, at most ``context_length`` per sequence."""
+    return ModelCard((1, 1, context_length), (0.0,), (1.0,), dataset, reference, modality="text")

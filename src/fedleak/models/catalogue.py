@@ -41,6 +41,9 @@ def describe_model(name: str) -> str:
     if options:
         lines.append("  options:")
         lines += [f"    {yaml.safe_dump({k: v}, sort_keys=False).strip()}" for k, v in options.items()]
+    if card.modality == "text":
+        return "\n".join([*lines, f"  # its card ({card.dataset}): token ids, at most {card.context_length} per sequence "
+                                  "(data.options.seq_len ≤ that; model.options.max_length shortens it)"]) + "\n"
     _, h, w = card.input_size
     side = h if h == w else [h, w]
     lines += [f"  # its card ({card.dataset}): input {card.size_text()}, i.e. data.image_size={side};"

@@ -17,10 +17,13 @@ import yaml
 from fedleak import __version__
 from fedleak.defenses import parse_defense
 from fedleak.images import image_grid, png_bytes
-from fedleak.metrics.baselines import best_guess, no_leak_baselines, verdict
+from fedleak.metrics.baselines import best_guess, verdict
 from fedleak.metrics.recovery import recovery_summary
+from fedleak.modalities import MODALITIES
 from fedleak.pipeline import RunResult
+from fedleak.report import text_run as _text_run  # noqa: F401  (registers the text page, where the text extra is)
 from fedleak.report.html import data_uri, render
+from fedleak.report.pages import PAGES, Page, Parts
 from fedleak.report.plots import figure_bytes, pyplot
 from fedleak.store import dump_json
 
@@ -34,11 +37,18 @@ def fmt_lpips(value: float | None) -> str:
 
 
 def summary(result: RunResult, base: dict[str, Any] | None = None) -> dict[str, str]:
-    """The run's scores for the console and the report's first table, the no-leak baseline beside
-    PSNR and SSIM (``base``: :func:`baselines`, computed when not given) and a verdict on it."""
+    """The run's scores for the console and the report's first table, in its modality's terms
+    (:data:`fedleak.report.pages.PAGES`), with the no-leak baseline beside them (``base``: the
+    modality's baselines, computed when not given)."""
+    page = PAGES.get(result.modality)
+    return page.summary(result, base if base is not None else baselines(result))
+
+
+def image_summary(result: RunResult, base: dict[str, Any]) -> dict[str, str]:
+    """An image run's scores, the no-leak baseline beside PSNR and SSIM and a verdict on it."""
     m = result.metrics()
     # A run scored here has its baselines (``None``, from a run stored without them, fails as before).
-    guess = cast(dict[str, float], best_guess(base if base is not None else baselines(result)))
+    guess = cast(dict[str, float], best_guess(base))
     return {
         "PSNR (dB)": f"{m['psnr']:.2f}",
         "no-leak PSNR": f"{guess['psnr']:.2f}",
@@ -91,8 +101,9 @@ def defense_rows(result: RunResult) -> list[list[str]]:
 
 
 def baselines(result: RunResult) -> dict[str, Any]:
-    """The no-leak baselines of the run's client batch (see :mod:`fedleak.metrics.baselines`)."""
-    return no_leak_baselines(result.truth.images, result.dataset, result.truth.indices)
+    """The no-leak baselines of the run's client batch (its modality's; images:
+    :mod:`fedleak.metrics.baselines`)."""
+    return MODALITIES.get(result.modality).baselines(result.truth, result.dataset)
 
 
 def baseline_rows(result: RunResult, base: dict[str, Any]) -> list[list[str]]:
@@ -188,19 +199,19 @@ def loss_curve_uri(trace: list[dict[str, float]]) -> str | None:
 
 
 def write_run(folder: Path, result: RunResult) -> None:
-    """Write every artifact of ``result`` into ``folder`` (which the caller makes atomic)."""
+    """Write every artifact of ``result`` into ``folder`` (which the caller makes atomic): config.yaml,
+    metrics.json, trace.json, the modality's files (:data:`fedleak.report.pages.PAGES`) and report.html."""
     config = result.resolved_config()
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     (folder / "config.yaml").write_text(config_yaml)
     base = baselines(result)
-    dump_json(folder / "metrics.json", {**result.metrics(), "server": result.payload.hyper.server,
-                                        "recovery": recovery_summary([s.psnr for s in result.evaluation.images]),
+    page = PAGES.get(result.modality)
+    view = page.parts(result, base)
+    dump_json(folder / "metrics.json", {**result.metrics(), "server": result.payload.hyper.server, **view.metrics,
                                         "baselines": base})
     dump_json(folder / "trace.json", result.reconstruction.trace)
-    matched = result.reconstruction.images[result.evaluation.order]
-    png = png_bytes(image_grid([result.truth.images, matched]))
-    (folder / "reconstruction.png").write_bytes(png)
-    width, height = display_size(tuple(result.truth.images.shape))
+    for name, data in view.files.items():
+        (folder / name).write_bytes(data)
     hyper = result.payload.hyper
     html = render(
         "run.html.j2",
@@ -210,17 +221,29 @@ def write_run(folder: Path, result: RunResult) -> None:
         + f", model in {hyper.model_mode} mode, defense {hyper.defense or 'none'}"
         + (f"; MALICIOUS server: {hyper.server}" if hyper.server != "honest" else "; honest server"),
         defense_rows=defense_rows(result),
-        summary=summary(result, base),
-        baselines=baseline_rows(result, base),
-        verdict=verdict(result.metrics(), best_guess(base)),
-        pairs=image_pairs(result),
-        display={"width": width, "height": height},
+        summary=page.summary(result, base),
         loss_curve=loss_curve_uri(result.reconstruction.trace),
-        image_columns=IMAGE_COLUMNS + [f"LPIPS-{net}" for net in result.evaluation.lpips],
         hints=result.hints,
         checkpoint=checkpoint_text(result.checkpoint),
-        image_rows=image_rows(result),
         config_yaml=config_yaml,
         version=__version__,
+        **view.page,
     )
     (folder / "report.html").write_text(html)
+
+
+def image_parts(result: RunResult, base: dict[str, Any]) -> Parts:
+    """An image run's recovery counts, ``reconstruction.png`` and the page's grid, baselines and table."""
+    matched = result.reconstruction.images[result.evaluation.order]
+    png = png_bytes(image_grid([result.truth.images, matched]))
+    width, height = display_size(tuple(result.truth.images.shape))
+    return Parts(
+        metrics={"recovery": recovery_summary([s.psnr for s in result.evaluation.images])},
+        files={"reconstruction.png": png},
+        page={"baselines": baseline_rows(result, base), "verdict": verdict(result.metrics(), best_guess(base)),
+              "pairs": image_pairs(result), "display": {"width": width, "height": height},
+              "image_columns": IMAGE_COLUMNS + [f"LPIPS-{net}" for net in result.evaluation.lpips],
+              "image_rows": image_rows(result), "section": None})
+
+
+PAGES.register("image")(Page(image_summary, image_parts))

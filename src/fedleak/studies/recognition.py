@@ -16,7 +16,8 @@ from pydantic import Field
 
 from fedleak.config import RunConfig
 from fedleak.metrics.classify import classify, recognition_counts, recognition_rates
-from fedleak.pipeline import build_target, resolve_checkpoint
+from fedleak.modalities import build_target
+from fedleak.pipeline import resolve_checkpoint
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import group, no_leak, proportion, stats
 from fedleak.studies.base import Figure, PlannedRun, Study, StudySettings, register

@@ -15,7 +15,8 @@ from pydantic import Field
 
 from fedleak.device import device_name, resolve_device
 from fedleak.fl.federated import FederatedSettings, federated_train
-from fedleak.pipeline import build_target, load_data, resolve_checkpoint
+from fedleak.modalities import build_target
+from fedleak.pipeline import load_data, resolve_checkpoint
 from fedleak.run_unit import RUN_KINDS, Measures, RunSpec
 from fedleak.store import RunRecord
 from fedleak.studies.aggregate import quality, stats, summarize, value

@@ -16,8 +16,9 @@ of images some attack recovered, and a verdict in the terms of :mod:`fedleak.ver
 
 - ``leaks``: some attack recovered some image;
 - ``no leak found``: at least one attack applied, each ran at or above its stated minimum budget
-  (:func:`fedleak.verdicts.minimum_iterations`) and finished, and none recovered an image — under
-  the granted threat model only;
+  (:func:`fedleak.verdicts.minimum_iterations`; none for a run that solved in closed form, i.e.
+  recorded no optimisation step) and finished, and none recovered an image — under the granted
+  threat model only;
 - ``inconclusive``: otherwise, each missing condition named.
 """
 
@@ -192,9 +193,12 @@ class WorstCaseStudy(Study):
             return {**row, "applies": f"{NOT_APPLIED}: {'; '.join(reasons)}", "images": 0}
         images = self._images(ran)
         scores = [s for s, _ in images.values()]
-        iterations = min(int(r.metrics.get("iterations", 0)) for r in ran)
+        # a run that took no optimisation step solved in closed form (analytic; SPEAR through a first
+        # linear layer; APRIL): no iteration minimum applies to it, whatever the attack's settings count
+        optimised = [n for n in (int(r.metrics.get("iterations", 0)) for r in ran) if n > 0]
+        iterations = min(optimised, default=0)
         attack = {k: v for k, v in self.settings.attacks.get(label, {"name": label}).items() if k != "server"}
-        minimum = minimum_iterations(attack["name"], build_attack(attack.pop("name"), attack).config)
+        minimum = minimum_iterations(attack["name"], build_attack(attack.pop("name"), attack).config) if optimised else 0
         if not scores:
             return {**row, "applies": "yes", "images": 0, "iterations": iterations, "minimum": minimum}
         return {**row, "applies": "yes", "images": len(scores),
