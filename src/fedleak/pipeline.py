@@ -87,22 +87,26 @@ class RunResult:
 
 
 def resolve_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointInfo | None]:
-    """With a fedleak checkpoint, its architecture replaces the configured one, and its image size
-    and channels become the data defaults (a conflicting explicit value is an error)."""
+    """With a fedleak checkpoint, its architecture replaces the configured one; an image model's image
+    size and channels become the data defaults (a conflicting explicit value is an error), a text
+    model's data options (its corpus and tokenizer settings: the same tokenizer) do, the run's own winning."""
     if not config.model.checkpoint:
         return config, None
     info = read_info(config.model.checkpoint, named=config.model.name)  # only the user's own factory
     if info is None:
         return config, None
     d = config.data
-    for key, value in (("image_size", info.image_size), ("channels", info.in_channels)):
-        if getattr(d, key) not in (None, value):
-            raise ConfigError(f"data.{key}={getattr(d, key)} conflicts with the checkpoint's {key} {value}")
+    update: dict[str, Any] = checkpoint_data(d, info)
+    if info.modality == "image":
+        for key, value in (("image_size", info.image_size), ("channels", info.in_channels)):
+            if getattr(d, key) not in (None, value):
+                raise ConfigError(f"data.{key}={getattr(d, key)} conflicts with the checkpoint's {key} {value}")
+        update.update(image_size=info.image_size, channels=info.in_channels)
+    else:
+        update["options"] = {**info.data_options, **update.get("options", d.options)}
     model = config.model.model_copy(update={"name": info.architecture, "width": info.width,
                                             "options": dict(info.options)})
-    data = d.model_copy(update={"image_size": info.image_size, "channels": info.in_channels,
-                                **checkpoint_data(d, info)})
-    return config.model_copy(update={"model": model, "data": data}), info
+    return config.model_copy(update={"model": model, "data": d.model_copy(update=update)}), info
 
 
 def checkpoint_data(d: Any, info: CheckpointInfo) -> dict[str, Any]:

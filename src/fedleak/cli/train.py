@@ -28,14 +28,18 @@ DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mp
 
 def train(
     model: Annotated[str, typer.Option(help="architecture, or package.module:factory")],
-    dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder")],
+    dataset: Annotated[str, typer.Option(help="samples | mnist | cifar10 | cifar100 | folder | text | hf-disk | pii")],
     root: RootOption = None,
     epochs: EpochsOption = 10,
-    lr: Annotated[float, typer.Option(help="initial learning rate (cosine schedule)", callback=_finite)] = 0.05,
+    lr: Annotated[float | None, typer.Option(
+        help="initial learning rate, cosine schedule (default: 0.05 for images, SGD; 1e-3 for text, AdamW)",
+        callback=_finite)] = None,
     batch_size: BatchSizeOption = 64,
     width: Annotated[float | None, typer.Option(help="model width multiplier (default: the model's own, 1)",
                                                 callback=_finite)] = None,
     option: Annotated[list[str] | None, typer.Option(help="model option key=value, e.g. norm=group")] = None,
+    data_option: Annotated[list[str] | None, typer.Option(
+        help="dataset option key=value, e.g. n=64, tokenizer=bpe, seq_len=32 (recorded in the checkpoint)")] = None,
     image_size: ImageSizeOption = None,
     channels: ChannelsOption = None,
     test_fraction: Annotated[
@@ -54,17 +58,20 @@ def train(
     path = check_file_out(out or Path("checkpoints") / f"{model.replace(':', '_')}-{dataset}.safetensors",
                           force, "checkpoint", ".safetensors")
     options = {".".join(parts): value for parts, value in (parse_override(o) for o in option or [])}
+    data_options = {".".join(parts): value for parts, value in (parse_override(o) for o in data_option or [])}
     result = train_target(model, dataset, root, width, options, image_size, channels, test_fraction, limit,
                           TrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
                                         device=device),
-                          progress=not quiet)
+                          progress=not quiet, data_options=data_options)
     save_checkpoint(path, result.model, result.info)
-    table = Table(title=f"fedleak train → {path}")
-    for key in ("model", "dataset", "train images", "test accuracy", "seconds"):
-        table.add_column(key, justify="right")
     t = result.info.training
-    table.add_row(model, result.info.dataset, str(t["train_images"]), f"{result.info.test_accuracy:.3f}",
-                  f"{result.history.seconds:.0f}")
+    held = {"test loss": f"{t['test_loss']:.3f}", "perplexity": f"{t['perplexity']:.1f}"} if "test_loss" in t else {}
+    row = {"model": model, "dataset": result.info.dataset, "train images": str(t["train_images"]),
+           "test accuracy": f"{result.info.test_accuracy:.3f}", **held, "seconds": f"{result.history.seconds:.0f}"}
+    table = Table(title=f"fedleak train → {path}")
+    for key in row:
+        table.add_column(key, justify="right")
+    table.add_row(*row.values())
     console.print(table)
 
 

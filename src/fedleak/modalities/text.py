@@ -32,6 +32,7 @@ from fedleak.modalities.base import MODALITIES, Modality, Target, check_model_ta
 from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_into
 from fedleak.models.text import CausalLM, TextModel, lm_targets
+from fedleak.training import tokenizer_facts
 
 
 def text_target(config: RunConfig, dataset: TextDataset, info: CheckpointInfo | None = None,
@@ -54,6 +55,10 @@ def text_target(config: RunConfig, dataset: TextDataset, info: CheckpointInfo | 
                           "(gpt2-tiny, gpt2-small-shape, bert-tiny, …; fedleak config models)")
     if config.model.checkpoint:
         load_into(target, config.model.checkpoint, config.model.name)
+    trained = (info.tokenizer or {}).get("sha256") if info is not None else None
+    if trained and trained != tokenizer_facts(tok, dataset.seq_len)["sha256"]:
+        raise ConfigError("the dataset's tokenizer is not the one the checkpoint was trained with: keep the "
+                          f"checkpoint's data options {info.data_options} (they are the defaults) or its tokenizer")
     if dataset.seq_len > target.max_length:
         raise DataError(f"sequences of {dataset.seq_len} tokens are longer than the model's context of "
                         f"{target.max_length}: set data.options.seq_len ≤ {target.max_length}")

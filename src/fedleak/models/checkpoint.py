@@ -1,7 +1,10 @@
 """Checkpoints: weights in safetensors with fedleak's JSON metadata in the file's header.
 
 The metadata says how to rebuild the model (architecture and its arguments) and what it was trained
-on (dataset, normalisation, class names, epochs, test accuracy, seed, fedleak version). Plain PyTorch
+on (dataset, normalisation, class names, epochs, test accuracy, seed, fedleak version); a text model's
+also its ``modality`` (``"text"``; ``"image"`` where absent), the dataset options that reload the same
+data (``data_options``: corpus size, tokenizer spec, sequence length, …) and its ``tokenizer``'s facts
+(name, vocabulary size, pad/bos/eos ids, sequence length, sha256 of its serialised JSON). Plain PyTorch
 state dicts (``.pt`` / ``.pth``) load with ``torch.load(weights_only=True)`` into a model the run
 builds itself. Nothing is ever unpickled beyond tensors.
 
@@ -36,6 +39,7 @@ from fedleak.models.registry import MODELS, create_model
 from fedleak.validate import (
     ECHO,
     OPTION_TYPES,
+    Check,
     check_fields,
     check_options,
     declared_options,
@@ -58,6 +62,7 @@ MAX_CLASSES = 100_000
 MAX_SIDE = 1024
 MAX_WIDTH = 16.0
 _FIXED = ("num_classes", "in_channels", "image_size", "width")  # every builder's own parameters
+MODALITY_NAMES = ("image", "text")  # what a checkpoint's ``modality`` may say (fedleak.modalities' entries)
 _FIELDS = {
     "architecture": text(),
     "num_classes": integer(1, MAX_CLASSES),
@@ -74,6 +79,9 @@ _FIELDS = {
     "seed": optional(integer(-(2**63), 2**64 - 1)),
     "training": mapping(),
     "fedleak_version": text(),
+    "modality": Check(lambda v: v in MODALITY_NAMES, " or ".join(MODALITY_NAMES)),
+    "data_options": mapping(),
+    "tokenizer": mapping(),
 }
 
 
@@ -94,6 +102,9 @@ class CheckpointInfo:
     seed: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
     fedleak_version: str = ""
+    modality: str = "image"  # the dataset's modality; "text": image_size is the sequence length
+    data_options: dict[str, Any] = field(default_factory=dict)  # the loader options it was trained with
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # a text dataset's tokenizer facts
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, info: CheckpointInfo) -> Path:
@@ -103,10 +114,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, info: Checkp
 
 
 def save_tensors(path: str | os.PathLike[str], state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically: a temporary sibling renamed into place."""
+    """Write a safetensors file atomically: a temporary sibling renamed into place. Tensors that
+    share memory (tied weights: GPT-2's output layer is its token embedding) are written as copies,
+    one per name, which safetensors requires and :func:`load_into` loads back into the tied tensor."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    state = _unshared({k: v.detach().contiguous().cpu() for k, v in state.items()})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -120,6 +133,17 @@ def save_tensors(path: str | os.PathLike[str], state: dict[str, torch.Tensor], m
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every tensor whose storage an earlier one uses replaced by a copy."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        storage = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if storage in seen and value.numel() else value
+        seen.add(storage)
+    return out
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
