@@ -99,12 +99,13 @@ def test_imagenet_checkpoint_at_224_uses_the_cards_normalisation(photos, tmp_pat
 def test_study_images_are_drawn_at_their_size(photos, tmp_path):
     from fedleak.config import build_config
     from fedleak.pipeline import run
-    from fedleak.run_unit import image_files
+    from fedleak.modalities.image import image_files
 
     config = build_config(flags={"data.name": "folder", "data.root": str(photos), "data.image_size": 128,
                                  "data.channels": 3, "model.name": "resnet18", "model.width": 0.125,
                                  "attack.iterations": 1, "device": "cpu"})
-    files = image_files(run(config))
+    result = run(config)
+    files = image_files(result.truth, result.reconstruction, result.evaluation)
     assert set(files) == {"original-0.png", "reconstruction-0.png"}
     import io
 

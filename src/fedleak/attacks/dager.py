@@ -1,0 +1,213 @@
+"""DAGER (Petrov et al., NeurIPS 2024, "DAGER: Exact Gradient Inversion for Large Language Models"):
+a batch of token sequences recovered exactly from a transformer's update.
+
+The weight gradient of a linear layer is spanned, in input space, by the layer's inputs
+(:mod:`fedleak.attacks.dager_span`); when the batch's B·T tokens are fewer than the model width d,
+that span is a proper subspace and membership is a discrete, exact test. DAGER tests the first
+block's input for every vocabulary token at every position (step 1), then grows or searches whole
+sequences whose *second* block's inputs lie in the second block's span (step 2,
+:mod:`fedleak.attacks.dager_search`: greedy for decoders, a search for encoders). Models:
+:mod:`fedleak.attacks.dager_layout` (GPT-2, BERT). Under a language-model loss the last token of
+each sequence is in no span and is read off the update's residual (:mod:`fedleak.attacks.dager_last`,
+an addition to the paper; ``last_token=false`` leaves it as padding).
+
+Updates: FedSGD's gradient, or LoRA adapters' (the span is that of ``∂L/∂A``, or of ``∂L/∂B`` with
+the candidates mapped through A; exact while the batch's tokens are fewer than the rank r), or
+FedAvg's θ₀ − θ_τ: as in the paper the span of the accumulated update is used, with candidates
+computed at the global model (``weights=start``) or halfway along the update (``weights=mid``);
+the inputs moved during local training, so the spans are only approximately those of any one
+model and the thresholds may need raising. The attacker is assumed to know the batch size (the
+public hyperparameters); sequence lengths come out of the search.
+
+Each recovered sequence is *certified* by its distance: the largest relative distance of its
+second-block inputs to the span (``Reconstruction.notes``); a span that fills the whole width
+(the batch is too large: B·T ≥ d, or r for LoRA) makes every token pass, and the attack returns
+no sequence and says that it cannot be exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from fedleak.attacks.base import (
+    Attack,
+    AttackConfig,
+    AttackerKnowledge,
+    Reconstruction,
+    check_update,
+    register_attack,
+    target_model,
+)
+from fedleak.attacks.dager_last import recover_last
+from fedleak.attacks.dager_layout import base_model, layer_inputs, layout_of
+from fedleak.attacks.dager_search import Found, encoder_search, greedy_decoder, token_candidates
+from fedleak.attacks.dager_span import Span, block_spans
+from fedleak.attacks.labels import recover_labels
+from fedleak.errors import FedleakError
+from fedleak.fl.payload import Payload
+from fedleak.models.text import CausalLM, TextModel
+from fedleak.parameters import trainable
+
+
+class DagerConfig(AttackConfig):
+    tau1: float = Field(1e-3, gt=0, lt=1, description="step 1: largest relative distance of a token's first-block "
+                        "input to the first block's span")
+    tau2: float = Field(1e-3, gt=0, lt=1, description="step 2: largest relative distance of a sequence's "
+                        "second-block inputs to the second block's span")
+    rank_tol: float = Field(1e-6, gt=0, lt=1, description="singular values above rank_tol × the largest span "
+                            "the layer's inputs (raise it for FedAvg or a noisy update)")
+    max_tokens: int | None = Field(None, ge=1, description="most candidate tokens per position (default 4·B + 16)")
+    max_prefixes: int | None = Field(None, ge=1, description="decoder: most prefixes kept per position "
+                                     "(default 4·B + 16)")
+    max_combinations: int = Field(4096, ge=1, description="encoder: exhaustive search up to this many "
+                                  "combinations per length, coordinate search above")
+    restarts: int | None = Field(None, ge=1, description="encoder coordinate search: random starts per length "
+                                 "(default 8·B)")
+    sweeps: int = Field(4, ge=1, description="encoder coordinate search: most passes over the positions")
+    last_token: bool = Field(True, description="language model: read each sequence's last token off the update")
+    shortlist: int | None = Field(None, ge=1, description="last token: candidates per sequence (default B + 8)")
+    budget: int = Field(20_000, ge=1, description="last token: parameter entries of the residual fit")
+    weights: Literal["start", "mid"] = Field("start", description="FedAvg: candidates' inputs at the global model "
+                                             "(start, the paper's) or halfway along the update (mid)")
+    chunk: int = Field(256, ge=1, description="candidate sequences per forward pass")
+
+
+def _midway(model: nn.Module, payload: Payload) -> None:
+    """Move ``model``'s trainable parameters halfway along the FedAvg update (θ₀ − θ_τ, or over lr)."""
+    hyper = payload.hyper
+    scale = (hyper.lr or 1.0) if hyper.update_scale == "delta/lr" else 1.0
+    with torch.no_grad():
+        for name, p in trainable(model):
+            if name in payload.update:
+                p.sub_(0.5 * scale * payload.update[name].to(p.dtype))
+
+
+def _pad(sequences: list[list[int]], batch: int, pad_id: int) -> Tensor:
+    width = max([len(s) for s in sequences] + [1])
+    out = torch.full((batch, width), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences[:batch]):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def _samples(model: nn.Module, probes: list[nn.Module], vocab: int, pad_id: int, width: int,
+             seed: int) -> list[Tensor]:
+    """Inputs of each probe on random token sequences (at least 2·width of them in all), to measure
+    the dimension the layer's inputs occupy."""
+    g = torch.Generator().manual_seed(seed)
+    length = min(8, getattr(model, "max_length", 8))
+    tokens = torch.randint(0, vocab, (-(-2 * width // length), length), generator=g)
+    tokens[tokens == pad_id] = (pad_id + 1) % vocab
+    return [layer_inputs(model, p, tokens).flatten(0, 1) for p in probes]
+
+
+def _describe(spans: list[Span]) -> str:
+    return "; ".join(f"rank {s.rank} of {s.width} from {s.source}" for s in spans) or "no non-zero gradient"
+
+
+@register_attack("dager")
+class Dager(Attack[DagerConfig]):
+    """DAGER: a text batch read exactly off the first two transformer blocks' gradient spans."""
+
+    def run(self, payload: Payload, knowledge: AttackerKnowledge, seed: int = 0, progress: bool = False) -> Reconstruction:
+        start = time.perf_counter()
+        cfg = self.config
+        batch = payload.hyper.observed_images
+        model = target_model(payload, knowledge)
+        if not isinstance(model, TextModel):
+            raise FedleakError(f"DAGER attacks text models (fedleak's text wrappers), not {type(model).__name__}")
+        check_update(payload, dict(model.named_parameters()))
+        model.eval()
+        probe_model = copy.deepcopy(model) if payload.hyper.protocol == "fedavg" and cfg.weights == "mid" else model
+        if probe_model is not model:
+            _midway(probe_model, payload)
+        layout = layout_of(probe_model.hf)
+        base = base_model(probe_model.hf)
+        blocks = layout.blocks(base)
+        if len(blocks) < 2:
+            raise FedleakError("DAGER needs a model with at least two transformer blocks")
+        names = {m: n for n, m in probe_model.named_modules()}
+        spans = [block_spans([(names[p], p) for p in layout.probes(blocks[k])], payload.update, torch.float64,
+                             cfg.rank_tol) for k in (0, 1)]
+        notes = [f"dager: block {k + 1} input span: {_describe(s)}" for k, s in enumerate(spans)]
+        empty = Reconstruction(images=_pad([], batch, model.pad_id), labels=torch.zeros(batch, dtype=torch.long),
+                               matching_loss=float("inf"), restart_losses=[float("inf")], iterations=0,
+                               seconds=0.0, notes=notes)
+        if not spans[0] or not spans[1]:
+            notes.append("dager: cannot attack: the update holds no gradient of the first two blocks' input "
+                         "projections (full weights or LoRA adapters)")
+            empty.seconds = time.perf_counter() - start
+            return empty
+        samples = _samples(probe_model, [layout.probes(blocks[k])[0] for k in (0, 1)], model.vocab_size,
+                           model.pad_id, spans[0][0].basis.shape[0], seed)
+        full = [(s, room) for k, group in enumerate(spans) for s in group
+                if s.rank >= (room := s.room(samples[k], cfg.rank_tol))]
+        if full:
+            span, room = full[0]
+            notes.append(f"dager: cannot be exact: the span of {span.source} (rank {span.rank}) fills the {room} "
+                         f"dimensions its inputs occupy, so every token passes the check (the batch's tokens are too "
+                         "many: B·T ≥ d, or ≥ r under LoRA; or, after several FedAvg steps, small singular values "
+                         "of the moving inputs: raise rank_tol)")
+            empty.seconds = time.perf_counter() - start
+            return empty
+        lm = isinstance(model, CausalLM)
+        if not lm and len(blocks) == 2:
+            notes.append("dager: block 2 is the classifier's last block, where only the pooled position's "
+                         "gradient reaches the projections: its span may miss tokens (a deeper model does not)")
+        max_tokens = cfg.max_tokens or 4 * batch + 16
+        with torch.no_grad():
+            ids, _ = token_candidates(lambda p: layout.first_inputs(base, p).detach(), spans[0], cfg.tau1,
+                                      max_tokens, model.max_length, model.pad_id)
+        notes.append(f"dager: step 1: {len(ids)} positions, candidate tokens per position "
+                     f"{[len(i) for i in ids]}")
+        probe = layout.probes(blocks[1])[0]
+
+        def inputs(tokens: Tensor) -> Tensor:
+            return layer_inputs(probe_model, probe, tokens, cfg.chunk)
+
+        if layout.causal:
+            found, kept = greedy_decoder(ids, spans[1], inputs, cfg.tau2, cfg.max_prefixes or 4 * batch + 16)
+            notes.append(f"dager: step 2 (greedy, causal): prefixes kept per position {kept}")
+        else:
+            found = encoder_search(ids, spans[1], inputs, cfg.tau2, batch, cfg.max_combinations,
+                                   cfg.restarts or 8 * batch, cfg.sweeps, torch.Generator().manual_seed(seed))
+        order = sorted(range(len(found.sequences)), key=lambda i: found.distances[i])[:batch]
+        found = Found([found.sequences[i] for i in order], [found.distances[i] for i in order])
+        notes.append(f"dager: {len(found.sequences)} of {batch} sequences found; certificates (largest block-2 "
+                     f"distance, ≤ tau2={cfg.tau2:g}): " + ", ".join(f"{d:.1e}" for d in found.distances))
+        sequences = found.sequences
+        if lm and found.sequences:
+            if cfg.last_token:
+                scale = 1.0
+                if payload.hyper.protocol == "fedavg":
+                    lr = payload.hyper.lr or 1.0
+                    scale = payload.hyper.local_steps * (1.0 if payload.hyper.update_scale == "delta/lr" else lr)
+                last = recover_last(model, found.sequences, payload.update, model.pad_id,
+                                    cfg.shortlist or batch + 8, cfg.budget, scale)
+                sequences = [s + [t] for s, t in zip(found.sequences, last.tokens)]
+                notes.append(f"dager: last tokens (in no span under a next-token loss) fitted to the update's "
+                             f"residual: relative residual {last.residual:.1e} (0: exact"
+                             + ("; FedAvg: approximate" if payload.hyper.protocol == "fedavg" else "") + ")")
+            else:
+                notes.append("dager: last token of each sequence not recovered (last_token=false): left as padding")
+        if len(found.sequences) < batch:
+            notes.append(f"dager: {batch - len(found.sequences)} sequences not found (repeated sequences or "
+                         "prefixes, or thresholds too tight): their rows are padding")
+        labels = torch.zeros(batch, dtype=torch.long)
+        if not lm:
+            try:
+                labels = recover_labels(payload, knowledge, "auto").to(torch.long)[:batch]
+            except FedleakError as exc:
+                notes.append(f"dager: labels not recovered ({exc}); zeros")
+        worst = max(found.distances) if found.distances else float("inf")
+        return Reconstruction(images=_pad(sequences, batch, model.pad_id), labels=labels, matching_loss=worst,
+                              restart_losses=[worst], iterations=0, seconds=time.perf_counter() - start,
+                              trace=[{"positions": float(len(ids)), "found": float(len(found.sequences)),
+                                      "rank1": float(spans[0][0].rank), "rank2": float(spans[1][0].rank)}],
+                              notes=notes)

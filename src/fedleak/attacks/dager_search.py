@@ -1,0 +1,144 @@
+"""DAGER's search (Petrov et al., NeurIPS 2024): from per-position token candidates to whole sequences.
+
+Step 1 (:func:`token_candidates`): at each position p, the tokens v whose first-block input (e.g.
+GPT-2's ``ln_1(wte[v] + wpe[p])``) lies within ``tau1`` of the first block's input span, best first
+(at most ``max_tokens``; the pad id is never a candidate: the client's padding is masked out). The
+positions end at the first one with no candidate.
+
+Step 2 checks candidates against the *second* block's input span, whose inputs depend on the context:
+
+- decoders (:func:`greedy_decoder`, the paper's greedy search): position p's second-block input
+  depends on tokens 0…p only (causal mask), so prefixes grow one token at a time — every kept prefix
+  of length p times every candidate at p, kept when its position-p input is within ``tau2``; a prefix
+  that no candidate extends is a finished sequence.
+- encoders (:func:`encoder_search`): every input depends on the whole sequence. For each length l
+  (longest first) the paper's exhaustive search over the candidates' product is run when it has at
+  most ``max_combinations`` members; otherwise a coordinate search (fedleak's, in place of the paper's
+  random sampling of the product): ``restarts`` random picks, each position in turn set to the
+  candidate that minimises the sequence's mean second-block distance, until no position changes.
+  A sequence of length l whose largest per-position distance is within ``tau2`` is accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedleak.attacks.dager_span import Span, distance
+
+Inputs = Callable[[Tensor], Tensor]  # token batch n×l → second-block inputs n×l×d
+
+
+@dataclass
+class Found:
+    """Sequences (token lists) and each one's certificate: its largest second-block distance."""
+
+    sequences: list[list[int]]
+    distances: list[float]
+
+
+def token_candidates(first: Callable[[int], Tensor], spans: list[Span], tau1: float, max_tokens: int,
+                     max_positions: int, pad_id: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Step 1: per position, the candidate token ids (best first) and their distances."""
+    ids: list[Tensor] = []
+    dists: list[Tensor] = []
+    for p in range(max_positions):
+        with torch.no_grad():
+            inputs = first(p)
+            rough = distance(spans, inputs, torch.float32)  # the whole vocabulary, fast
+            rough[pad_id] = float("inf")
+            order = torch.argsort(rough)[:max_tokens]
+            order = order[rough[order] <= tau1 + 1e-4]  # float32 resolves about 1e-6
+            d = distance(spans, inputs[order])  # the survivors again, in float64
+        keep = order[d <= tau1]
+        d = d[d <= tau1]
+        keep, d = keep[torch.argsort(d)], torch.sort(d).values
+        if keep.numel() == 0:
+            break
+        ids.append(keep)
+        dists.append(d)
+    return ids, dists
+
+
+def greedy_decoder(candidates: list[Tensor], spans: list[Span], inputs: Inputs, tau2: float,
+                   max_prefixes: int) -> tuple[Found, list[int]]:
+    """Step 2 for a decoder; also returns, per position, how many prefixes were kept."""
+    prefixes = candidates[0].view(-1, 1) if candidates else torch.zeros(0, 1, dtype=torch.long)
+    scores = distance(spans, inputs(prefixes)[:, -1]) if len(prefixes) else torch.zeros(0)
+    keep = scores <= tau2
+    prefixes, worst = prefixes[keep], scores[keep]
+    done = Found([], [])
+    kept = [len(prefixes)]
+    for p in range(1, len(candidates) + 1):
+        if not len(prefixes):
+            break
+        if p == len(candidates):
+            ended = torch.ones(len(prefixes), dtype=torch.bool)
+        else:
+            nxt = candidates[p]
+            grown = torch.cat([prefixes.repeat_interleave(len(nxt), 0), nxt.repeat(len(prefixes)).view(-1, 1)], 1)
+            d = distance(spans, inputs(grown)[:, -1])
+            ok = d <= tau2
+            extended = ok.view(len(prefixes), len(nxt)).any(dim=1)
+            ended = ~extended
+            order = torch.argsort(d[ok])[:max_prefixes]
+            new_worst = torch.maximum(worst.repeat_interleave(len(nxt)), d)[ok][order]
+        for i in torch.nonzero(ended).flatten().tolist():
+            done.sequences.append(prefixes[i].tolist())
+            done.distances.append(float(worst[i]))
+        if p < len(candidates):
+            prefixes, worst = grown[ok][order], new_worst
+            kept.append(len(prefixes))
+    return done, kept
+
+
+def _scores(spans: list[Span], inputs: Inputs, batch: Tensor) -> tuple[Tensor, Tensor]:
+    d = distance(spans, inputs(batch))
+    return d.mean(dim=1), d.amax(dim=1)
+
+
+def _accept(found: Found, seq: list[int], worst: float, tau2: float) -> None:
+    if worst <= tau2 and seq not in found.sequences:
+        found.sequences.append(seq)
+        found.distances.append(worst)
+
+
+def encoder_search(candidates: list[Tensor], spans: list[Span], inputs: Inputs, tau2: float, batch: int,
+                   max_combinations: int, restarts: int, sweeps: int, generator: torch.Generator) -> Found:
+    """Step 2 for an encoder (see the module docstring); stops once ``batch`` sequences are found."""
+    found = Found([], [])
+    for length in range(len(candidates), 0, -1):
+        if len(found.sequences) >= batch:
+            break
+        sets = candidates[:length]
+        size = 1
+        for s in sets:
+            size *= len(s)
+        if size <= max_combinations:
+            combos = torch.tensor(list(itertools.product(*[s.tolist() for s in sets])), dtype=torch.long)
+            for part in combos.split(1024):
+                _, worst = _scores(spans, inputs, part)
+                for i in torch.nonzero(worst <= tau2).flatten().tolist():
+                    _accept(found, part[i].tolist(), float(worst[i]), tau2)
+            continue
+        picks = torch.stack([s[torch.randint(len(s), (restarts,), generator=generator)] for s in sets], dim=1)
+        for _ in range(sweeps):
+            changed = False
+            for p, options in enumerate(sets):
+                trial = picks.repeat_interleave(len(options), 0)
+                trial[:, p] = options.repeat(len(picks))
+                mean, _ = _scores(spans, inputs, trial)
+                best = mean.view(len(picks), len(options)).argmin(dim=1)
+                new = options[best]
+                changed = changed or bool((new != picks[:, p]).any())
+                picks[:, p] = new
+            if not changed:
+                break
+        _, worst = _scores(spans, inputs, picks)
+        for i in torch.argsort(worst).tolist():
+            _accept(found, picks[i].tolist(), float(worst[i]), tau2)
+    return found
