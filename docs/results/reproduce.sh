@@ -24,18 +24,19 @@ declare -A STUDY=(
   # the obfuscation study's client setting and defenses; IG at its stated minimum (1000) so that a verdict can be reached
   [worst-case-cifar10]="worst-case --set root=$DATA --set attacks.ig.iterations=1000 --set defenses=[none,quantize:bits=3,qsgd:levels=4,topk:sparsity=0.95,sign,noise:snr_db=0,clip:c=1,prune:ratio=0.9]"
   [worst-case-mlp-cifar10]="worst-case --set root=$DATA"
+  [text-pii]="text"  # the text extra; the generated pii corpus, no data folder
 )
 # the preset of each study where it is not cpu
 declare -A PRESET=([worst-case-mlp-cifar10]=mlp)
 ORDER=(stacking-cifar10-resnet18 stacking-mnist-resnet18 stacking-orl-resnet18 transfer-orl tv-cifar10 layers-cifar10
        dp-tradeoff-cifar10 dp-tradeoff-cifar10-1client obfuscation-cifar10 efficiency-cifar10 stacking-cifar10-densenet121
-       worst-case-cifar10 worst-case-mlp-cifar10)
+       worst-case-cifar10 worst-case-mlp-cifar10 text-pii)
 for name in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086
   /usr/bin/time -f "$name: %e s wall" fedleak study ${STUDY[$name]} --preset "${PRESET[$name]:-cpu}" --out "studies/$name" -q
   mkdir -p "docs/results/$name"
   cp "studies/$name/table.csv" "studies/$name/table.json" "studies/$name/study.json" "docs/results/$name/"
-  case $name in worst-case-*) cp "studies/$name"/figures/*.png "docs/results/$name/" ;; esac
+  case $name in worst-case-*|text-pii) cp "studies/$name"/figures/*.png "docs/results/$name/" ;; esac
 done
 # The README's SSIM-0.3 reading of worst-case-cifar10 re-scores the same runs (no new run) in a copy:
 #   cp -r studies/worst-case-cifar10 /tmp/wc03 && fedleak study ${STUDY[worst-case-cifar10]} --preset cpu --set ssim=0.3 --force --out /tmp/wc03 -q

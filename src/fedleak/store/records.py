@@ -80,9 +80,20 @@ class _Guess(_Stored):
     index: int | None = None
 
 
+class _TextGuess(_Stored):
+    rouge1: float
+    rouge2: float
+    rougeL: float
+    token_accuracy: float
+    index: int | None = None
+
+
 class _Baselines(_Stored):
-    mean_colour: _Guess
+    """An image run's guesses (mean colour, another image) or a text run's (another sentence)."""
+
+    mean_colour: _Guess | None = None
     other_image: _Guess | None = None
+    other_text: _TextGuess | None = None
 
 
 class _ImageScore(_Stored):

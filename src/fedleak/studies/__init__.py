@@ -9,6 +9,7 @@ from fedleak.studies import (  # noqa: F401
     obfuscation,
     recognition,
     secure_aggregation,
+    text,
     tradeoff,
     worst_case,
 )
