@@ -30,6 +30,11 @@ where the auditor has ground truth (a simulation that shares each client's batch
 :class:`~fedleak.metrics.Evaluation` attached, with the no-leak baselines beside it; that truth
 reaches the scoring only, after the attack has returned.
 
+What depends on the inputs' modality — how a batch reaches the model, the mis-specification check,
+the scores, whether the label and imprint what-ifs apply, the preview — is a :class:`Scoring`
+(:data:`IMAGES` by default; text: :class:`fedleak.integrations.flower.text.TextScoring`, whose scores
+come from the text modality's evaluate and whose verdict rule is :func:`fedleak.verdicts.text_evidence`).
+
 Where the records go: :class:`fedleak.integrations.flower.log.AuditLog` writes them to a results
 folder, a study of kind ``flower-audit`` (:class:`fedleak.studies.flower_audit.AuditStudy`) whose
 grid — one cell per audited (round, client) — grows as the federation runs, so ``fedleak runs
@@ -43,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import ValidationError
@@ -61,7 +66,7 @@ from fedleak.fl.payload import ClientData, Payload, PublicHyperparameters
 from fedleak.images import image_grid, png_bytes
 from fedleak.leaks import LabelHistogram, MaliciousServer, label_histogram_leak, malicious_server
 from fedleak.metrics.baselines import scores as baseline_scores
-from fedleak.metrics.evaluate import Evaluation, evaluate
+from fedleak.metrics.evaluate import evaluate
 from fedleak.metrics.lpips import LPIPS
 from fedleak.specification import SpecificationCheck, check_specification
 from fedleak.verdicts import INCONCLUSIVE, Findings, decide, minimum_iterations, order_unknown, recognisable
@@ -74,12 +79,15 @@ Truth = Callable[[], ClientData | None]
 # --- the attack's side: observables -------------------------------------------------------------------------
 
 
-def update_fit(payload: Payload, knowledge: AttackerKnowledge, images: Tensor, labels: Tensor) -> float:
-    """Cosine similarity, over every parameter, between the update ``images`` (in [0, 1]) with
-    ``labels`` would produce under the payload's public settings and the observed update."""
+def update_fit(payload: Payload, knowledge: AttackerKnowledge, images: Tensor, labels: Tensor,
+               scoring: Scoring | None = None) -> float:
+    """Cosine similarity, over every parameter, between the update the inputs ``images`` (images in
+    [0, 1]; token ids for text) with ``labels`` would produce under the payload's public settings and
+    the observed update; ``scoring`` (default images) says what the model takes of them."""
     simulation = Simulation(payload, knowledge)
+    inputs, targets = (scoring or IMAGES).model_inputs(knowledge, images, labels)
     with torch.enable_grad():
-        simulated = simulation.update(normalize(images, knowledge.mean, knowledge.std), labels)
+        simulated = simulation.update(inputs, targets)
     names = list(payload.update)
     a = torch.cat([simulated[n].detach().flatten() for n in names]).double()
     b = torch.cat([payload.update[n].flatten() for n in names]).double()
@@ -103,6 +111,86 @@ def label_signal(payload: Payload, num_classes: int, labels: Tensor) -> float | 
     return float(negative[present].sum()) / total
 
 
+# --- the modality's side: what an audit does with its inputs (DESIGN.md §7) ----------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """A reconstruction scored against the client's batch: the modality's ``evaluation`` (``order``,
+    ``label_accuracy``, ``summary()``), what the record's row holds of it (``metrics``), the
+    :class:`~fedleak.verdicts.Findings` fields it decides (``findings``) and a short ``headline``."""
+
+    evaluation: Any
+    metrics: dict[str, Any]
+    findings: dict[str, Any]
+    headline: str = ""
+
+
+class Scoring(Protocol):
+    """What an audit of one modality does that depends on its inputs (:data:`IMAGES` here; text in
+    :mod:`fedleak.integrations.flower.text`): ``name`` (the modality), ``leaks`` (whether the label
+    histogram and the imprint what-if of :mod:`fedleak.leaks` apply), the model's inputs and labels
+    of a batch (the update fit), the mis-specification check, the scoring against the truth, why the
+    attack did not apply (``None``: it did) and what the record previews."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def leaks(self) -> bool: ...
+
+    def model_inputs(self, knowledge: AttackerKnowledge, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def check(self, payload: Payload, knowledge: AttackerKnowledge, public: Tensor | None,
+              public_labels: Tensor | None, seed: int) -> SpecificationCheck: ...
+
+    def score(self, reconstruction: Reconstruction, truth: ClientData, lpips: Mapping[str, LPIPS | None]) -> Score: ...
+
+    def not_applicable(self, reconstruction: Reconstruction) -> str | None: ...
+
+    def preview(self, record: AuditRecord) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ImageScoring:
+    """Images in [0, 1]: normalised for the model; the check on public (or smooth random) images;
+    PSNR/SSIM/LPIPS beside the mean-colour guess, recognisable images and label accuracy."""
+
+    name: str = "image"
+    leaks: bool = True
+
+    def model_inputs(self, knowledge: AttackerKnowledge, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return normalize(inputs, knowledge.mean, knowledge.std), labels
+
+    def check(self, payload: Payload, knowledge: AttackerKnowledge, public: Tensor | None,
+              public_labels: Tensor | None, seed: int) -> SpecificationCheck:
+        return check_specification(payload, knowledge, public, public_labels, seed=seed)
+
+    def score(self, reconstruction: Reconstruction, truth: ClientData, lpips: Mapping[str, LPIPS | None]) -> Score:
+        if tuple(truth.images.shape) != tuple(reconstruction.images.shape):
+            raise FedleakError(f"the batch shared for scoring is {tuple(truth.images.shape)}, the update stands "
+                               f"for {tuple(reconstruction.images.shape)}")
+        ev = evaluate(reconstruction, truth, dict(lpips))
+        base = baseline_scores(truth.images.mean((2, 3), keepdim=True), truth.images)
+        found = recognisable(reconstruction.images[ev.order], truth.images)
+        metrics = {"psnr": ev.psnr, "ssim": ev.ssim, "label_accuracy": ev.label_accuracy, "lpips": ev.lpips,
+                   **{f"lpips_{net}": v for net, v in ev.lpips.items()}, "images": [asdict(s) for s in ev.images],
+                   "psnr_mean_colour": base["psnr"], "ssim_mean_colour": base["ssim"],
+                   "psnr_gain": ev.psnr - base["psnr"], "recognisable_images": found}
+        return Score(ev, metrics, {"recognisable": found, "label_accuracy": ev.label_accuracy},
+                     f", PSNR {ev.psnr:.1f} dB")
+
+    def not_applicable(self, reconstruction: Reconstruction) -> str | None:
+        return None
+
+    def preview(self, record: AuditRecord) -> dict[str, Any]:
+        return {"reconstruction": _preview(record.images), "labels": record.labels_shown()[:PREVIEW_IMAGES],
+                "original": _preview(record.truth_images) if record.truth_images is not None else None}
+
+
+IMAGES = ImageScoring()
+
+
 @dataclass
 class AuditRecord:
     """One audited update: the payload side (always) and an evaluation (only with ground truth).
@@ -122,9 +210,9 @@ class AuditRecord:
     seconds: float
     assumptions: list[str] = field(default_factory=list)
     view: str = "clients"
-    evaluation: Evaluation | None = None
-    baseline: dict[str, float] | None = None  # the mean-colour guess scored against the truth
-    truth_images: Tensor | None = None  # kept for the report's image grid only
+    evaluation: Any = None  # the modality's evaluation (metrics.Evaluation for images), with ground truth only
+    scored: dict[str, Any] | None = None  # what the row holds of it, beside its baselines (Score.metrics)
+    truth_images: Tensor | None = None  # the batch's inputs, kept for the report's grid (images) or texts
     specification: SpecificationCheck | None = None  # the mis-specification check, where it ran
     truth_fit: float | None = None  # cosine with which the client's own batch, simulated, explains the update
     probability: float | None = None  # calibrated P(recognisable) of the update fit (used where verified)
@@ -137,13 +225,17 @@ class AuditRecord:
     sources: dict[str, str] = field(default_factory=dict)  # each training setting → where it was read (or assumed)
     label_counts: LabelHistogram | None = None  # the client's class counts as recovered (fedleak.leaks)
     malicious: MaliciousServer | None = None  # what an imprint server would recover of this client exactly
+    scoring: Scoring = IMAGES  # the modality's side of the audit (its inputs, scores, preview)
+    headline: str = ""  # the score's short summary for the log line
 
     @property
     def images(self) -> Tensor:
-        """The reconstructed images, each paired with its original (Hungarian matching) where there is
-        ground truth, so that the two line up in the report."""
+        """The reconstructed inputs, each paired with its original (matching) where there is ground
+        truth, so that the two line up in the report (an unmatched original's row: the first one's)."""
         images = self.reconstruction.images
-        return images[self.evaluation.order] if self.evaluation is not None else images
+        if self.evaluation is None or not len(images):
+            return images
+        return images[[max(j, 0) for j in self.evaluation.order]]
 
     def labels_shown(self) -> list[int]:
         """The recovered labels in the order of :attr:`images`."""
@@ -169,7 +261,7 @@ class AuditRecord:
             "label_signal": self.label_signal, "matching_loss": rec.matching_loss,
             "restart_losses": rec.restart_losses, "iterations": rec.iterations,
             "recovered_labels": labels, "labels": ", ".join(map(str, labels)),
-            "attack_seconds": round(rec.seconds, 3), "seconds": round(self.seconds, 3),
+            "attack_notes": list(rec.notes), "attack_seconds": round(rec.seconds, 3), "seconds": round(self.seconds, 3),
             "verdict": self.verdict, "verdict_reason": self.verdict_reason, "iterations_run": self.iterations_run,
             "min_iterations": self.min_iterations, "simulation_verified": self.verified,
             "specification": self.specification.as_dict() if self.specification is not None else None,
@@ -181,18 +273,9 @@ class AuditRecord:
             "device": device_name(rec.images.device),  # where the attack ran
             "hyper": asdict(self.hyper), "assumptions": list(self.assumptions),
             "hints": [f"Assumed (not sent by the server): {a}" for a in self.assumptions],
-            "preview": {"reconstruction": _preview(self.images), "labels": self.labels_shown()[:PREVIEW_IMAGES],
-                        "original": _preview(self.truth_images) if self.truth_images is not None else None},
+            "modality": self.scoring.name, "preview": self.scoring.preview(self),
         }
-        if self.evaluation is not None:
-            ev = self.evaluation
-            out |= {"psnr": ev.psnr, "ssim": ev.ssim, "label_accuracy": ev.label_accuracy, "lpips": ev.lpips,
-                    **{f"lpips_{net}": v for net, v in ev.lpips.items()},
-                    "images": [asdict(s) for s in ev.images]}
-            if self.baseline is not None:
-                out |= {"psnr_mean_colour": self.baseline["psnr"], "ssim_mean_colour": self.baseline["ssim"],
-                        "psnr_gain": ev.psnr - self.baseline["psnr"], "recognisable_images": self.recognisable}
-        return out
+        return out | (self.scored or {})
 
 
 def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack, *, round: int, client: str,
@@ -201,7 +284,8 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
                  lpips: Mapping[str, LPIPS | None] | None = None,
                  check: bool | SpecificationCheck = True, public: Tensor | None = None,
                  public_labels: Tensor | None = None, min_iterations: int | None = None,
-                 sources: Mapping[str, str] | None = None, leaks: bool = True) -> AuditRecord:
+                 sources: Mapping[str, str] | None = None, leaks: bool = True,
+                 scoring: Scoring | None = None) -> AuditRecord:
     """Check the simulation, attack one observed update, measure what is observable and decide the
     verdict; score against the truth only if ``truth`` gives some — a callable asked after the
     attack has returned, so nothing it holds can reach the attack.
@@ -212,46 +296,49 @@ def audit_update(payload: Payload, knowledge: AttackerKnowledge, attack: Attack,
     ``min_iterations``: the least iterations the attack needs (default its stated minimum,
     :func:`fedleak.verdicts.minimum_iterations`). ``sources`` says where each training setting was read
     (kept in the record). ``leaks``: also recover the label histogram and the malicious-server figure
-    (:mod:`fedleak.leaks`; the histogram scored against the truth where given, after the attack)."""
+    (:mod:`fedleak.leaks`; the histogram scored against the truth where given, after the attack;
+    only where the modality's ``scoring`` says they apply). ``scoring``: the inputs' modality
+    (:class:`Scoring`; default :data:`IMAGES`): how the check, the update fit and the scores read them."""
     if knowledge.labels is not None or knowledge.bn_stats is not None:
         raise FedleakError("an audit attacks what the server sees: the attacker cannot know the client's "
                            "labels or batch-norm statistics")
     start = time.perf_counter()
+    side = scoring or IMAGES
+    leaks = leaks and side.leaks
     if isinstance(check, SpecificationCheck):
         specification: SpecificationCheck | None = check
     else:
-        specification = check_specification(payload, knowledge, public, public_labels, seed=seed) if check else None
+        specification = side.check(payload, knowledge, public, public_labels, seed) if check else None
     reconstruction = attack.run(payload, knowledge, seed=seed)
-    fit = update_fit(payload, knowledge, reconstruction.images, reconstruction.labels)
-    signal = label_signal(payload, knowledge.num_classes, reconstruction.labels)
+    fit = update_fit(payload, knowledge, reconstruction.images, reconstruction.labels, side)
+    signal = label_signal(payload, knowledge.num_classes, reconstruction.labels) if side.leaks else None
     data = truth() if callable(truth) else truth
     counts = label_histogram_leak(payload, knowledge, None if data is None else data.labels, public, public_labels,
                                   seed) if leaks and knowledge.num_classes else None
     malicious = malicious_server(payload.hyper.observed_images, tuple(knowledge.input_shape)) if leaks else None
-    evaluation = baseline = truth_fit = found = None
+    score = truth_fit = None
     if data is not None:
-        if tuple(data.images.shape) != tuple(reconstruction.images.shape):
-            raise FedleakError(f"the batch shared for scoring is {tuple(data.images.shape)}, the update stands "
-                               f"for {tuple(reconstruction.images.shape)}")
-        evaluation = evaluate(reconstruction, data, dict(lpips or {}))
-        baseline = baseline_scores(data.images.mean((2, 3), keepdim=True), data.images)
-        truth_fit = update_fit(payload, knowledge, data.images, data.labels)
-        found = recognisable(reconstruction.images[evaluation.order], data.images)
+        score = side.score(reconstruction, data, lpips or {})
+        truth_fit = update_fit(payload, knowledge, data.images, data.labels, side)
     minimum = minimum_iterations(attack.name, attack.config) if min_iterations is None else min_iterations
-    probability, bound = calibrated(fit, payload.hyper.observed_images) or (None, "estimate")
+    probability, bound = calibrated(fit, payload.hyper.observed_images) or (None, "estimate") \
+        if side is IMAGES else (None, "estimate")  # the calibration is measured on images
     findings = Findings(attack.name, reconstruction.iterations, minimum, payload.hyper.observed_images,
-                        specification, truth_fit, found, evaluation.label_accuracy if evaluation else None,
-                        probability, bound, order_unknown(payload.hyper, assumptions or []),
-                        None if counts is None else counts.error)
+                        specification, truth_fit, probability=probability, bound=bound,
+                        order_unknown=order_unknown(payload.hyper, assumptions or []),
+                        histogram_error=None if counts is None else counts.error,
+                        not_applicable=side.not_applicable(reconstruction), **(score.findings if score else {}))
     verdict = decide(findings)
     return AuditRecord(round=round, client=client, hyper=payload.hyper, reconstruction=reconstruction,
                        update_fit=fit, label_signal=signal, seconds=time.perf_counter() - start,
-                       assumptions=list(assumptions or []), view=view, evaluation=evaluation, baseline=baseline,
+                       assumptions=list(assumptions or []), view=view,
+                       evaluation=score.evaluation if score else None, scored=score.metrics if score else None,
                        truth_images=None if data is None else data.images.detach().clone(),
                        specification=specification, truth_fit=truth_fit, probability=findings.probability,
-                       recognisable=found, iterations_run=reconstruction.iterations, min_iterations=minimum,
-                       verdict=verdict.verdict, verdict_reason=verdict.reason, verified=findings.verified,
-                       sources=dict(sources or {}), label_counts=counts, malicious=malicious)
+                       recognisable=findings.recognisable, iterations_run=reconstruction.iterations,
+                       min_iterations=minimum, verdict=verdict.verdict, verdict_reason=verdict.reason,
+                       verified=findings.verified, sources=dict(sources or {}), label_counts=counts,
+                       malicious=malicious, scoring=side, headline=score.headline if score else "")
 
 
 # --- the attack configuration -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ PSNR_MARGIN = 3.0  # dB above the image's own mean-colour guess: recognisable
 SIMULATION_FIT = 0.99  # the client's own batch explains its update at least this well: simulation verified
 LEAK_PROBABILITY = 0.5  # calibrated P(recognisable) at or above: leaks
 SAFE_PROBABILITY = 0.05  # … at or below (everything else verified): no leak found
+PARTIAL_ROUGE = 0.1  # text: mean ROUGE-1 above the unrelated-sentence baseline by this much is a partial recovery
 OPTIMISATION_MINIMUM = 1000  # iterations an optimisation attack not registered below needs at least
 
 MIN_ITERATIONS: Registry[int] = Registry("attack minimum")
@@ -198,14 +199,20 @@ def text_evidence(summary: Mapping[str, Any]) -> tuple[list[str], str]:
     least one sequence of the batch was recovered exactly (token ids equal at every real position)
     or at least one recorded PII span appears verbatim in its matched reconstruction; returns the
     evidence lines and what was searched (the no-leak reason). ROUGE alone is no evidence: two
-    sentences of a templated corpus share many words (the no-leak baseline shows how many)."""
+    sentences of a templated corpus share many words — but where the summary holds the no-leak
+    baseline (``other_text``: an unrelated sentence of the corpus scored the same way), a mean ROUGE-1
+    at least :data:`PARTIAL_ROUGE` above it is a partial recovery, and a leak too."""
     exact, total = int(summary.get("exact_sequences") or 0), int(summary.get("sequences") or 0)
     pii, spans = int(summary.get("pii_recovered_spans") or 0), int(summary.get("pii_spans") or 0)
+    rouge, other = float(summary.get("rouge1") or 0.0), summary.get("other_text")
     evidence = []
     if exact:
         evidence.append(f"{exact} of {total} sequence{'s' * (total > 1)} recovered exactly")
     if pii:
         evidence.append(f"{pii} of {spans} PII span{'s' * (spans > 1)} recovered verbatim")
+    if isinstance(other, Mapping) and rouge >= float(other.get("rouge1") or 0.0) + PARTIAL_ROUGE:
+        evidence.append(f"partial recovery: mean ROUGE-1 {rouge:.2f} against {float(other['rouge1'] or 0):.2f} "
+                        "for an unrelated sentence of the corpus")
     return evidence, (f"no sequence of {total} recovered exactly, none of {spans} PII spans verbatim "
                       f"(ROUGE-1 {float(summary.get('rouge1') or 0.0):.2f})")
 

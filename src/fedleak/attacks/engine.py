@@ -8,6 +8,13 @@ depends on the iteration only) act element by element, so this is the same optim
 separate ones; each payload keeps its own matching loss, restart selection, trace and early
 stopping. A payload that stops early is frozen (its candidates restored after each later step) and
 leaves the computation.
+
+Successive halving (``halving``: fractions of the iterations) drops, at each of its points, the worse
+half of every payload's restarts by their matching loss: the variable and the optimiser's state are
+cut down to the survivors, so every later step computes only those. The survivors' steps are the
+ones they would have taken without it, so where a full run's winner survives, it is chosen again.
+An optimisation may run in stages (:class:`Stage`, e.g. IG's coarse-to-fine), each a new variable
+built from the last one's value; the halving points count over the stages' iterations together.
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ from torch import Tensor
 from fedleak.attacks.base import Attack, AttackerKnowledge, Reconstruction
 from fedleak.attacks.labels import recover_labels
 from fedleak.attacks.matching import GradientMatching, MatchingConfig, matched_layers, same_state, shared_key, take
-from fedleak.attacks.optimization import INITS, Trace, best_restart, matmul_precision, optimize_group
+from fedleak.attacks.optimization import (
+    INITS,
+    Trace,
+    best_restart,
+    halving_points,
+    matmul_precision,
+    optimize_group,
+)
 from fedleak.device import generator, payload_device
 from fedleak.fl.payload import Payload
 
@@ -45,12 +59,35 @@ class Variable:
 
 
 @dataclass
+class Stage:
+    """One stage of an optimisation: ``iterations`` steps of what ``build(previous)`` returns — the
+    variable, its optimiser and lr schedule — given the previous stage's value (``None`` first)."""
+
+    iterations: int
+    build: Callable[[Tensor | None], tuple[Variable, torch.optim.Optimizer, Any]]
+
+
+@dataclass
 class GroupResult:
     """One payload's outcome of a group optimisation."""
 
-    final: Tensor  # every restart's final matching loss (R)
+    final: Tensor  # every surviving restart's final matching loss (R')
     trace: Trace
     iterations: int
+    origin: Tensor | None = None  # the survivors' indices among the R restarts drawn (None: all survived)
+    dropped: Tensor | None = None  # R: each dropped restart's matching loss when dropped (NaN for survivors)
+
+    def restart_losses(self) -> Tensor:
+        """Every restart's matching loss (R): a survivor's final one, a dropped restart's when dropped."""
+        if self.origin is None or self.dropped is None:
+            return self.final
+        out = self.dropped.to(self.final.device, copy=True)  # the bookkeeping is on the host
+        out[self.origin.to(self.final.device)] = self.final
+        return out
+
+    def restart(self, survivor: int) -> int:
+        """The index among the restarts drawn of survivor ``survivor``."""
+        return survivor if self.origin is None else int(self.origin[survivor])
 
 
 def groups(payloads: Sequence[Payload], knowledges: Sequence[AttackerKnowledge], layers: str,
@@ -69,24 +106,46 @@ def groups(payloads: Sequence[Payload], knowledges: Sequence[AttackerKnowledge],
     return [members for _, members in found]
 
 
+def shrink(variable: Variable, optimizer: torch.optim.Optimizer, keep: Tensor) -> None:
+    """Cut ``variable`` (P×R×…) down to the restarts ``keep`` (P×R' indices) in place of its value,
+    and the optimiser's per-element state with it (Adam's moments; its step count is shared)."""
+    old = variable.value
+    rows = torch.arange(old.shape[0], device=old.device)[:, None]
+    index = keep.to(old.device)
+    new = old.detach()[rows, index].clone().requires_grad_(True)
+    for group in optimizer.param_groups:
+        group["params"] = [new if q is old else q for q in group["params"]]
+    if old in optimizer.state:
+        state = optimizer.state.pop(old)
+        optimizer.state[new] = {k: v[rows, index].clone() if torch.is_tensor(v) and v.shape == old.shape else v
+                                for k, v in state.items()}
+    variable.value = new
+
+
 def optimize_variable(objective: GradientMatching, variable: Variable, labels: Tensor,
                       optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                       iterations: int, patience: int | None, min_delta: float, chunk: int | None,
-                      progress: bool, desc: str, log_every: int) -> list[GroupResult]:
+                      progress: bool, desc: str, log_every: int,
+                      halve: dict[int, int] | None = None) -> list[GroupResult]:
     """Optimise ``variable`` for the payloads of ``objective`` (``labels``: P×B) and score every
-    restart by its final matching loss; returns each payload's result."""
-    value, count = variable.value, objective.count
+    surviving restart by its final matching loss; returns each payload's result. ``halve``
+    (iteration → restarts kept, :func:`~fedleak.attacks.optimization.halving_points`) drops the
+    worse restarts by matching loss (:func:`shrink`), leaving ``variable.value`` P×R'×…."""
+    count, drawn = objective.count, variable.value.shape[1]
     subset: dict[str, Any] = {"active": list(range(count))}  # the cache select() fills, of mixed types
+    origin = torch.arange(drawn, device="cpu").expand(count, drawn).clone()  # bookkeeping, on the host
+    dropped = torch.full((count, drawn), float("nan"), device="cpu")
 
     def select(active: list[int]) -> None:
         """Cache the active payloads' part of the objective and the stopped ones' frozen values."""
+        value = variable.value
         index = torch.tensor(active, device=value.device)
         stopped = torch.tensor(sorted(set(range(count)) - set(active)), dtype=torch.long, device=value.device)
         subset.update(active=active, index=index, labels=labels[index], data=take(objective.data, index),
                       stopped=stopped, frozen=value.detach()[stopped].clone())
 
     def step(active: list[int]) -> Tensor:
-        full = len(active) == count
+        value, full = variable.value, len(active) == count
         if not full and subset["active"] != active:
             select(active)
         current = value.detach() if full else value.detach()[subset["index"]]
@@ -110,11 +169,66 @@ def optimize_variable(objective: GradientMatching, variable: Variable, labels: T
                 value[subset["stopped"]] = subset["frozen"]
         return match
 
-    traces, done = optimize_group(step, count, iterations, patience, min_delta, progress, desc, log_every)
+    def drop(keep: Tensor, losses: Tensor) -> None:
+        nonlocal origin
+        losses, host = losses.detach().cpu(), keep.cpu()  # the bookkeeping lives on the host
+        for p in range(count):
+            gone = torch.ones(losses.shape[1], dtype=torch.bool, device="cpu")
+            gone[host[p]] = False
+            dropped[p, origin[p, gone]] = losses[p, gone]
+        origin = torch.gather(origin, 1, host)
+        shrink(variable, optimizer, keep)
+        subset["active"] = None  # the cached frozen values have the old shape
+
+    traces, done = optimize_group(step, count, iterations, patience, min_delta, progress, desc, log_every,
+                                  halve, drop)
     with torch.no_grad():
-        x = variable.inputs(value.detach())
+        x = variable.inputs(variable.value.detach())
     final = objective.losses(x, labels, chunk=chunk)
-    return [GroupResult(final[p], traces[p], done[p]) for p in range(count)]
+    cut = variable.value.shape[1] < drawn
+    return [GroupResult(final[p], traces[p], done[p], origin[p] if cut else None, dropped[p] if cut else None)
+            for p in range(count)]
+
+
+def staged(objective: GradientMatching, labels: Tensor, stages: Sequence[Stage], halving: Sequence[float],
+           restarts: int, patience: int | None, min_delta: float, chunk: int | None, progress: bool,
+           desc: str, log_every: int) -> tuple[list[GroupResult], Variable]:
+    """Run the ``stages`` one after another (:func:`optimize_variable` each), each built from the last
+    one's value, with the ``halving`` points (fractions of all the stages' iterations) falling in each;
+    returns each payload's result over all stages (a trace that goes on across them, the survivors
+    among the ``restarts`` drawn) and the last stage's variable."""
+    total = sum(s.iterations for s in stages)
+    points = halving_points(total, halving, restarts)
+    results: list[GroupResult] | None = None
+    value: Tensor | None = None
+    offset = 0
+    for stage in stages:
+        variable, optimizer, scheduler = stage.build(value)
+        halve = {it - offset: k for it, k in points.items() if offset <= it < offset + stage.iterations}
+        now = optimize_variable(objective, variable, labels, optimizer, scheduler, stage.iterations, patience,
+                                min_delta, chunk, progress, desc, log_every, halve)
+        results = now if results is None else [chain(a, b, offset) for a, b in zip(results, now)]
+        value, offset = variable.value.detach(), offset + stage.iterations
+    assert results is not None
+    return results, variable
+
+
+def chain(first: GroupResult, then: GroupResult, offset: int) -> GroupResult:
+    """``first`` followed by ``then`` (a later stage begun after ``offset`` iterations, on the survivors
+    of ``first``): one trace, the survivors' indices and dropped losses composed."""
+    trace = first.trace
+    shift = then.trace.start - trace.start
+    trace.rows += [{**row, "iteration": row["iteration"] + offset, "seconds": round(row["seconds"] + shift, 4)}
+                   for row in then.trace.rows]
+    drawn = first.final.shape[0] if first.dropped is None else first.dropped.shape[0]
+    origin = torch.arange(drawn, device="cpu") if first.origin is None else first.origin
+    dropped = torch.full((drawn,), float("nan"), device="cpu") if first.dropped is None else first.dropped.clone()
+    if then.origin is not None and then.dropped is not None:
+        dropped[origin] = then.dropped  # the first stage's survivors dropped later (NaN: still running)
+        origin = origin[then.origin]
+    cut = origin.shape[0] < drawn
+    return GroupResult(then.final, trace, offset + then.iterations, origin if cut else None,
+                       dropped if cut else None)
 
 
 class BatchedMatching(Attack):
@@ -160,12 +274,24 @@ class BatchedMatching(Attack):
         """Run :func:`optimize_variable` with the config's budget and return each payload's winning
         restart (the lowest final matching loss) as a reconstruction; ``images(p, r)`` are payload
         ``p``'s restart ``r`` as [0, 1] images."""
+        stage = Stage(self.config.iterations, lambda _: (variable, optimizer, scheduler))
+        return self.optimize_stages(objective, labels, [stage], progress, lambda p, r, _: images(p, r))
+
+    def optimize_stages(self, objective: GradientMatching, labels: Tensor, stages: Sequence[Stage], progress: bool,
+                        images: Callable[[int, int, Variable], Tensor],
+                        halving: Sequence[float] = ()) -> list[Reconstruction]:
+        """Run the ``stages`` (:func:`staged`, with successive ``halving`` at those fractions of their
+        iterations) and return each payload's winning restart — the survivor with the lowest final
+        matching loss — as a reconstruction; ``images(p, r, variable)`` are payload ``p``'s restart
+        ``r`` of the last stage's ``variable`` (the survivors only) as [0, 1] images. Every restart's
+        loss is reported: a survivor's final one, a dropped restart's when it was dropped."""
         cfg = self.config
-        outcomes = optimize_variable(objective, variable, labels, optimizer, scheduler, cfg.iterations,
-                                     cfg.patience, cfg.min_delta, cfg.chunk, progress, self.name, cfg.log_every)
+        outcomes, variable = staged(objective, labels, stages, halving, cfg.restarts, cfg.patience, cfg.min_delta,
+                                    cfg.chunk, progress, self.name, cfg.log_every)
         reconstructions = []
         for p, outcome in enumerate(outcomes):
             winner = best_restart(outcome.final)
-            reconstructions.append(Reconstruction.from_restarts(images(p, winner), labels[p], outcome.final, winner,
-                                                                outcome.trace, outcome.iterations))
+            reconstructions.append(Reconstruction.from_restarts(
+                images(p, winner, variable), labels[p], outcome.restart_losses(), outcome.restart(winner),
+                outcome.trace, outcome.iterations))
         return reconstructions

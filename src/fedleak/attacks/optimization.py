@@ -1,10 +1,10 @@
 """Shared pieces of the optimisation attacks: initialisation, the lr schedule, restart selection,
-early stopping and a loss trace."""
+successive halving of restarts, early stopping and a loss trace."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -47,6 +47,28 @@ def best_restart(final: Tensor) -> int:
             "lower attack.lr or change attack.init"
         )
     return int(torch.argmin(torch.where(finite, final, torch.inf)))
+
+
+def halving_points(iterations: int, fractions: Sequence[float], restarts: int) -> dict[int, int]:
+    """Successive halving's schedule: after iteration ``int(f · iterations)`` (counted from 1) for each
+    fraction ``f``, keep ⌈R/2⌉ of the R restarts still running; a point where one restart is left, or
+    that falls on or after the last iteration, does nothing. Returns iteration index (0-based, the
+    step after which to drop) → restarts kept."""
+    points: dict[int, int] = {}
+    for f in sorted(fractions):
+        at = int(f * iterations)
+        if restarts > 1 and 1 <= at < iterations and at - 1 not in points:
+            restarts = (restarts + 1) // 2
+            points[at - 1] = restarts
+    return points
+
+
+def keep_best(losses: Tensor, keep: int) -> Tensor:
+    """The ``keep`` restarts (P×keep indices, ascending) with the lowest matching losses of each
+    payload (``losses``: P×R); a diverged restart (NaN, ±inf) ranks last, ties go to the lower index."""
+    ranked = torch.where(torch.isfinite(losses), losses, torch.inf)
+    order = torch.sort(ranked, dim=1, stable=True).indices[:, :keep]
+    return torch.sort(order, dim=1).values
 
 
 def finite_min(losses: Tensor) -> float:
@@ -97,29 +119,36 @@ class EarlyStop:
 
 
 def optimize_group(step: Callable[[list[int]], Tensor], count: int, iterations: int, patience: int | None,
-                   min_delta: float, progress: bool = False, desc: str = "attack",
-                   log_every: int = 1) -> tuple[list[Trace], list[int]]:
+                   min_delta: float, progress: bool = False, desc: str = "attack", log_every: int = 1,
+                   halve: dict[int, int] | None = None,
+                   drop: Callable[[Tensor, Tensor], None] | None = None) -> tuple[list[Trace], list[int]]:
     """Call ``step`` up to ``iterations`` times for ``count`` independent payloads optimised together:
     ``step(active)`` makes one optimiser step for the payloads still running (``active``, indices in
     order) and returns their trials' matching losses (len(active)×R). Each payload traces its best and
     mean loss and stops early on its own plateau;
     a payload that stops leaves ``active`` (its candidates must then stay as they are). All
-    payloads' losses come back to the host together, every ``log_every`` iterations and at the last.
-    Returns each payload's trace and number of steps taken."""
+    payloads' losses come back to the host together, every ``log_every`` iterations, at the last and
+    at each point of ``halve`` (iteration → restarts kept, :func:`halving_points`): there
+    ``drop(keep, losses)`` is called with each payload's best restarts (P×kept, :func:`keep_best`) by
+    its latest matching losses (P×R; a stopped payload's from its last read) and must shrink the
+    candidates to them, for every payload. Returns each payload's trace and number of steps taken."""
     traces = [Trace(iterations, every=log_every) for _ in range(count)]
     stops = [EarlyStop(patience, min_delta) for _ in range(count)]
     done, active = [iterations] * count, list(range(count))
+    halve = halve or {}
+    latest: list[Tensor] = [torch.empty(0, device="cpu")] * count  # each payload's last read trial losses
     bar = tqdm(total=iterations, disable=not progress, desc=desc, unit="it", leave=False)
     shown = 0
     for it in range(iterations):
         match = step(active)
         last = it == iterations - 1
-        if it % log_every and not last:
+        if it % log_every and not last and it not in halve:
             continue  # no host synchronisation on this step
         rows = match.detach().cpu()  # one transfer for every payload
         steps, shown, still = it + 1 - shown, it + 1, []
         bests = []
         for row, p in zip(rows, active):
+            latest[p] = row
             best = finite_min(row)
             bests.append(best)
             traces[p].record(it, last=last, loss=best, mean_loss=float(row.mean()))
@@ -133,5 +162,10 @@ def optimize_group(step: Callable[[list[int]], Tensor], count: int, iterations: 
         active = still
         if not active:
             break
+        if it in halve and drop is not None:
+            losses = torch.stack(latest)
+            keep = keep_best(losses, halve[it])
+            drop(keep, losses)
+            latest = list(torch.gather(losses, 1, keep))
     bar.close()
     return traces, done

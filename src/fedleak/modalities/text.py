@@ -56,7 +56,7 @@ def text_target(config: RunConfig, dataset: TextDataset, info: CheckpointInfo | 
     if config.model.checkpoint:
         load_into(target, config.model.checkpoint, config.model.name)
     trained = (info.tokenizer or {}).get("sha256") if info is not None else None
-    if trained and trained != tokenizer_facts(tok, dataset.seq_len)["sha256"]:
+    if info is not None and trained and trained != tokenizer_facts(tok, dataset.seq_len)["sha256"]:
         raise ConfigError("the dataset's tokenizer is not the one the checkpoint was trained with: keep the "
                           f"checkpoint's data options {info.data_options} (they are the defaults) or its tokenizer")
     if dataset.seq_len > target.max_length:

@@ -3,8 +3,10 @@ and in a simulation it may be shared with the auditor for scoring.
 
 The ClientApp's train function records the examples it trained on with :func:`record_batch` (in
 the node's ``context.state``, which Flower keeps on the node and never sends); mods read them back
-with :func:`recorded_batch`. Images are in [0, 1] (before normalisation), in the order the client
-indexes its examples (the order minibatches and ``shuffle-seed`` refer to).
+with :func:`recorded_batch`. Images are in [0, 1] (before normalisation); a text client's inputs are
+token ids (int64 N×T, right-padded); both in the order the client indexes its examples (the order
+minibatches and ``shuffle-seed`` refer to). ``indices`` (optional) name each example in the data set
+it comes from (a text audit looks its recorded PII spans up by them).
 
 :class:`SharedBatches` is for simulations only: a folder on the machine that runs both sides, where
 clients leave their batch (:meth:`SharedBatches.mod`) and the audit's evaluation hook picks it up
@@ -13,6 +15,7 @@ after the attack has returned. Real clients never share their data; a real audit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -33,16 +36,28 @@ def is_train(message: Message) -> bool:
     return message.metadata.message_type.split(".")[0] == MessageType.TRAIN
 
 
-def record_batch(context: Context, message: Message, images: Tensor, labels: Tensor) -> None:
-    """Remember the examples this round's training used (``images`` N×C×H×W in [0, 1], ``labels``
-    N class indices), for the mods of this node; ``message`` is the train instruction."""
-    if images.ndim != 4 or labels.shape != (images.shape[0],):
-        raise FedleakError(f"record_batch needs N×C×H×W images and N labels, got {tuple(images.shape)} and "
-                           f"{tuple(labels.shape)}")
-    context.state[BATCH_KEY] = ArrayRecord({
-        "images": Array(images.detach().cpu().float().contiguous().numpy()),
-        "labels": Array(labels.detach().cpu().long().contiguous().numpy()),
-    })
+def _inputs(inputs: Tensor) -> Tensor:
+    """Images as float32, token ids as int64 (the two forms a batch's inputs take)."""
+    inputs = inputs.detach().cpu()
+    return (inputs.float() if inputs.is_floating_point() else inputs.long()).contiguous()
+
+
+def record_batch(context: Context, message: Message, images: Tensor, labels: Tensor,
+                 indices: Sequence[int] | None = None) -> None:
+    """Remember the examples this round's training used, for the mods of this node: ``images`` N×C×H×W
+    in [0, 1] and N class ``labels``, or a text batch — token ids N×T (int64) and per sequence a class
+    or its N×(T−1) next-token targets; ``indices`` (optional) the examples' places in their data set.
+    ``message`` is the train instruction."""
+    n = images.shape[0] if images.ndim else 0
+    form = (images.ndim == 4 and images.is_floating_point() and labels.shape == (n,)) or (
+        images.ndim == 2 and not images.is_floating_point() and labels.shape in ((n,), (n, images.shape[1] - 1)))
+    if not form or (indices is not None and len(indices) != n):
+        raise FedleakError(f"record_batch needs N×C×H×W images and N labels, or N×T token ids and N (or N×(T−1)) "
+                           f"labels, and one index per example, got {tuple(images.shape)} and {tuple(labels.shape)}")
+    arrays = {"images": Array(_inputs(images).numpy()), "labels": Array(labels.detach().cpu().long().contiguous().numpy())}
+    if indices is not None:
+        arrays["indices"] = Array(torch.tensor([int(i) for i in indices], dtype=torch.long).numpy())
+    context.state[BATCH_KEY] = ArrayRecord(arrays)
     context.state[ORIGIN_KEY] = ConfigRecord({"message-id": message.metadata.message_id,
                                               "group-id": message.metadata.group_id})
 
@@ -56,8 +71,9 @@ def recorded_batch(message: Message, context: Context) -> ClientData:
     if (origin.get("message-id"), origin.get("group-id")) != (message.metadata.message_id, message.metadata.group_id):
         raise FedleakError("the recorded batch belongs to an earlier message: record_batch was not called this round")
     record = context.state.array_records[BATCH_KEY]
+    indices = tuple(int(i) for i in record["indices"].numpy().tolist()) if "indices" in record else ()
     return ClientData(torch.from_numpy(record["images"].numpy().copy()),
-                      torch.from_numpy(record["labels"].numpy().copy()))
+                      torch.from_numpy(record["labels"].numpy().copy()), indices)
 
 
 class SharedBatches:
@@ -75,7 +91,10 @@ class SharedBatches:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(run_id, server_round, node_id)
         tmp = path.with_suffix(".partial")
-        save_file({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp))
+        tensors = {"images": data.images.contiguous(), "labels": data.labels.contiguous()}
+        if data.indices:
+            tensors["indices"] = torch.tensor(data.indices, dtype=torch.long)
+        save_file(tensors, str(tmp))
         tmp.replace(path)
 
     def __call__(self, run_id: int, server_round: int, node_id: int) -> ClientData | None:
@@ -86,7 +105,8 @@ class SharedBatches:
             return None
         tensors = load_file(str(path))
         path.unlink()
-        return ClientData(tensors["images"], tensors["labels"])
+        indices = tuple(int(i) for i in tensors["indices"].tolist()) if "indices" in tensors else ()
+        return ClientData(tensors["images"], tensors["labels"], indices)
 
     def discard(self, run_id: int, server_round: int, node_id: int) -> None:
         """Remove a batch nobody will score (the audit calls this for the updates it does not audit)."""

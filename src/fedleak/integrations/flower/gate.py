@@ -43,7 +43,9 @@ from fedleak.attacks.base import AttackerKnowledge
 from fedleak.audit import AuditAttack, AuditRecord, audit_attack, audit_update
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import ClientData
+from fedleak.integrations.flower import text as _text  # noqa: F401  (registers the text audit's inputs)
 from fedleak.integrations.flower.batches import is_train, recorded_batch
+from fedleak.integrations.flower.inputs import INPUTS, Declared, modality_of_model
 from fedleak.integrations.flower.records import (
     MAX_LOCAL_STEPS,
     OutOfBounds,
@@ -55,7 +57,6 @@ from fedleak.integrations.flower.records import (
     state_dict,
 )
 from fedleak.metrics.evaluate import Evaluation
-from fedleak.models.external import check_attackable
 from fedleak.registry import Registry
 from fedleak.verdicts import INCONCLUSIVE, VERDICTS
 
@@ -64,6 +65,11 @@ PROBE_ITERATIONS = 5  # a first short run measures the time per iteration for th
 PREFIX = "fedleak-"
 
 GATE_SCORES: Registry[Callable[[AuditRecord], float]] = Registry("gate score")
+"""An image update's scores (the first is the default ``score``)."""
+TEXT_GATE_SCORES: Registry[Callable[[AuditRecord], float]] = Registry("text gate score")
+"""A text update's scores: the share of sequences recovered exactly (the default), of PII spans
+recovered verbatim, mean ROUGE-1 and token accuracy (:mod:`fedleak.metrics.text`)."""
+SCORE_SETS: Registry[Registry[Callable[[AuditRecord], float]]] = Registry("gate scores of a modality")
 
 
 def _scored(r: AuditRecord) -> Evaluation:
@@ -72,15 +78,28 @@ def _scored(r: AuditRecord) -> Evaluation:
 
 
 GATE_SCORES.register("psnr")(lambda r: _scored(r).psnr)
-GATE_SCORES.register("psnr-gain")(lambda r: _scored(r).psnr - cast(dict[str, float], r.baseline)["psnr"])
+GATE_SCORES.register("psnr-gain")(lambda r: cast(dict[str, float], r.scored)["psnr_gain"])
 GATE_SCORES.register("ssim")(lambda r: _scored(r).ssim)
 GATE_SCORES.register("label-accuracy")(lambda r: _scored(r).label_accuracy)
 GATE_SCORES.register("risk")(lambda r: r.risk)
 
 
+def _summary_score(key: str) -> Callable[[AuditRecord], float]:
+    """The text evaluation's summary value ``key`` (0 where it has nothing to count)."""
+    return lambda r: float(cast(dict[str, Any], r.scored).get(key) or 0.0)
+
+
+for _name, _key in (("exact-rate", "exact_rate"), ("pii-recovered", "pii_recovered"), ("rouge1", "rouge1"),
+                    ("token-accuracy", "token_accuracy")):
+    TEXT_GATE_SCORES.register(_name)(_summary_score(_key))
+SCORE_SETS.register("image")(GATE_SCORES)
+SCORE_SETS.register("text")(TEXT_GATE_SCORES)
+
+
 def scores(record: AuditRecord) -> dict[str, float]:
     """Every gate score of ``record`` plus the attack's time, as reply metrics (finite floats)."""
-    out = {f"{PREFIX}{name}": float(GATE_SCORES.get(name)(record)) for name in GATE_SCORES}
+    chosen = SCORE_SETS.get(record.scoring.name)
+    out = {f"{PREFIX}{name}": float(chosen.get(name)(record)) for name in chosen}
     out[f"{PREFIX}attack-seconds"] = float(record.reconstruction.seconds)
     out[f"{PREFIX}iterations"] = float(record.iterations_run)
     out[f"{PREFIX}min-iterations"] = float(record.min_iterations)
@@ -165,13 +184,14 @@ def within_budget(attack: AuditAttack, budget_s: float | None, run: Callable[[An
 def leakage_gate(
     model: nn.Module | Callable[[], nn.Module],
     *,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     attack: str | Mapping[str, Any] | None = None,
     budget_s: float | None = 30.0,
     threshold: float | None = None,
-    score: str = "psnr",
+    score: str | None = None,
+    tokenizer: Any = None,
     batch: BatchSource | None = None,
     keys: TrainKeys = TrainKeys(),
     known: Mapping[str, Any] | None = None,
@@ -180,8 +200,13 @@ def leakage_gate(
     send_inconclusive: bool = False,
 ) -> Mod:
     """A client mod that scores each outgoing train reply's leakage and, with ``threshold``,
-    withholds a reply whose ``score`` (one of psnr, psnr-gain, ssim, label-accuracy, risk) is above
-    it. ``model``, ``num_classes`` and ``mean``/``std`` are the client's own model and normalisation;
+    withholds a reply whose ``score`` (images: psnr (default), psnr-gain, ssim, label-accuracy, risk;
+    text: exact-rate (default), pii-recovered, rouge1, token-accuracy) is above it. ``model``,
+    ``num_classes`` and ``mean``/``std`` are the client's own model and normalisation; a text model
+    (:mod:`~fedleak.integrations.flower.text`) needs neither normalisation nor, as a language model,
+    ``num_classes``, and ``tokenizer`` (its tokenizer, or the TextDataset whose PII spans the batch's
+    recorded indices look up) decodes what the attack recovered — ``threshold=0`` on ``exact-rate``
+    withholds an update from which any sequence came back exactly;
     ``attack`` as for the audit (default IG at its stated minimum of 1000 iterations, cut to fit
     ``budget_s`` seconds — fewer than the minimum make the verdict ``inconclusive``);
     ``batch`` returns the examples this round trained on (default: what the train function gave
@@ -195,7 +220,6 @@ def leakage_gate(
     fails closed, as when it cannot score at all. With a ``threshold``, an ``inconclusive`` verdict
     (too few iterations, a simulation the client's batch does not confirm) is withheld as well unless
     ``send_inconclusive``; without one the gate only reports."""
-    GATE_SCORES.get(score)
     if threshold is not None and not math.isfinite(threshold):
         raise ConfigError("the gate's threshold must be a finite number")
     if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
@@ -207,8 +231,12 @@ def leakage_gate(
     architecture = model() if callable(model) and not isinstance(model, nn.Module) else copy.deepcopy(model)
     if not isinstance(architecture, nn.Module):
         raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
+    inputs = INPUTS.get(modality_of_model(architecture))  # the model's modality: images, or token ids
+    scoring = inputs.scoring(architecture, Declared(None, num_classes, mean, std, tokenizer))
+    score = score or next(iter(SCORE_SETS.get(inputs.name)))
+    SCORE_SETS.get(inputs.name).get(score)
     source = batch or recorded_batch
-    checked: set[tuple[int, ...]] = set()
+    checked: dict[tuple[int, ...], AttackerKnowledge] = {}
     clock = Clock()
     architecture.register_forward_pre_hook(clock.hook())
 
@@ -218,10 +246,9 @@ def leakage_gate(
         config = next(iter(message.content.config_records.values()), ConfigRecord())
         hyper, assumptions = public_hyperparameters(config, len(data.labels), architecture, keys, known, max_steps)
         shape = tuple(data.images.shape[1:])
-        if shape not in checked:
-            check_attackable(copy.deepcopy(architecture), shape, num_classes)
-            checked.add(shape)
-        knowledge = AttackerKnowledge(architecture, shape, num_classes, tuple(mean), tuple(std))  # type: ignore[arg-type]
+        if shape not in checked:  # the model probed once per input shape
+            checked[shape] = inputs.knowledge(architecture, Declared(shape, num_classes, mean, std, tokenizer))
+        knowledge = checked[shape]
         sent = state_dict(only(message.content, ArrayRecord, "the train message"), architecture, "the global model")
         returned = state_dict(only(reply.content, ArrayRecord, "the reply"), architecture, "the reply")
         payload, more = build_payload(sent, returned, hyper, architecture)
@@ -229,7 +256,7 @@ def leakage_gate(
         # The gate verifies its simulation on the client's own batch (truth fit): no norm check needed.
         return within_budget(chosen, budget_s, lambda attack_: audit_update(
             payload, knowledge, attack_, round=server_round, client=str(context.node_id), seed=seed,
-            assumptions=assumptions + more, truth=data, check=False), clock)
+            assumptions=assumptions + more, truth=data, check=False, scoring=scoring), clock)
 
     def gate(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)

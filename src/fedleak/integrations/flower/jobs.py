@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import Tensor
 
 from fedleak.attacks.base import AttackerKnowledge
-from fedleak.audit import AuditAttack
+from fedleak.audit import IMAGES, AuditAttack, Scoring
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import Payload, PublicHyperparameters
 from fedleak.integrations.flower.records import (
@@ -51,6 +51,7 @@ class Jobs:
     run_config: Mapping[str, Any] | None = None  # the app's run config: settings the train config does not send
     public: Tensor | None = None  # images the server holds, in [0, 1] (the check and the label counts use them)
     public_labels: Tensor | None = None
+    scoring: Scoring = IMAGES  # the inputs' modality: how the worker checks, scores and shows them
 
     def view(self, reply: Message, sent: Sent) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any], int]:
         """(state sent, state returned, train config, number of examples) of one reply."""
@@ -71,7 +72,7 @@ class Jobs:
         return AuditJob(payload=payload, knowledge=self.knowledge, attack=self.attack, round=server_round,
                         client=client, view=view, seed=self.seed, assumptions=tuple(assumptions), truth=truth,
                         lpips=self.lpips, lpips_weights=self.lpips_weights, sources=tuple(sources.items()),
-                        public=self.public, public_labels=self.public_labels)
+                        public=self.public, public_labels=self.public_labels, scoring=self.scoring)
 
     def client(self, server_round: int, reply: Message, sent: Sent) -> AuditJob:
         """The audit of one client's update, as the server received it."""

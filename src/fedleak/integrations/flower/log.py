@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from torch import Tensor
 from fedleak.audit import AuditAttack, AuditRecord
 from fedleak.errors import ConfigError
 from fedleak.images import image_grid, png_bytes
+from fedleak.registry import Registry
 from fedleak.report.study import write_report
 from fedleak.store import Failure, Owner, ResultsDB, RunRecord, locked, write_atomically
 from fedleak.studies.flower_audit import (
@@ -51,6 +52,21 @@ def wrapped_grid(images: Tensor, total: int) -> bytes:
     canvas.paste(grid, (0, 14))
     ImageDraw.Draw(canvas).text((2, 1), f"{len(shown)} of {total} shown", fill="black")
     return png_bytes(canvas)
+
+
+def image_files(record: AuditRecord) -> dict[str, bytes]:
+    """``reconstruction.png`` (and ``original.png`` where a batch was shared): :func:`wrapped_grid`."""
+    total = int(record.images.shape[0])
+    batches = {"reconstruction": record.images}
+    if record.truth_images is not None:
+        batches["original"] = record.truth_images
+    return {f"{name}.png": wrapped_grid(images, total) for name, images in batches.items()}
+
+
+FILES: Registry[Callable[[AuditRecord], dict[str, bytes]]] = Registry("audit files")
+"""Per modality (``record.scoring.name``): the files kept of an audited update (name → bytes),
+linked from its row (text: :func:`fedleak.integrations.flower.text.text_files`)."""
+FILES.register("image")(image_files)
 
 
 def fresh_folder(out: Path) -> Path:
@@ -132,19 +148,17 @@ class AuditLog:
 
     def add(self, record: AuditRecord, seed: int = 0) -> str:
         """Store ``record`` (and its images) and extend the folder's grid by its cell; returns its key.
-        Beside :meth:`AuditRecord.metrics` the row holds ``label_histogram`` (class → count of the
-        recovered labels), ``images_shown`` (how many its PNGs draw) and ``verdict`` (where the record has one)."""
+        Its files are the modality's (:data:`FILES`). Beside :meth:`AuditRecord.metrics` the row holds
+        ``label_histogram`` (class → count of the recovered labels), ``images_shown`` (how many its PNGs draw) and ``verdict`` (where the record has one)."""
         key = self.key(record.round, record.client)
         artifacts: dict[str, str] = {}
         total = int(record.images.shape[0])
+        files = FILES.get(record.scoring.name)(record)
 
         def fill(tmp: Path) -> None:
-            batches = {"reconstruction": record.images}
-            if record.truth_images is not None:
-                batches["original"] = record.truth_images
-            for name, images in batches.items():
-                (tmp / f"{name}.png").write_bytes(wrapped_grid(images, total))
-                artifacts[name] = f"runs/{key}/{name}.png"
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+                artifacts[name.rsplit(".", 1)[0]] = f"runs/{key}/{name}"
 
         write_atomically(self.out / "runs" / key, fill)
         self._cell(record.round, record.client)

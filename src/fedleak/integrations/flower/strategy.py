@@ -27,36 +27,19 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 from torch import Tensor, nn
 
-from fedleak.attacks.base import AttackerKnowledge
 from fedleak.audit import AuditAttack, AuditRecord, audit_attack
 from fedleak.device import resolve_device
 from fedleak.errors import ConfigError, FedleakError
+from fedleak.integrations.flower import text as _text  # noqa: F401  (registers the text audit's inputs)
+from fedleak.integrations.flower.inputs import INPUTS, Declared, modality_of_model
 from fedleak.integrations.flower.jobs import Jobs
 from fedleak.integrations.flower.log import AuditLog
 from fedleak.integrations.flower.records import MAX_EXAMPLES, MAX_LOCAL_STEPS, TrainKeys, config_dict, only, state_dict
 from fedleak.integrations.flower.selection import PARTITION_KEY, Selection
 from fedleak.integrations.flower.worker import AuditJob, EvaluationHook, Worker, make_worker, scorers
-from fedleak.models.external import check_attackable
 from fedleak.studies.flower_audit import histogram_text, label_histogram, verdict_text
 
 VIEWS = ("clients", "aggregate")
-
-
-def public_data(public: Tensor | tuple[Tensor, Tensor] | None,
-                input_shape: Sequence[int]) -> tuple[Tensor | None, Tensor | None]:
-    """``public=`` as (images, labels or None), checked: N×C×H×W images in [0, 1], one label each."""
-    if public is None:
-        return None, None
-    images, labels = public if isinstance(public, tuple) else (public, None)
-    if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape) \
-            or len(images) == 0:
-        raise ConfigError(f"public= must be N×{'×'.join(map(str, input_shape))} images (optionally with labels), "
-                          f"got {tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-    if not bool(((images >= 0) & (images <= 1)).all()):
-        raise ConfigError("public= images must lie in [0, 1] (before normalisation)")
-    if labels is not None and (not isinstance(labels, Tensor) or labels.shape != (len(images),)):
-        raise ConfigError(f"public= labels must be one class index per image ({len(images)})")
-    return images.detach().cpu().float().clone(), None if labels is None else labels.detach().cpu().long().clone()
 
 
 def weighting_key(strategy: Strategy) -> str:
@@ -75,7 +58,13 @@ class LeakageAudit(Strategy):
 
     The server knows its model: ``model`` (a module or a function building one; its weights are
     replaced by what the server sends), the clients' ``input_shape`` (C, H, W), ``num_classes`` and
-    normalisation ``mean``/``std``. ``attack`` is as for :func:`fedleak.audit.audit_attack` (a YAML
+    normalisation ``mean``/``std``. A text model (a fedleak :class:`~fedleak.models.text.TextModel`:
+    fedleak's, or the user's transformers model wrapped in ``CausalLM``/``SequenceClassifier``) takes
+    token ids instead: ``input_shape`` is ``(T,)`` (default its context), ``num_classes`` its
+    vocabulary (a classifier's classes), no ``mean``/``std``; ``tokenizer`` (the tokenizer, or the
+    :class:`~fedleak.data.text.TextDataset` whose PII spans score shared batches) decodes what the
+    audit recovered (:mod:`~fedleak.integrations.flower.text`; the modality's entry in
+    :data:`~fedleak.integrations.flower.inputs.INPUTS` builds the knowledge and the scoring). ``attack`` is as for :func:`fedleak.audit.audit_attack` (a YAML
     file with ``attack``/``knowledge`` sections, a mapping, or a name; default IG at its stated minimum, 1000 iterations).
 
     Which updates: ``rounds`` (round numbers) or ``every`` (rounds 1, 1 + every, …; default every
@@ -93,8 +82,9 @@ class LeakageAudit(Strategy):
     there, read under the same names after both. Anything none holds is assumed (PyTorch's defaults)
     and listed in the report; each setting's source (``train config 'lr'``, ``known``, ``run config``,
     ``reply``, ``assumed``) is kept in its record. ``public``: images the server holds (N×C×H×W in
-    [0, 1], optionally with their labels as ``(images, labels)``) — the mis-specification check and
-    the label-count recovery simulate the client on them (default: smooth random images).
+    [0, 1], optionally with their labels as ``(images, labels)``; token ids N×T for text) — the
+    mis-specification check and the label-count recovery simulate the client on them (default:
+    smooth random images; uniform random tokens).
     ``evaluation`` (simulations only) gives the auditor each client's batch for scoring after the
     attack, e.g. a :class:`~fedleak.integrations.flower.SharedBatches`; its data never reaches the
     attack (a hook with a ``discard(run_id, server_round, node_id)`` method is told of the batches
@@ -133,11 +123,12 @@ class LeakageAudit(Strategy):
         strategy: Strategy,
         *,
         model: nn.Module | Callable[[], nn.Module],
-        input_shape: Sequence[int],
-        num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         out: str | Path,
+        tokenizer: Any = None,
         attack: str | Path | Mapping[str, Any] | None = None,
         rounds: Collection[int] | None = None,
         every: int | None = None,
@@ -185,12 +176,9 @@ class LeakageAudit(Strategy):
         if not isinstance(architecture, nn.Module):
             raise ConfigError(f"model must be a torch module or build one, got {type(architecture).__name__}")
         architecture = architecture.to(self.device)  # the Flower records' tensors follow it (records.state_dict)
-        shape = tuple(int(v) for v in input_shape)
-        if len(shape) != 3 or len(tuple(mean)) != shape[0] or len(tuple(std)) != shape[0]:
-            raise ConfigError("input_shape is (channels, height, width), with one mean and std per channel")
-        check_attackable(copy.deepcopy(architecture), shape, num_classes)
-        self.knowledge = AttackerKnowledge(architecture=architecture, input_shape=shape,
-                                           num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+        inputs = INPUTS.get(modality_of_model(architecture))  # the model's modality: images, or token ids
+        declared = Declared(input_shape, num_classes, mean, std, tokenizer)
+        self.knowledge = inputs.knowledge(architecture, declared)
         self.attack: AuditAttack = audit_attack(attack)
         self.rounds = None if rounds is None else {int(r) for r in rounds}
         self.every, self.view, self.evaluation, self.keys, self.seed, self.strict = every, view, evaluation, keys, seed, strict
@@ -198,7 +186,7 @@ class LeakageAudit(Strategy):
         self.clients = self.selection.clients
         self.known = dict(known or {})
         self.weighted_by_key = weighting_key(strategy)
-        self.lpips = tuple(lpips) if evaluation else ()
+        self.lpips = tuple(lpips) if evaluation and inputs.lpips else ()
         self.lpips_weights = None if lpips_weights is None else str(Path(lpips_weights).expanduser().resolve())
         for hint in scorers(self.lpips, self.lpips_weights)[1] if self.lpips else ():
             log(INFO, "fedleak audit: %s", hint)
@@ -218,7 +206,7 @@ class LeakageAudit(Strategy):
                      "evaluation": evaluation is not None, "out": str(target)}
         self.jobs = Jobs(self.knowledge, self.attack, keys, self.known, self.weighted_by_key, max_steps, max_examples,
                          seed, self.device, evaluation, self.lpips, self.lpips_weights, dict(run_config or {}),
-                         *public_data(public, input_shape))
+                         *inputs.public(public, self.knowledge), inputs.scoring(architecture, declared))
         self.log = AuditLog(target, self.attack, view, type(architecture).__name__, selection, overwrite)
         if self.log.out != target:
             log(WARNING, "fedleak audit: %s already holds files; this audit writes into %s", target, self.log.out)
@@ -356,7 +344,7 @@ class LeakageAudit(Strategy):
         log(INFO, "fedleak audit: round %d, client %s: risk %.2f (update fit %.3f), verdict %s, matching loss %.4g, "
             "labels (class: count) %s%s → %s", record.round, record.client, record.risk, record.update_fit,
             verdict_text(getattr(record, "verdict", None)), record.reconstruction.matching_loss, labels,
-            f", PSNR {record.evaluation.psnr:.1f} dB" if record.evaluation else "", key)
+            record.headline, key)
 
     def _guarded(self, server_round: int, client: str, step: Callable[[], Any]) -> None:
         try:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from fedleak.attacks.base import AttackerKnowledge
-from fedleak.audit import AuditAttack, AuditRecord, audit_update
+from fedleak.audit import IMAGES, AuditAttack, AuditRecord, Scoring, audit_update
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import ClientData, Payload
 from fedleak.metrics.lpips import LPIPS, lpips_scorers
@@ -68,7 +68,8 @@ class HookTruth:
         if not parts or len(found) < len(parts):
             return None
         return ClientData(torch.cat([p.images.to(self.device) for p in found]),
-                          torch.cat([p.labels.to(self.device) for p in found]))
+                          torch.cat([p.labels.to(self.device) for p in found]),
+                          sum((p.indices for p in found), ()) if all(p.indices for p in found) else ())
 
 
 @lru_cache(maxsize=4)
@@ -97,13 +98,14 @@ class AuditJob:
     sources: tuple[tuple[str, str], ...] = ()  # each training setting → where the audit read it
     public: torch.Tensor | None = None  # images the server holds, in [0, 1]
     public_labels: torch.Tensor | None = None
+    scoring: Scoring = IMAGES  # the inputs' modality (fedleak.audit.Scoring)
 
     def run(self) -> AuditRecord:
         lpips = scorers(self.lpips, self.lpips_weights)[0] if self.truth is not None else {}
         return audit_update(self.payload, self.knowledge, self.attack.build(), round=self.round, client=self.client,
                             seed=self.seed, assumptions=list(self.assumptions), view=self.view, truth=self.truth,
                             lpips=lpips, sources=dict(self.sources), public=self.public,
-                            public_labels=self.public_labels)
+                            public_labels=self.public_labels, scoring=self.scoring)
 
 
 def run_job(blob: bytes) -> bytes:
