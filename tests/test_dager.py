@@ -78,6 +78,17 @@ def test_dager_recovers_a_batch_through_lora_adapters():
     assert _rows(rec.images) == _rows(tokens)
 
 
+def test_the_last_token_fit_works_when_every_tensor_exceeds_its_budget():
+    """Regression: with every trainable tensor above ``budget`` (LoRA at a large rank) the residual fit
+    had no tensor to fit and raised; it now fits the smallest one alone."""
+    net = _lm(lora={"r": 48, "targets": ["c_attn"]})
+    tokens = _tokens(4, 8, seed=3, lengths=(8, 8, 6, 8))
+    rec = _attack(net, tokens, lm_targets(tokens, PAD), budget=16)
+    # the prefixes are the spans' (exact); the last tokens come from a fit on one small tensor only
+    assert {r[:-1] for r in _rows(rec.images)} == {r[:-1] for r in _rows(tokens)}
+    assert any("residual" in n for n in rec.notes)
+
+
 def test_dager_recovers_a_fedavg_batch_from_the_span_of_the_accumulated_update():
     # Two local steps: the inputs moved a little between them, so rank and thresholds are looser.
     tokens = _tokens(4, 8, seed=5, lengths=(8, 6, 8, 7))

@@ -107,7 +107,9 @@ def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[st
     if direct is not None:
         short = torch.cat([direct.view(-1, 1), short], dim=1)
     skip = {id(head.weight)}
-    part = _slice([n for n in names if id(params[n]) not in skip], params, budget)
+    rest = [n for n in names if id(params[n]) not in skip]
+    # every tensor above the budget (LoRA matrices at a large rank): the smallest one alone
+    part = _slice(rest, params, budget) or [min(rest, key=lambda n: params[n].numel())]
     target = torch.cat([u[n].flatten() for n in part]).double()
     k = short.shape[1]
     columns = torch.zeros(len(prefixes), k, target.numel(), dtype=torch.float64)
