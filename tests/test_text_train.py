@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 pytest.importorskip("transformers")
 pytest.importorskip("faker")
 
-from fedleak.cli import main  # noqa: E402
+from tests.test_cli import fedleak  # noqa: E402  (the CLI in-process: exit code, stdout, stderr)
 from fedleak.data import load_dataset  # noqa: E402
 from fedleak.models import create_model  # noqa: E402
 from fedleak.models.checkpoint import load_into, read_info, save_checkpoint  # noqa: E402
@@ -85,17 +84,6 @@ def test_checkpoint_round_trip_reproduces_logits(run, held_out, tmp_path):
     assert rebuilt.hf.lm_head.weight.data_ptr() == rebuilt.hf.transformer.wte.weight.data_ptr()  # still tied
     assert text_score(rebuilt, tokens, next_tokens(tokens, rebuilt.pad_id)).loss == pytest.approx(
         run.history.test_loss[-1], rel=1e-6)
-
-
-def fedleak(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 OPTIONS = [*(a for k, v in DATA.items() for a in ("--data-option", f"{k}={v}")),
