@@ -113,3 +113,83 @@ def test_the_span_basis_is_the_inputs_column_space():
     basis, rank, _ = basis_of(grad, 1e-6)
     assert rank == 3
     assert torch.allclose(basis @ (basis.T @ x), x)
+
+
+def test_lora_after_the_first_round_checks_against_b_when_a_s_span_is_saturated():
+    """Regression (examples/flower_text round 2 read ``inconclusive``): once B ≠ 0, A's update is the
+    float32 difference of a small step of a large A, so its span has the full rank r — noise, which
+    passes every token; the attack refused. It now drops that span and checks against B's."""
+    net = _lm(lora="r=96,alpha=96,targets=c_attn")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:  # what one round of training leaves: small, non-zero adapters
+                p.copy_(5e-4 * torch.randn(p.shape, generator=g))
+    tokens = _tokens(4, 12, seed=3)
+    training = ClientTraining(protocol="fedavg", lr=0.05, local_steps=1, momentum=0.9)
+    rec = _attack(net, tokens, lm_targets(tokens, PAD), training)
+    assert any("dropped the span" in n and "lora_A" in n for n in rec.notes)
+    assert _rows(rec.images) == _rows(tokens)
+
+
+def test_the_cached_one_position_step_gives_the_full_forward_s_inputs():
+    from fedleak.attacks.dager_layout import base_model, layer_inputs, layout_of, next_inputs
+
+    for net in (_lm(), _lm(lora="r=8,targets=c_attn")):
+        net.eval()
+        layout = layout_of(net.hf)
+        probe = layout.probes(layout.blocks(base_model(net.hf))[1])[0]
+        prefixes, nxt = _tokens(3, 5, seed=7), torch.tensor([5, 17, 2999, 40])
+        grown = torch.cat([prefixes.repeat_interleave(len(nxt), 0), nxt.repeat(len(prefixes)).view(-1, 1)], 1)
+        want = layer_inputs(net, probe, grown)[:, -1]
+        got = next_inputs(net, probe, prefixes, nxt, chunk=5)  # several chunks
+        assert got.shape == want.shape == (12, 128)
+        assert torch.allclose(got, want, atol=1e-5)
+        first = next_inputs(net, probe, prefixes[:1, :0], nxt)  # the empty prefix: position 0
+        assert torch.allclose(first, layer_inputs(net, probe, nxt.view(-1, 1))[:, 0], atol=1e-6)
+
+
+def test_pair_moves_free_two_sequences_stuck_on_each_other_s_tokens():
+    from fedleak.attacks.dager_last import _descend
+
+    a = torch.tensor([[0.0, 1, 0.3], [1, 0, 0]], dtype=torch.float64)  # sequence 0's candidates
+    b = torch.tensor([[1.0, 0, 0.3], [0, 1, 0]], dtype=torch.float64)  # sequence 1's
+    target = a[1] + b[1]
+    # from (0, 0) no single change lowers the residual (0.6 → 1.45 either way): a local minimum
+    assert (target - a[0] - b[0]).norm() < (target - a[1] - b[0]).norm()
+    assert (target - a[0] - b[0]).norm() < (target - a[0] - b[1]).norm()
+    choice = [0, 0]
+    assert _descend(target, [a, b], choice, fresh=False) < 1e-12
+    assert choice == [1, 1]
+
+
+def test_a_last_token_fit_with_nothing_to_fit_is_uncertified_not_exact():
+    """Regression: in LoRA's first round the fitted slice was A's, whose update is 0; the residual 0/0
+    read as 0, "exact". The slice is now taken from tensors the update moved; nothing moved → nan."""
+    import math
+    import re
+
+    from fedleak.attacks.dager_last import _descend
+
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert math.isnan(_descend(zero, [torch.eye(3, dtype=torch.float64)], [0], fresh=True))
+    net = _lm(lora={"r": 48, "targets": ["c_attn"]})
+    tokens = _tokens(4, 8, seed=3, lengths=(8, 8, 6, 8))
+    rec = _attack(net, tokens, lm_targets(tokens, PAD))
+    note = next(n for n in rec.notes if "relative residual" in n)
+    residual = float(re.search(r"relative residual (\S+) ", note).group(1))
+    assert 0 < residual < 1e-3  # a real fit (on B's update), exact up to rounding
+    assert _rows(rec.images) == _rows(tokens)
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 64, "targets": ["q_proj", "v_proj"]}])
+def test_dager_recovers_a_batch_from_a_rotary_decoder(lora):
+    """LLaMA's layout: rotary positions (the first block's input is the same at every position), so
+    the order comes from block 2 alone; a run of one token would pass forever (attention over equal
+    values) and is not grown; under LoRA on q_proj the query's span misses position 0 and is set aside."""
+    net = create_model("llama-tiny", V, 1, 32, vocab_size=V, pad_id=PAD, max_length=32, seed=0,
+                       **({"lora": lora} if lora else {}))
+    tokens = _tokens(4, 10, lengths=(10, 7, 10, 4))
+    rec = _attack(net, tokens, lm_targets(tokens, PAD))
+    assert _rows(rec.images) == _rows(tokens)
+    assert ("not checking against" in " ".join(rec.notes)) == (lora is not None)

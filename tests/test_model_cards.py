@@ -44,7 +44,7 @@ EXPECTED = {  # what each registered model's card says: (input size, mean, std)
 }
 
 
-TEXT = {"gpt2-tiny": 128, "gpt2-small-shape": 1024, "bert-tiny": 512, "bert-small-shape": 512}  # their context
+TEXT = {"gpt2-tiny": 128, "gpt2-small-shape": 1024, "bert-tiny": 512, "bert-small-shape": 512, "llama-tiny": 128}  # their context
 
 
 # ------------------------------------------------------------------------------------------- cards

@@ -7,7 +7,7 @@ that span is a proper subspace and membership is a discrete, exact test. DAGER t
 block's input for every vocabulary token at every position (step 1), then grows or searches whole
 sequences whose *second* block's inputs lie in the second block's span (step 2,
 :mod:`fedleak.attacks.dager_search`: greedy for decoders, a search for encoders). Models:
-:mod:`fedleak.attacks.dager_layout` (GPT-2, BERT). Under a language-model loss the last token of
+:mod:`fedleak.attacks.dager_layout` (GPT-2, LLaMA, BERT). Under a language-model loss the last token of
 each sequence is in no span and is read off the update's residual (:mod:`fedleak.attacks.dager_last`,
 an addition to the paper; ``last_token=false`` leaves it as padding).
 
@@ -45,7 +45,7 @@ from fedleak.attacks.base import (
     target_model,
 )
 from fedleak.attacks.dager_last import recover_last
-from fedleak.attacks.dager_layout import base_model, layer_inputs, layout_of
+from fedleak.attacks.dager_layout import base_model, layer_inputs, layout_of, next_inputs
 from fedleak.attacks.dager_search import Found, encoder_search, greedy_decoder, token_candidates
 from fedleak.attacks.dager_span import Span, block_spans
 from fedleak.attacks.labels import recover_labels
@@ -62,7 +62,8 @@ class DagerConfig(AttackConfig):
                         "second-block inputs to the second block's span")
     rank_tol: float = Field(1e-6, gt=0, lt=1, description="singular values above rank_tol × the largest span "
                             "the layer's inputs (raise it for FedAvg or a noisy update)")
-    max_tokens: int | None = Field(None, ge=1, description="most candidate tokens per position (default 4·B + 16)")
+    max_tokens: int | None = Field(None, ge=1, description="most candidate tokens per position (default: the "
+                                   "first block's span rank, which bounds the tokens that can pass)")
     max_prefixes: int | None = Field(None, ge=1, description="decoder: most prefixes kept per position "
                                      "(default 4·B + 16)")
     max_combinations: int = Field(4096, ge=1, description="encoder: exhaustive search up to this many "
@@ -146,33 +147,61 @@ class Dager(Attack[DagerConfig]):
             return empty
         samples = _samples(probe_model, [layout.probes(blocks[k])[0] for k in (0, 1)], model.vocab_size,
                            model.pad_id, spans[0][0].basis.shape[0], seed)
-        full = [(s, room) for k, group in enumerate(spans) for s in group
-                if s.rank >= (room := s.room(samples[k], cfg.rank_tol))]
-        if full:
-            span, room = full[0]
-            notes.append(f"dager: cannot be exact: the span of {span.source} (rank {span.rank}) fills the {room} "
-                         f"dimensions its inputs occupy, so every token passes the check (the batch's tokens are too "
-                         "many: B·T ≥ d, or ≥ r under LoRA; or, after several FedAvg steps, small singular values "
-                         "of the moving inputs: raise rank_tol)")
+        # A span that fills the room its inputs occupy passes every token: it is dropped where the block
+        # has another (LoRA after round 1: A's update is float32 rounding of a small step, B's is not);
+        # a block left with none cannot be attacked exactly.
+        full: list[tuple[Span, int]] = []
+        for k, group in enumerate(spans):
+            rooms = [s.room(samples[k], cfg.rank_tol) for s in group]
+            full += [(s, room) for s, room in zip(group, rooms) if s.saturated(room)]
+            usable = [s for s, room in zip(group, rooms) if not s.saturated(room)]
+            if usable and len(usable) < len(group):
+                notes.append(f"dager: block {k + 1}: dropped the span(s) of "
+                             + ", ".join(s.source for s, room in zip(group, rooms) if s.saturated(room))
+                             + ", as large as they can be (rounding, not the batch, may set them); checking against "
+                             + ", ".join(s.source for s in usable))
+            spans[k] = usable or group
+            top = max(s.rank for s in spans[k])
+            short = [s for s in spans[k] if s.rank < top]
+            if short:  # a span of lower rank misses inputs: a query's gradient vanishes at position 0,
+                # where attention has one key (LoRA on q_proj alone); a candidate is checked against the others
+                notes.append(f"dager: block {k + 1}: not checking against " + ", ".join(
+                    f"{s.source} (rank {s.rank} < {top}: it misses inputs)" for s in short))
+                spans[k] = [s for s in spans[k] if s.rank == top]
+        blocked = [(s, room) for s, room in full if any(s is t for t in spans[0] + spans[1])]
+        if blocked:
+            span, room = blocked[0]
+            notes.append(f"dager: cannot be exact: the span of {span.source} (rank {span.rank}) fills the "
+                         f"{min(room, span.columns or room)} dimensions it can have, so every token passes the check "
+                         "(the batch's tokens are too many: B·T ≥ d, or ≥ r under LoRA; or, after several FedAvg "
+                         "steps, small singular values of the moving inputs: raise rank_tol)")
             empty.seconds = time.perf_counter() - start
             return empty
         lm = isinstance(model, CausalLM)
         if not lm and len(blocks) == 2:
             notes.append("dager: block 2 is the classifier's last block, where only the pooled position's "
                          "gradient reaches the projections: its span may miss tokens (a deeper model does not)")
-        max_tokens = cfg.max_tokens or 4 * batch + 16
+        max_tokens = cfg.max_tokens or max(s.rank for s in spans[0])
         with torch.no_grad():
             ids, _ = token_candidates(lambda p: layout.first_inputs(base, p).detach(), spans[0], cfg.tau1,
-                                      max_tokens, model.max_length, model.pad_id)
-        notes.append(f"dager: step 1: {len(ids)} positions, candidate tokens per position "
-                     f"{[len(i) for i in ids]}")
+                                      max_tokens, model.max_length, model.pad_id, layout.positional)
+        if layout.positional:
+            notes.append(f"dager: step 1: {len(ids)} positions, candidate tokens per position "
+                         f"{[len(i) for i in ids]}")
+        else:
+            notes.append(f"dager: step 1: {len(ids[0]) if ids else 0} candidate tokens, the same at every position "
+                         "(rotary positions: the first block's input has none)")
         probe = layout.probes(blocks[1])[0]
 
         def inputs(tokens: Tensor) -> Tensor:
             return layer_inputs(probe_model, probe, tokens, cfg.chunk)
 
         if layout.causal:
-            found, kept = greedy_decoder(ids, spans[1], inputs, cfg.tau2, cfg.max_prefixes or 4 * batch + 16)
+            def extend(prefixes: Tensor, tokens: Tensor) -> Tensor:
+                return next_inputs(probe_model, probe, prefixes, tokens, cfg.chunk)
+
+            found, kept = greedy_decoder(ids, spans[1], extend, cfg.tau2, cfg.max_prefixes or 4 * batch + 16,
+                                         rotary=not layout.positional)
             notes.append(f"dager: step 2 (greedy, causal): prefixes kept per position {kept}")
         else:
             found = encoder_search(ids, spans[1], inputs, cfg.tau2, batch, cfg.max_combinations,

@@ -13,6 +13,12 @@ mean cross-entropy over the N scored positions splits into a part the attacker c
 2. On a slice of the parameters (the trainable tensors nearest the output, ``budget`` entries in
    all), each shortlisted ``c_b(v) = ∂z_b[v]/∂θ`` is computed by a backward pass, and the tokens are
    chosen by coordinate descent on ``‖u − Σ_b c_b(y_b)‖``; its relative value is the certificate.
+3. While it is not ≈ 0, up to ``rounds`` refinements: the full update's residual
+   ``R = u − Σ_b ∂z_b[y_b]/∂θ`` (one backward pass) ranks every token again by ``⟨∂z_b[v]/∂θ, R⟩``
+   (one more forward-mode pass) — large at the true token of a sequence that got a wrong one —
+   the shortlists gain the new top tokens and the descent runs again. (Measured on GPT-2 small's
+   shape, B = 16, T = 32: the first ranking missed 2 of 16 true tokens at 25 candidates, at ranks 62
+   and 219, and the descent settled on 4 wrong digits; the truth's residual is 3e-7.)
 """
 
 from __future__ import annotations
@@ -57,25 +63,27 @@ def _slice(names: list[str], params: Mapping[str, Tensor], budget: int) -> list[
 
 
 def _direct(head: nn.Linear, params: Mapping[str, Tensor], u: Mapping[str, Tensor], h: Tensor, x: Tensor,
-            pad_id: int) -> Tensor | None:
+            pad_id: int, tied: bool) -> Tensor | None:
     """Each sequence's best candidate from the output-embedding rows of u: a row v that is no input
     token of the batch receives only head terms, ``u_W[v] = Σ_{b: y_b = v} h_b``, so its least-squares
     coefficients on the head inputs H (m×d) are 1 for the sequences ending in v and 0 elsewhere;
-    per sequence, the row whose coefficient is nearest 1. None when the update lacks W."""
+    per sequence, the row whose coefficient is nearest 1 (rows of input tokens are left out where the
+    head is tied to the input embedding, GPT-2's case). None when the update lacks W."""
     name = next((n for n, p in params.items() if p is head.weight), None)
     if name is None:
         return None
     rows = u[name].double()
     inputs = torch.zeros(rows.shape[0], dtype=torch.bool)
-    inputs[x.flatten()] = True
     inputs[pad_id] = True
+    if tied:  # the head is the input embedding: its rows of input tokens also hold their input gradients
+        inputs[x.flatten()] = True
     coefficients = rows @ torch.linalg.pinv(h.double())  # V×m
     coefficients[inputs] = float("inf")
     return (coefficients - 1).abs().argmin(dim=0)
 
 
 def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[str, Tensor], pad_id: int,
-                 shortlist: int, budget: int, scale: float = 1.0) -> LastTokens:
+                 shortlist: int, budget: int, scale: float = 1.0, rounds: int = 3) -> LastTokens:
     """The last token of each of ``prefixes`` (each a sequence without it) that explains ``update``
     (divided by ``scale``: the update's size relative to one gradient)."""
     named = [(n, p) for n, p in model.named_parameters() if n in update]  # what the client trained
@@ -100,41 +108,104 @@ def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[st
         out = torch.func.functional_call(model, dict(zip(names, values)), (x,))
         return out[rows, :, at]
 
-    with torch.no_grad():
-        dz = torch.func.jvp(z, tuple(params[n].detach() for n in names), tuple(u[n] for n in names))[1]
-    short = dz.topk(min(shortlist, dz.shape[1]), dim=1).indices  # m×k
-    direct = _direct(head, params, u, hidden[0][rows, at].detach(), x, pad_id)
+    def along(direction: Mapping[str, Tensor]) -> Tensor:  # ⟨∂z_b[v]/∂θ, direction⟩ for every b, v: m×V
+        with torch.no_grad():
+            return torch.func.jvp(z, tuple(params[n].detach() for n in names),
+                                  tuple(direction[n] for n in names))[1]
+
+    dz = along(u)
+    shortlist = min(shortlist, dz.shape[1])
+    short = dz.topk(shortlist, dim=1).indices  # m×k
+    tied = head.weight is cast(Any, model).hf.get_input_embeddings().weight
+    direct = _direct(head, params, u, hidden[0][rows, at].detach(), x, pad_id, tied)
     if direct is not None:
         short = torch.cat([direct.view(-1, 1), short], dim=1)
     skip = {id(head.weight)}
-    rest = [n for n in names if id(params[n]) not in skip]
+    # tensors the update moved (LoRA's A gets no gradient while B = 0: fitting on it fits nothing)
+    rest = [n for n in names if id(params[n]) not in skip and bool(update[n].abs().max() > 0)] \
+        or [n for n in names if id(params[n]) not in skip]
     # every tensor above the budget (LoRA matrices at a large rank): the smallest one alone
     part = _slice(rest, params, budget) or [min(rest, key=lambda n: params[n].numel())]
     target = torch.cat([u[n].flatten() for n in part]).double()
-    k = short.shape[1]
-    columns = torch.zeros(len(prefixes), k, target.numel(), dtype=torch.float64)
-    for b in range(len(prefixes)):  # c_b(v) = ∂(W[v]·h_b)/∂θ: one sequence's backward, k directions at once
+    heads: list[Tensor] = []
+    for b in range(len(prefixes)):  # each sequence's head input h_b, with its graph: z_b[v] = W[v]·h_b
         hidden.clear()
         hook = head.register_forward_pre_hook(lambda module, args: hidden.append(args[0]))
         try:
             model(x[b : b + 1])
         finally:
             hook.remove()
-        h = hidden[0][0, at[b]]  # d: the head's input; z_b[v] = W[v]·h_b
-        g = torch.autograd.grad(h, [params[n] for n in part], grad_outputs=head.weight.detach()[short[b]],
-                                is_grads_batched=True, allow_unused=True)
-        columns[b] = torch.cat([(gi if gi is not None else torch.zeros(k, *params[n].shape)).flatten(1)
-                                for gi, n in zip(g, part)], dim=1).double()
+        heads.append(hidden[0][0, at[b]])
+
+    def columns(b: int, tokens: Tensor) -> Tensor:  # c_b(v) on the slice, k directions in one backward
+        g = torch.autograd.grad(heads[b], [params[n] for n in part], grad_outputs=head.weight.detach()[tokens],
+                                is_grads_batched=True, allow_unused=True, retain_graph=True)
+        return torch.cat([(gi if gi is not None else torch.zeros(len(tokens), *params[n].shape)).flatten(1)
+                          for gi, n in zip(g, part)], dim=1).double()
+
+    cands = [short[b] for b in range(len(prefixes))]
+    cols = [columns(b, cands[b]) for b in range(len(prefixes))]
     # Start from the direct candidates (column 0) where there are some: greedy picks from nothing can
     # settle on two sequences' tokens swapped, a local minimum of single-token moves.
-    choice = [0 if direct is not None else -1] * len(prefixes)
-    residual = target - columns[:, 0].sum(dim=0) if direct is not None else target.clone()
-    for _ in range(3):
+    choice = [0] * len(prefixes)
+    rel = _descend(target, cols, choice, fresh=direct is None)
+    for _ in range(rounds):
+        if not rel > 1e-4:  # exact, or nothing to fit (nan)
+            break
+        # Refine: the full update's residual R = u − Σ_b ∂z_b[y_b]/∂θ; a sequence whose token is wrong
+        # by c_b(true) − c_b(chosen) makes ⟨∂z_b[v]/∂θ, R⟩ large at its true token, so each sequence's
+        # shortlist gains the tokens ranked highest along R, and the descent runs again.
+        chosen = torch.stack([cands[b][c] for b, c in enumerate(choice)])
+        picked = model(x)[rows, :, at][rows, chosen].sum()
+        fit = torch.autograd.grad(picked, [params[n] for n in names])
+        residual = {n: u[n] - g.detach() for n, g in zip(names, fit)}
+        ranked = along(residual).topk(shortlist, dim=1).indices
         for b in range(len(prefixes)):
-            if choice[b] >= 0:
-                residual += columns[b, choice[b]]
-            errors = (residual.unsqueeze(0) - columns[b]).norm(dim=1)
-            choice[b] = int(errors.argmin())
-            residual -= columns[b, choice[b]]
-    rel = float(residual.norm() / target.norm().clamp_min(torch.finfo(torch.float64).tiny))
-    return LastTokens([int(short[b, c]) for b, c in enumerate(choice)], rel)
+            new = ranked[b][~torch.isin(ranked[b], cands[b])]
+            if new.numel():
+                cands[b] = torch.cat([cands[b], new])
+                cols[b] = torch.cat([cols[b], columns(b, new)])
+        rel = _descend(target, cols, choice, fresh=False)
+    return LastTokens([int(cands[b][c]) for b, c in enumerate(choice)], rel)
+
+
+def _descend(target: Tensor, cols: list[Tensor], choice: list[int], fresh: bool, sweeps: int = 4) -> float:
+    """Coordinate descent on ``‖target − Σ_b cols[b][choice[b]]‖`` (``choice`` updated in place; with
+    ``fresh`` the sequences start unassigned), then pair moves — two sequences' tokens changed at once,
+    which frees two sequences stuck on each other's tokens (measured: digits 0/1/: swapped between
+    phone-number sentences) — while they lower it. Returns the relative residual."""
+    residual = target.clone()
+    if not fresh:
+        for b, c in enumerate(choice):
+            residual -= cols[b][c]
+    assigned = [not fresh] * len(cols)
+    for _ in range(sweeps):
+        moved = False
+        for b in range(len(cols)):
+            if assigned[b]:
+                residual += cols[b][choice[b]]
+            best = int((residual.unsqueeze(0) - cols[b]).norm(dim=1).argmin())
+            moved = moved or best != choice[b] or not assigned[b]
+            choice[b], assigned[b] = best, True
+            residual -= cols[b][best]
+        if not moved:
+            break
+    for _ in range(sweeps):
+        moved = False
+        for b in range(len(cols)):
+            for c in range(b + 1, len(cols)):
+                r0 = residual + cols[b][choice[b]] + cols[c][choice[c]]
+                # ‖r0 − x_i − y_j‖² − ‖r0‖² over all pairs (i, j), from inner products
+                x, y = cols[b], cols[c]
+                cost = ((x * x).sum(1) - 2 * (x @ r0)).unsqueeze(1) + ((y * y).sum(1) - 2 * (y @ r0)).unsqueeze(0) \
+                    + 2 * (x @ y.T)
+                i, j = divmod(int(cost.argmin()), cost.shape[1])
+                if (i, j) != (choice[b], choice[c]) and float(cost[i, j]) < float(cost[choice[b], choice[c]]) - 1e-12 * float(r0 @ r0):
+                    choice[b], choice[c] = i, j
+                    moved = True
+                residual = r0 - x[choice[b]] - y[choice[c]]
+        if not moved:
+            break
+    if float(target.norm()) == 0.0:
+        return float("nan")  # nothing to fit: the choice is the ranking's, uncertified
+    return float(residual.norm() / target.norm())

@@ -3,7 +3,12 @@
 Step 1 (:func:`token_candidates`): at each position p, the tokens v whose first-block input (e.g.
 GPT-2's ``ln_1(wte[v] + wpe[p])``) lies within ``tau1`` of the first block's input span, best first
 (at most ``max_tokens``; the pad id is never a candidate: the client's padding is masked out). The
-positions end at the first one with no candidate.
+positions end at the first one with no candidate. With learned absolute positions a position's
+candidates are not only its own tokens: a token that occurs at two positions q, q' puts
+``wpe[q] − wpe[q']`` into the span, so with enough repeated tokens (spaces, punctuation) every token
+of the batch passes at every position — up to the span's rank, which is why ``max_tokens`` must not
+be a small multiple of B (measured: B = 16, T = 32 on GPT-2 small's shape gives 239 candidates per
+position for 16 true ones).
 
 Step 2 checks candidates against the *second* block's input span, whose inputs depend on the context:
 
@@ -31,6 +36,7 @@ from torch import Tensor
 from fedleak.attacks.dager_span import Span, distance
 
 Inputs = Callable[[Tensor], Tensor]  # token batch n×l → second-block inputs n×l×d
+Extend = Callable[[Tensor, Tensor], Tensor]  # prefixes n×p, tokens c → new position's inputs (n·c)×d
 
 
 @dataclass
@@ -42,10 +48,14 @@ class Found:
 
 
 def token_candidates(first: Callable[[int], Tensor], spans: list[Span], tau1: float, max_tokens: int,
-                     max_positions: int, pad_id: int) -> tuple[list[Tensor], list[Tensor]]:
-    """Step 1: per position, the candidate token ids (best first) and their distances."""
+                     max_positions: int, pad_id: int, positional: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    """Step 1: per position, the candidate token ids (best first) and their distances (computed once
+    and repeated when the first block's input does not depend on the position: rotary models)."""
     ids: list[Tensor] = []
     dists: list[Tensor] = []
+    if not positional:
+        once, near = token_candidates(first, spans, tau1, max_tokens, 1, pad_id)
+        return once * max_positions, near * max_positions
     for p in range(max_positions):
         with torch.no_grad():
             inputs = first(p)
@@ -64,11 +74,20 @@ def token_candidates(first: Callable[[int], Tensor], spans: list[Span], tau1: fl
     return ids, dists
 
 
-def greedy_decoder(candidates: list[Tensor], spans: list[Span], inputs: Inputs, tau2: float,
-                   max_prefixes: int) -> tuple[Found, list[int]]:
-    """Step 2 for a decoder; also returns, per position, how many prefixes were kept."""
-    prefixes = candidates[0].view(-1, 1) if candidates else torch.zeros(0, 1, dtype=torch.long)
-    scores = distance(spans, inputs(prefixes)[:, -1]) if len(prefixes) else torch.zeros(0)
+def greedy_decoder(candidates: list[Tensor], spans: list[Span], extend: Extend, tau2: float,
+                   max_prefixes: int, rotary: bool = False) -> tuple[Found, list[int]]:
+    """Step 2 for a decoder; also returns, per position, how many prefixes were kept. ``extend(prefixes,
+    tokens)`` gives the second-block input at the new position of every prefix (n×p) followed by
+    every token: (n·c)×d, prefix-major.
+
+    ``rotary``: positions enter only through rotary attention, so a sequence that opens with a run of
+    one token ``v v … v`` has at every position of the run the same inputs as ``v`` alone (attention
+    over equal values returns that value): the span cannot tell the run's length, and every true
+    first token would grow into an endless run. Such runs are not extended (a sequence that truly
+    opens with a repeated token is then recovered without the repeats)."""
+    first = candidates[0] if candidates else torch.zeros(0, dtype=torch.long)
+    prefixes = first.view(-1, 1)
+    scores = distance(spans, extend(prefixes[:1, :0], first)) if len(first) else torch.zeros(0)
     keep = scores <= tau2
     prefixes, worst = prefixes[keep], scores[keep]
     done = Found([], [])
@@ -81,8 +100,10 @@ def greedy_decoder(candidates: list[Tensor], spans: list[Span], inputs: Inputs, 
         else:
             nxt = candidates[p]
             grown = torch.cat([prefixes.repeat_interleave(len(nxt), 0), nxt.repeat(len(prefixes)).view(-1, 1)], 1)
-            d = distance(spans, inputs(grown)[:, -1])
+            d = distance(spans, extend(prefixes, nxt))
             ok = d <= tau2
+            if rotary:
+                ok &= ~(grown == grown[:, :1]).all(dim=1)
             extended = ok.view(len(prefixes), len(nxt)).any(dim=1)
             ended = ~extended
             order = torch.argsort(d[ok])[:max_prefixes]

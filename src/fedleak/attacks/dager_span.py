@@ -44,6 +44,13 @@ class Span:
     width: int
     singular: Tensor
     source: str
+    columns: int = 0  # the gradient's columns in that space: its rank can be no higher (LoRA's ∂L/∂A: r)
+
+    def saturated(self, room: int) -> bool:
+        """Whether the span is as large as it can be — every dimension the inputs occupy, or every
+        column of its gradient: then rounding noise, not the batch, may have set it (LoRA's ``∂L/∂A``
+        at rank r, a float32 difference of a small step of a large A)."""
+        return self.rank >= room or (self.columns > 0 and self.rank >= self.columns)
 
     def room(self, samples: Tensor, rank_tol: float) -> int:
         """The dimension of the space the layer's inputs occupy: the numerical rank of ``samples``
@@ -119,9 +126,11 @@ def block_spans(probes: list[tuple[str, nn.Module]], update: Mapping[str, Tensor
                     lora_b.append((b_name, gb.to(dtype).T, a))  # d_out×r → r×d_out
     spans: list[Span] = []
     if full:
-        basis, rank, s = basis_of(torch.cat(full, dim=1), rank_tol)
-        spans.append(Span(basis, _identity, rank, basis.shape[0], s, " + ".join(names)))
+        stacked = torch.cat(full, dim=1)
+        basis, rank, s = basis_of(stacked, rank_tol)
+        spans.append(Span(basis, _identity, rank, basis.shape[0], s, " + ".join(names), stacked.shape[1]))
     for b_name, gb, a in lora_b:
         basis, rank, s = basis_of(gb, rank_tol)
-        spans.append(Span(basis, _through(a), rank, basis.shape[0], s, f"{b_name} (inputs through lora_A)"))
+        spans.append(Span(basis, _through(a), rank, basis.shape[0], s, f"{b_name} (inputs through lora_A)",
+                          gb.shape[1]))
     return spans

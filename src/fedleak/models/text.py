@@ -1,10 +1,10 @@
-"""Text models from ``transformers`` configs: a GPT-2-style decoder LM and BERT/GPT-2 sequence classifiers.
+"""Text models from ``transformers`` configs: GPT-2- and LLaMA-style decoder LMs and BERT/GPT-2/LLaMA sequence classifiers.
 
 Both wrappers are plain ``nn.Module``\\ s taking int64 token ids B×T (right-padded with ``pad_id``)
 and returning logits that ``F.cross_entropy(model(tokens), labels)`` scores, so the whole FL stack
 (protocols, defenses, FedAvg, aggregation) runs on them unchanged:
 
-- :class:`CausalLM` (a ``GPT2LMHeadModel``, or any causal LM of a pretrained folder): logits of the
+- :class:`CausalLM` (a ``GPT2LMHeadModel`` or ``LlamaForCausalLM``, or any causal LM of a pretrained folder): logits of the
   next token at positions 0…T−2, transposed to B×V×(T−1); its labels are :func:`lm_targets`
   (``tokens[:, 1:]`` with pad positions −100, cross-entropy's ``ignore_index``), so the loss is the
   mean next-token cross-entropy over the real tokens — what ``GPT2LMHeadModel(labels=…)`` computes.
@@ -30,10 +30,11 @@ one-line :class:`~fedleak.errors.ConfigError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -125,34 +126,54 @@ SHAPES = {
     "gpt2-tiny": Shape("gpt2", 2, 128, 4, 128, 50257, "a 2-layer GPT-2 config for tests"),
     "bert-tiny": Shape("bert", 2, 128, 2, 512, 30522, "BERT-Tiny config (Turc et al. 2019), random init"),
     "bert-small-shape": Shape("bert", 4, 512, 8, 512, 30522, "BERT-Small config (Turc et al. 2019), random init"),
+    "llama-tiny": Shape("llama", 2, 128, 4, 128, 32000, "a 2-layer LLaMA-style config (RMSNorm, rotary positions, "
+                        "SwiGLU; Touvron et al. 2023), random init"),
 }
-VOCABULARIES = {"gpt2": "GPT-2 BPE vocabulary (50257) by default", "bert": "BERT WordPiece vocabulary (30522) by default"}
-TASKS = {"gpt2": ("lm", "classify"), "bert": ("classify",)}
+VOCABULARIES = {"gpt2": "GPT-2 BPE vocabulary (50257) by default", "bert": "BERT WordPiece vocabulary (30522) by default",
+                "llama": "LLaMA-sized vocabulary (32000) by default"}
+TASKS = {"gpt2": ("lm", "classify"), "bert": ("classify",), "llama": ("lm", "classify")}
 
 
-def _config(shape: Shape, num_labels: int, pad_id: int, dropout: float) -> Any:
-    """The transformers config of a randomly initialised ``shape`` (eager attention; GPT-2's
-    begin/end token 50256 only where the vocabulary has it)."""
-    tf = _transformers()
-    if shape.family == "gpt2":
-        special = 50256 if shape.vocab_size > 50256 else None
-        return tf.GPT2Config(bos_token_id=special, eos_token_id=special,vocab_size=shape.vocab_size, n_positions=shape.max_length, n_embd=shape.hidden,
-                          n_layer=shape.layers, n_head=shape.heads, resid_pdrop=dropout, embd_pdrop=dropout,
-                          attn_pdrop=dropout, summary_first_dropout=dropout, pad_token_id=pad_id,
-                          num_labels=num_labels, attn_implementation="eager")
+def _gpt2_config(tf: ModuleType, shape: Shape, num_labels: int, pad_id: int, dropout: float) -> Any:
+    special = 50256 if shape.vocab_size > 50256 else None  # GPT-2's begin/end token, where the vocabulary has it
+    return tf.GPT2Config(bos_token_id=special, eos_token_id=special, vocab_size=shape.vocab_size,
+                         n_positions=shape.max_length, n_embd=shape.hidden, n_layer=shape.layers, n_head=shape.heads,
+                         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, summary_first_dropout=dropout,
+                         pad_token_id=pad_id, num_labels=num_labels, attn_implementation="eager")
+
+
+def _bert_config(tf: ModuleType, shape: Shape, num_labels: int, pad_id: int, dropout: float) -> Any:
     return tf.BertConfig(vocab_size=shape.vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-                      num_attention_heads=shape.heads, intermediate_size=4 * shape.hidden,
-                      max_position_embeddings=shape.max_length, hidden_dropout_prob=dropout,
-                      attention_probs_dropout_prob=dropout, classifier_dropout=dropout, pad_token_id=pad_id,
-                      num_labels=num_labels, attn_implementation="eager")
+                         num_attention_heads=shape.heads, intermediate_size=4 * shape.hidden,
+                         max_position_embeddings=shape.max_length, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout, classifier_dropout=dropout, pad_token_id=pad_id,
+                         num_labels=num_labels, attn_implementation="eager")
+
+
+def _llama_config(tf: ModuleType, shape: Shape, num_labels: int, pad_id: int, dropout: float) -> Any:
+    # LLaMA's layout: RMSNorm, rotary positions (no position embedding), SwiGLU MLP of width ≈ 8/3·d,
+    # untied input and output embeddings, no biases.
+    return tf.LlamaConfig(vocab_size=shape.vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                          num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
+                          intermediate_size=int(8 * shape.hidden / 3 + 63) // 64 * 64,
+                          max_position_embeddings=shape.max_length, attention_dropout=dropout,
+                          pad_token_id=pad_id, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
+                          num_labels=num_labels, attn_implementation="eager")
+
+
+CONFIGS: dict[str, Callable[[ModuleType, Shape, int, int, float], Any]] = {
+    "gpt2": _gpt2_config, "bert": _bert_config, "llama": _llama_config}
+# (family, task) → the transformers class
+CLASSES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "classify"): "GPT2ForSequenceClassification",
+           ("bert", "classify"): "BertForSequenceClassification", ("llama", "lm"): "LlamaForCausalLM",
+           ("llama", "classify"): "LlamaForSequenceClassification"}
 
 
 def _random(shape: Shape, task: str, num_labels: int, pad_id: int, dropout: float) -> nn.Module:
-    tf, config = _transformers(), _config(shape, num_labels, pad_id, dropout)
-    if task == "lm":
-        return tf.GPT2LMHeadModel(config)
-    family = tf.GPT2ForSequenceClassification if shape.family == "gpt2" else tf.BertForSequenceClassification
-    return family(config)
+    """A randomly initialised transformers model of ``shape`` (eager attention)."""
+    tf = _transformers()
+    config = CONFIGS[shape.family](tf, shape, num_labels, pad_id, dropout)
+    return cast(nn.Module, getattr(tf, CLASSES[(shape.family, task)])(config))
 
 
 def load_pretrained(path: str | Path, task: str, num_labels: int) -> Any:
