@@ -193,3 +193,21 @@ def test_dager_recovers_a_batch_from_a_rotary_decoder(lora):
     rec = _attack(net, tokens, lm_targets(tokens, PAD))
     assert _rows(rec.images) == _rows(tokens)
     assert ("not checking against" in " ".join(rec.notes)) == (lora is not None)
+
+
+def test_a_clipped_update_still_gives_the_last_tokens():
+    """Regression: under clipping (the update a fraction of the gradient, the factor unknown to the
+    server) the prefixes stayed exact but the last-token fit, which divided by the stated scale, got
+    about one token per sequence wrong. The factor is now read off the head's untouched rows."""
+    import dataclasses
+
+    net = _lm()
+    tokens = _tokens(4, 10, seed=6, lengths=(10, 7, 10, 9))
+    encoding = TokenEncoding(V, PAD, net.max_length)
+    payload = Client(net, encoding, ClientTraining()).update(ClientData(tokens, lm_targets(tokens, PAD)))
+    total = torch.sqrt(sum((u.double() ** 2).sum() for u in payload.update.values()))
+    clipped = dataclasses.replace(payload, update={k: u / total for k, u in payload.update.items()})  # norm 1
+    knowledge = AttackerKnowledge(copy.deepcopy(net), (1, 1, tokens.shape[1]), V, (0.0,), (1.0,))
+    rec = build_attack("dager", {}).run(clipped, knowledge)
+    assert _rows(rec.images) == _rows(tokens)
+    assert any("times a gradient (read off the head)" in n for n in rec.notes)

@@ -220,6 +220,9 @@ class Dager(Attack[DagerConfig]):
                 last = recover_last(model, found.sequences, payload.update, model.pad_id,
                                     cfg.shortlist or batch + 8, cfg.budget, scale)
                 sequences = [s + [t] for s, t in zip(found.sequences, last.tokens)]
+                if abs(last.scale / scale - 1) > 0.01:
+                    notes.append(f"dager: the update is {last.scale:.3g} times a gradient (read off the head), not "
+                                 f"{scale:.3g} as its hyperparameters say: clipped or rescaled")
                 notes.append(f"dager: last tokens (in no span under a next-token loss) fitted to the update's "
                              f"residual: relative residual {last.residual:.1e} (0: exact"
                              + ("; FedAvg: approximate" if payload.hyper.protocol == "fedavg" else "") + ")")

@@ -36,10 +36,12 @@ from fedleak.models.text import lm_targets
 
 @dataclass
 class LastTokens:
-    """One recovered last token per prefix and the relative residual of the fit (0: exact)."""
+    """One recovered last token per prefix, the relative residual of the fit (0: exact) and the
+    update's scale the fit used (read off the head where the update has it, else the given one)."""
 
     tokens: list[int]
     residual: float
+    scale: float = 1.0  # the update's size relative to one gradient, as the fit used it
 
 
 def _batch(prefixes: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -85,7 +87,8 @@ def _direct(head: nn.Linear, params: Mapping[str, Tensor], u: Mapping[str, Tenso
 def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[str, Tensor], pad_id: int,
                  shortlist: int, budget: int, scale: float = 1.0, rounds: int = 3) -> LastTokens:
     """The last token of each of ``prefixes`` (each a sequence without it) that explains ``update``
-    (divided by ``scale``: the update's size relative to one gradient)."""
+    (divided by ``scale``, the update's size relative to one gradient, unless the head gives it:
+    :func:`_factor`)."""
     named = [(n, p) for n, p in model.named_parameters() if n in update]  # what the client trained
     head = cast(nn.Linear, cast(Any, model).hf.get_output_embeddings())
     names = [n for n, p in named]
@@ -102,7 +105,11 @@ def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[st
         hook.remove()
     free = (F.cross_entropy(logits, targets, reduction="sum") + torch.logsumexp(logits[rows, :, at], dim=1).sum())
     grads = torch.autograd.grad(free / n_scored, [params[n] for n in names])
-    u = {n: (n_scored * (g.detach() - update[n].to(g.dtype) / scale)) for n, g in zip(names, grads)}
+    tied = head.weight is cast(Any, model).hf.get_input_embeddings().weight
+    factor = _factor(head, params, dict(zip(names, grads)), update, x, pad_id, tied)
+    if factor is None:
+        factor = 1.0 / scale
+    u = {n: n_scored * (g.detach() - factor * update[n].to(g.dtype)) for n, g in zip(names, grads)}
 
     def z(*values: Tensor) -> Tensor:
         out = torch.func.functional_call(model, dict(zip(names, values)), (x,))
@@ -116,7 +123,6 @@ def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[st
     dz = along(u)
     shortlist = min(shortlist, dz.shape[1])
     short = dz.topk(shortlist, dim=1).indices  # m×k
-    tied = head.weight is cast(Any, model).hf.get_input_embeddings().weight
     direct = _direct(head, params, u, hidden[0][rows, at].detach(), x, pad_id, tied)
     if direct is not None:
         short = torch.cat([direct.view(-1, 1), short], dim=1)
@@ -166,7 +172,30 @@ def recover_last(model: nn.Module, prefixes: list[list[int]], update: Mapping[st
                 cands[b] = torch.cat([cands[b], new])
                 cols[b] = torch.cat([cols[b], columns(b, new)])
         rel = _descend(target, cols, choice, fresh=False)
-    return LastTokens([int(cands[b][c]) for b, c in enumerate(choice)], rel)
+    return LastTokens([int(cands[b][c]) for b, c in enumerate(choice)], rel, 1.0 / factor)
+
+
+def _factor(head: nn.Linear, params: Mapping[str, Tensor], free: Mapping[str, Tensor], update: Mapping[str, Tensor],
+            x: Tensor, pad_id: int, tied: bool) -> float | None:
+    """The factor λ with ``update ≈ gradient / λ``, read off the head: a head row v that is no
+    sequence's last token (nor, for a tied head, an input token) gets only ∂F/∂W[v] = λ·update[v]
+    (every one of its terms is known), so λ is the median over those rows of their least-squares
+    ratio. This makes the fit scale-free — an update clipped to a norm, or scaled by an unknown
+    learning rate, gives the same tokens. None when the update lacks the head or no row moved."""
+    name = next((n for n, p in params.items() if p is head.weight), None)
+    if name is None:
+        return None
+    a, w = free[name].detach().double(), update[name].double()
+    keep = torch.ones(a.shape[0], dtype=torch.bool)
+    keep[pad_id] = False
+    if tied:
+        keep[x.flatten()] = False
+    a, w = a[keep], w[keep]
+    norm = (w * w).sum(dim=1)
+    moved = norm > 0
+    if not bool(moved.any()):
+        return None
+    return float(((a * w).sum(dim=1)[moved] / norm[moved]).median())
 
 
 def _descend(target: Tensor, cols: list[Tensor], choice: list[int], fresh: bool, sweeps: int = 4) -> float:
