@@ -92,7 +92,7 @@ def originals(corpus, k: int) -> set[str]:
     return {tok.decode([t for t in row.tolist() if t != tok.pad_id]) for row in corpus.tokens(partition(k))}
 
 
-def test_the_audit_recovers_the_clients_sentences_exactly_and_calls_it_a_leak(corpus, tmp_path):
+def test_the_audit_recovers_the_clients_sentences_exactly_and_calls_it_a_leak(corpus, tmp_path, monkeypatch, capsys):
     model = language_model(corpus)
     shared = SharedBatches(tmp_path / "shared")
     out = tmp_path / "audit"
@@ -112,6 +112,13 @@ def test_the_audit_recovers_the_clients_sentences_exactly_and_calls_it_a_leak(co
             q["recovered"] for q in sequences) for s in spans)
         assert m["other_text"] is not None  # the no-leak baseline: an unrelated sentence of the corpus
     assert "2 of 2 audited updates finished" in (out / "report.html").read_text()
+    # `fedleak runs list` shows a text audit's own numbers (not image columns: PSNR, class counts)
+    from tests.test_cli import fedleak
+
+    code, listing, _ = fedleak(monkeypatch, capsys, "runs", "list", str(out))
+    assert code == 0 and "ROUGE-1" in listing and "no-leak ROUGE-1" in listing and "PSNR" not in listing
+    exact = found[0].metrics["exact_sequences"]
+    assert f"{exact}/{found[0].metrics['sequences']}" in listing
 
 
 def test_without_a_shared_batch_the_text_audit_shows_what_it_recovered_and_stays_inconclusive(corpus, tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,8 +53,9 @@ def runs_list(
         return
     also = f" ({len(failures)} failed: --failed)" if failures else ""
     audits = bool(records) and all(r.study == AUDIT_STUDY for r in records)
+    text = bool(records) and all(r.metrics.get("modality") == "text" for r in records)
     table = Table(title=f"{len(records)} {'audited updates' if audits else 'runs'} in {folder}{also}")
-    columns, numbers, row = (AUDIT_COLUMNS, AUDIT_NUMBERS, _audit_row) if audits else (RUN_COLUMNS, RUN_NUMBERS, _run_row)
+    columns, numbers, row = LISTINGS[(audits, text)]
     for col in columns:
         table.add_column(col, justify="right" if col in numbers else "left")
     for r in records:
@@ -84,6 +86,40 @@ def _audit_row(r: RunRecord) -> list[str]:
             escape(verdict_text(m.get("verdict"))), _score(m.get("update_fit"), 3), str(m.get("observed_images", "n/a")),
             escape(histogram_text(labels_of(m))), _score(m.get("malicious_share"), 3), _score(m.get("psnr"), 2),
             f"{r.seconds:.1f}"]
+
+
+TEXT_NUMBERS = ("exact", "ROUGE-1", "no-leak ROUGE-1", "PII", "seconds")
+TEXT_RUN_COLUMNS = ("key", "study", "name", *TEXT_NUMBERS)
+TEXT_AUDIT_NUMBERS = ("round", "update fit", *TEXT_NUMBERS)
+TEXT_AUDIT_COLUMNS = ("key", "round", "client", "verdict", "update fit", *TEXT_NUMBERS)
+
+
+def _text_scores(m: dict[str, Any]) -> list[str]:
+    """A text run's exact sequences, ROUGE-1 beside an unrelated sentence's, PII spans recovered."""
+    other = m.get("other_text") or (m.get("baselines") or {}).get("other_text") or {}
+    exact = f"{m['exact_sequences']}/{m['sequences']}" if m.get("sequences") is not None else "n/a"
+    pii = f"{m['pii_recovered_spans']}/{m['pii_spans']}" if m.get("pii_spans") else "n/a"
+    return [exact, _score(m.get("rouge1"), 2), _score(other.get("rouge1") if isinstance(other, dict) else None, 2),
+            pii]
+
+
+def _text_run_row(r: RunRecord) -> list[str]:
+    return [r.key, r.study, escape(r.name), *_text_scores(r.metrics), f"{r.seconds:.1f}"]
+
+
+def _text_audit_row(r: RunRecord) -> list[str]:
+    m = r.metrics
+    return [r.key, str(m.get("round", "")), escape(str(m.get("client", ""))), escape(verdict_text(m.get("verdict"))),
+            _score(m.get("update_fit"), 3), *_text_scores(m), f"{r.seconds:.1f}"]
+
+
+# (a Flower audit's folder?, text?) → the columns, which of them are numbers, one record's row
+LISTINGS: dict[tuple[bool, bool], tuple[tuple[str, ...], tuple[str, ...], Callable[[RunRecord], list[str]]]] = {
+    (False, False): (RUN_COLUMNS, RUN_NUMBERS, _run_row),
+    (True, False): (AUDIT_COLUMNS, AUDIT_NUMBERS, _audit_row),
+    (False, True): (TEXT_RUN_COLUMNS, TEXT_NUMBERS, _text_run_row),
+    (True, True): (TEXT_AUDIT_COLUMNS, TEXT_AUDIT_NUMBERS, _text_audit_row),
+}
 
 
 def _score(value: Any, digits: int) -> str:
