@@ -172,3 +172,29 @@ def test_text_audits_refuse_what_does_not_apply(corpus, tmp_path):
         audit(model, tmp_path / "c", public=torch.rand(4, SEQ_LEN))
     with pytest.raises(ConfigError, match="fedleak text model|psnr"):
         leakage_gate(model, score="psnr")
+
+
+def test_an_adapters_only_record_is_read_as_the_model_s_state():
+    """FlowerTune's apps send only the LoRA adapters, under peft's names (no ``hf.`` wrapper, no adapter
+    name): the audit matches them and takes the frozen base from its own model; a missing adapter is
+    still an error."""
+    from peft import get_peft_model_state_dict
+
+    from fedleak.errors import FedleakError
+    from fedleak.integrations.flower.records import state_dict
+
+    tok = load_dataset("pii", None, split="train", seq_len=SEQ_LEN, n=16).tokenizer
+    model = create_model("gpt2-tiny", tok.vocab_size, 1, SEQ_LEN, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                         max_length=SEQ_LEN, seed=0, lora="r=4,targets=c_attn")
+    adapters = {k: v.detach().clone() + 1.0 for k, v in get_peft_model_state_dict(model.hf).items()}
+    assert adapters and all(".default." not in k and not k.startswith("hf.") for k in adapters)
+    state = state_dict(ArrayRecord(adapters), model, "the reply")
+    assert set(state) == {n for n, _ in model.named_parameters()}  # every parameter, frozen ones filled in
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert name.endswith(".default.weight") and torch.equal(state[name], p.detach() + 1.0)
+        else:
+            assert torch.equal(state[name], p.detach())
+    del adapters[next(iter(adapters))]
+    with pytest.raises(FedleakError, match="lacks parameter"):
+        state_dict(ArrayRecord(adapters), model, "the reply")

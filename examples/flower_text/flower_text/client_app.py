@@ -7,7 +7,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedleak.integrations.flower import SharedBatches
-from flower_text.task import shared_folder, train
+from flower_text.task import adapters, shared_folder, train
 
 
 def share(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -23,7 +23,7 @@ app = ClientApp(mods=[share])
 @app.train()
 def fit(message: Message, context: Context) -> Message:
     model, examples, loss = train(message, context)
-    # The whole state travels (the frozen base unchanged): the update the server sees is the adapters'.
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+    # Only the adapters travel (FlowerTune's way): the update the server sees is theirs.
+    return Message(RecordDict({"arrays": ArrayRecord(adapters(model)),
                                "metrics": MetricRecord({"num-examples": examples, "train-loss": loss})}),
                    reply_to=message)

@@ -13,7 +13,7 @@ from flwr.supercore import log
 
 from fedleak.audit import AuditRecord
 from fedleak.integrations.flower import LeakageAudit, SharedBatches
-from flower_text.task import Model, build_model, dataset, public_tokens, results_folder, shared_folder
+from flower_text.task import Model, adapters, build_model, dataset, public_tokens, results_folder, shared_folder
 
 app = ServerApp()
 
@@ -49,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
     train_config = ConfigRecord({k: cfg[k] for k in ("lr", "momentum", "local-steps", "batch-size")}
                                 | {"optimizer": "sgd", "fedleak-defense": "none"})
     start = time.perf_counter()
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model(dict(cfg)).state_dict()),
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(adapters(build_model(dict(cfg)))),
                    num_rounds=int(cfg["num-server-rounds"]), train_config=train_config)
     text = "\n\n".join(describe(r) for r in sorted(strategy.records, key=lambda r: (r.round, r.client)))
     (strategy.out / "audit.txt").write_text(text + "\n")

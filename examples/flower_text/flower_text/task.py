@@ -46,6 +46,20 @@ def build_model(cfg: dict) -> CausalLM:
     return model
 
 
+def adapters(model: CausalLM) -> dict[str, torch.Tensor]:
+    """What travels, as in Flower's FlowerTune LLM apps: only the LoRA adapters (peft's own state
+    dict of them; the frozen base model never moves and every party builds it alike)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model.hf).items()}
+
+
+def load_adapters(model: CausalLM, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model.hf, state)
+
+
 class Model:
     """``build_model`` as a picklable callable (the audit's worker process builds it by its module path)."""
 
@@ -72,7 +86,7 @@ def train(message: Message, context: Context) -> tuple[CausalLM, int, float]:
     (a fresh private order each round), next-token cross-entropy, SGD with momentum on the adapters."""
     config, cfg = message.content["config"], context.run_config
     model = build_model(cfg)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    load_adapters(model, message.content["arrays"].to_torch_state_dict())
     data = dataset(cfg)
     mine = shard(cfg, int(context.node_config["partition-id"]))
     loader = DataLoader(Subset(range(len(data)), mine), batch_size=int(config["batch-size"]), shuffle=True)
