@@ -70,3 +70,19 @@ def test_evaluate_scores_matched_pairs():
     assert [s.dataset_index for s in ev.images] == [10, 20]
     assert [s.recovered_label for s in ev.images] == [7, 4]
     assert not math.isnan(ev.psnr) and np.isfinite(ev.ssim)
+
+
+def test_rog_ssim_matches_the_rog_paper_s_code_on_a_hand_computed_pair():
+    """ROG's metric (global SSIM of 8-bit YCrCb channels, 0.8/0.1/0.1) on a fixed 6×6 pair; the values
+    were computed once with the authors' ``src/metric.py`` ``ssim`` and OpenCV 5.1's ``cvtColor``."""
+    from fedleak.metrics.image import ssim_rog, ycrcb_8bit
+
+    c, i, j = torch.meshgrid(torch.arange(3), torch.arange(6), torch.arange(6), indexing="ij")
+    x = (((c + 1) * (i * 5 + j * 3)) % 17).double() / 16.0
+    y = x.sqrt() * 0.8 + 0.05 * ((i + j) % 3)
+    assert ssim_rog(x[None], y[None]).item() == pytest.approx(0.9162633998637523, abs=1e-6)
+    assert ssim_rog(x[None, :1], y[None, :1]).item() == pytest.approx(0.9003020162964754, abs=1e-6)  # grey
+    assert ssim_rog(x[None], x[None]).item() == pytest.approx(1.0)
+    # OpenCV's 8-bit conversion: white, black, pure red
+    rgb = torch.tensor([[255, 0, 255], [255, 0, 0], [255, 0, 0]]).view(1, 3, 1, 3)
+    assert ycrcb_8bit(rgb).view(3, 3).T.tolist() == [[255, 128, 128], [0, 128, 128], [76, 255, 85]]

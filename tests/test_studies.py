@@ -8,12 +8,12 @@ import sqlite3
 
 import pytest
 
-from fedleak.errors import DataError, FedleakError
+from fedleak.config import build_config
+from fedleak.errors import ConfigError, DataError, FedleakError
 from fedleak.metrics.classify import recognition_rates
 from fedleak.store import ResultsDB, RunRecord, run_key
-from fedleak.studies import STUDIES, build_study
+from fedleak.studies import STUDIES, build_study, runner
 from tests.studying import run_study
-from fedleak.studies import runner
 from tests.test_cli import fedleak
 
 TINY = ["--set", "image_size=8", "--set", "model=lenet", "--set", "width=1.0"]
@@ -124,6 +124,34 @@ def test_stacking_reports_rates_per_batch_size(tmp_path, cifar_root):
         assert row["rate_b"] >= row["rate_a"]  # (b) counts an original once any copy is correct
     html = (out / "report.html").read_text()
     assert ("✓" in html or "✗" in html) and "rates-vs-batch.png" in html
+
+
+def test_stacking_selects_the_originals_the_target_misclassifies_and_reports_each_group(tmp_path, cifar_root):
+    """Lim & Chan's protocol: the first per_group originals of the split that the target gets wrong
+    (and, as their own rows, right), in index order, checked against the target's own verdicts."""
+    from fedleak.metrics.classify import classify
+    from fedleak.modalities import build_target
+    from fedleak.pipeline import load_data, resolve_checkpoint
+    from fedleak.studies.recognition import select_originals
+
+    study = tiny("stacking", cifar_root, batch_sizes="[1]", originals="both", per_group=1)
+    chosen = select_originals(study.settings)
+    config, info = resolve_checkpoint(build_config(None, study.settings.flags(**{"data.index": [0]}), []))
+    dataset = load_data(config)
+    target = build_target(config, dataset, info)
+    verdict = classify(target.model, dataset.images(range(len(dataset))), dataset.labels.long(), target.mean,
+                       target.std)
+    right = [i for i, (p, y) in enumerate(zip(verdict.predicted, dataset.labels.tolist())) if p == y]
+    wrong = [i for i in range(len(dataset)) if i not in right]
+    assert chosen == {"misclassified": wrong[:1], "correct": right[:1]}
+    out = tmp_path / "paper"
+    run_study(study, "cpu", out, progress=False)
+    table = json.loads((out / "table.json").read_text())
+    assert [(r["original"], r["batch_size"]) for r in table] == [("correct", 1), ("misclassified", 1)]
+    by = {r["original"]: r for r in table}
+    assert by["misclassified"]["originals_correct"] == 0 and by["correct"]["originals_correct"] == 1
+    with pytest.raises(ConfigError, match="lower per_group"):
+        select_originals(tiny("stacking", cifar_root, originals="misclassified", per_group=10**6).settings)
 
 
 def test_transfer_classifies_with_other_checkpoints(tmp_path, cifar_root, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import torch
 from fedleak.attacks.base import Reconstruction
 from fedleak.errors import FedleakError
 from fedleak.fl.payload import ClientData
-from fedleak.metrics.image import psnr, ssim
+from fedleak.metrics.image import psnr, ssim, ssim_rog
 from fedleak.metrics.lpips import LPIPS
 from fedleak.metrics.matching import label_accuracy, match_batch
 
@@ -25,6 +25,7 @@ class ImageScore:
     psnr: float
     ssim: float
     lpips: dict[str, float | None] = field(default_factory=dict)  # per backbone; None = n/a
+    ssim_rog: float | None = None  # the ROG paper's global YCrCb SSIM (metrics.image.ssim_rog)
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ class Evaluation:
     images: list[ImageScore]
     order: list[int]
     lpips: dict[str, float | None] = field(default_factory=dict)
+    ssim_rog: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """What ``metrics.json`` and the results database hold of it: the mean PSNR, SSIM and LPIPS
-        (also one ``lpips_<net>`` key per backbone), label accuracy and the per-image scores."""
-        return {"psnr": self.psnr, "ssim": self.ssim, "lpips": self.lpips,
+        (also one ``lpips_<net>`` key per backbone), ROG's SSIM (``ssim_rog``), label accuracy and the
+        per-image scores."""
+        return {"psnr": self.psnr, "ssim": self.ssim, "ssim_rog": self.ssim_rog, "lpips": self.lpips,
                 **{f"lpips_{net}": v for net, v in self.lpips.items()},
                 "label_accuracy": self.label_accuracy, "images": [vars(s) for s in self.images]}
 
@@ -57,6 +60,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     order = match_batch(rec, orig)
     paired = rec[order]
     p, s = psnr(paired, orig), ssim(paired, orig)
+    rog = ssim_rog(paired, orig) if orig.shape[1] in (1, 3) else None
     with torch.no_grad():
         perceptual = {net: (m.to(paired.device)(paired, orig).tolist() if m is not None else None)
                       for net, m in (lpips or {}).items()}
@@ -64,6 +68,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
     rec_labels = reconstruction.labels[order].tolist() if reconstruction.labels.numel() == len(orig) else None
     # Back to Python numbers once, at the end (one host transfer per tensor, not one per image).
     p_list, s_list, order_list, true_labels = p.tolist(), s.tolist(), order.tolist(), true.tolist()
+    rog_list = rog.tolist() if rog is not None else [None] * len(orig)
     scores = [
         ImageScore(
             position=i,
@@ -74,6 +79,7 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
             psnr=float(p_list[i]),
             ssim=float(s_list[i]),
             lpips={net: (v[i] if v is not None else None) for net, v in perceptual.items()},
+            ssim_rog=rog_list[i],
         )
         for i in range(len(orig))
     ]
@@ -84,4 +90,5 @@ def evaluate(reconstruction: Reconstruction, truth: ClientData,
         images=scores,
         order=order_list,
         lpips={net: (sum(v) / len(v) if v is not None else None) for net, v in perceptual.items()},
+        ssim_rog=float(rog.mean()) if rog is not None else None,
     )
