@@ -199,6 +199,9 @@ class MetricsSection(Section):
     lpips: list[Literal["alex", "vgg"]] = Field(default_factory=_alex,
                                                 description="LPIPS backbones (n/a without local weights)")
     lpips_weights: str | None = Field(None, description="folder with LPIPS weight files (searched first)")
+    semantic: str | None = Field(None, description="a fedleak checkpoint of an independent classifier (not the "
+                                 "target): each pair's Jaccard index of its top-k label sets (ROG's semantic metric)")
+    semantic_k: int = Field(3, ge=1, description="labels per image of the semantic metric")
 
     @field_validator("lpips", mode="before")
     @classmethod

@@ -24,19 +24,24 @@ class Classification:
     true_confidence: list[float]  # softmax probability of the true class
 
 
-def classify(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Classification:
-    """Classify [0, 1] images with ``model`` in eval mode (a copy's mode is not touched)."""
+def probabilities(model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Softmax class probabilities (B×C, on the model's device) of [0, 1] images, ``model`` in eval
+    mode (a copy's mode is not touched)."""
     was_training = model.training
     device = device_of(model)  # a transfer model may sit elsewhere than the reconstructions
-    images, labels = images.to(device), labels.to(device)
     model.eval()
     try:
         with torch.no_grad():
-            probs = torch.softmax(model(normalize(images, tuple(mean), tuple(std))), dim=1)
+            return torch.softmax(model(normalize(images.to(device), tuple(mean), tuple(std))), dim=1)
     finally:
         model.train(was_training)
+
+
+def classify(model: nn.Module, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Classification:
+    """Classify [0, 1] images with ``model`` in eval mode (a copy's mode is not touched)."""
+    probs = probabilities(model, images, mean, std)
     conf, pred = probs.max(1)
-    true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    true = probs.gather(1, labels.to(probs.device).view(-1, 1)).squeeze(1)
     return Classification(pred.tolist(), conf.tolist(), true.tolist())
 
 

@@ -4,6 +4,7 @@ normalisation, batch-norm statistics where declared known, PSNR/SSIM/LPIPS after
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from fedleak.fl import Client, ClientData
 from fedleak.images import image_grid, png_bytes
 from fedleak.metrics import Evaluation, evaluate, lpips_scorers
 from fedleak.metrics.baselines import no_leak_baselines
+from fedleak.metrics.semantic import SemanticScorer, load_semantic
 from fedleak.modalities.base import MODALITIES, Modality, Target, check_model_takes
 from fedleak.models import create_model
 from fedleak.models.checkpoint import CheckpointInfo, load_into
@@ -79,10 +81,21 @@ def image_knowledge(config: RunConfig, target: Target, dataset: ImageDataset, tr
 
 def image_evaluate(config: RunConfig, reconstruction: Reconstruction, truth: ClientData,
                    dataset: ImageDataset) -> tuple[Evaluation, list[str]]:
-    """PSNR, SSIM and the configured LPIPS backbones after Hungarian matching
-    (:func:`fedleak.metrics.evaluate`), and hints on LPIPS weights that are missing."""
+    """PSNR, SSIM (and ROG's), the configured LPIPS backbones and, with ``metrics.semantic``, the
+    semantic overlap after Hungarian matching (:func:`fedleak.metrics.evaluate`), and hints on LPIPS
+    weights that are missing."""
     scorers, hints = lpips_scorers(config.metrics.lpips, config.metrics.lpips_weights)
-    return evaluate(reconstruction, truth, scorers), hints
+    semantic = None
+    if config.metrics.semantic:
+        semantic = _semantic(config.metrics.semantic, dataset.num_classes, dataset.image_shape[0],
+                             config.metrics.semantic_k)
+        semantic.model.to(reconstruction.images.device)
+    return evaluate(reconstruction, truth, scorers, semantic), hints
+
+
+@functools.lru_cache(maxsize=4)
+def _semantic(path: str, num_classes: int, channels: int, k: int) -> SemanticScorer:
+    return load_semantic(path, num_classes, channels, k)  # once per process: a study scores many runs with it
 
 
 def image_baselines(truth: ClientData, dataset: ImageDataset) -> dict[str, Any]:

@@ -40,12 +40,12 @@ def value(record: RunRecord, key: str) -> Any:
 
 
 def quality(records: Sequence[RunRecord]) -> list[str]:
-    """The quality columns: PSNR, SSIM, ROG's SSIM where the runs have it (``ssim_rog``, to set beside
-    the ROG paper's numbers), each LPIPS backbone the runs scored (n/a without weights), label
+    """The quality columns: PSNR, SSIM, ROG's SSIM and the semantic overlap where the runs have them
+    (``ssim_rog``, to set beside the ROG paper's numbers; ``semantic``), each LPIPS backbone the runs scored (n/a without weights), label
     accuracy and attack time."""
     lpips = sorted({k for r in records for k in r.metrics if k.startswith("lpips_")})
-    rog = ["ssim_rog"] if any(r.metrics.get("ssim_rog") is not None for r in records) else []
-    return ["psnr", "ssim", *rog, *lpips, "label_accuracy", "attack_seconds"]
+    extra = [k for k in ("ssim_rog", "semantic") if any(r.metrics.get(k) is not None for r in records)]
+    return ["psnr", "ssim", *extra, *lpips, "label_accuracy", "attack_seconds"]
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
