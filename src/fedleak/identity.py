@@ -26,7 +26,8 @@ where the config holds a data section) and left ``device`` out. ``threat`` is le
 threat model a run is granted decides whether it may run, never what it computes."""
 
 
-LATER_FIELDS: Mapping[str, Any] = {"model.mean": None, "model.std": None}
+LATER_FIELDS: Mapping[str, Any] = {"model.mean": None, "model.std": None, "metrics.semantic": None,
+                                    "metrics.semantic_k": 3}
 """Run config fields added after run keys existed, with their defaults: a run that leaves one at its
 default keeps the key it had before the field existed (:func:`without_defaults`)."""
 
