@@ -157,7 +157,9 @@ def _llama_config(tf: ModuleType, shape: Shape, num_labels: int, pad_id: int, dr
                           num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
                           intermediate_size=int(8 * shape.hidden / 3 + 63) // 64 * 64,
                           max_position_embeddings=shape.max_length, attention_dropout=dropout,
-                          pad_token_id=pad_id, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
+                          # no padding_idx in the embedding (it would zero the pad row, which the attention
+                          # mask already leaves unused): the pad id is set on the config after building
+                          pad_token_id=None, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
                           num_labels=num_labels, attn_implementation="eager")
 
 
@@ -173,7 +175,9 @@ def _random(shape: Shape, task: str, num_labels: int, pad_id: int, dropout: floa
     """A randomly initialised transformers model of ``shape`` (eager attention)."""
     tf = _transformers()
     config = CONFIGS[shape.family](tf, shape, num_labels, pad_id, dropout)
-    return cast(nn.Module, getattr(tf, CLASSES[(shape.family, task)])(config))
+    model = getattr(tf, CLASSES[(shape.family, task)])(config)
+    model.config.pad_token_id = pad_id  # a classifier finds each sequence's last token through it
+    return cast(nn.Module, model)
 
 
 def load_pretrained(path: str | Path, task: str, num_labels: int) -> Any:
