@@ -22,7 +22,9 @@ from pydantic import Field
 from fedleak.attacks.base import AttackerKnowledge, Reconstruction, register_attack
 from fedleak.attacks.engine import BatchedMatching, Variable
 from fedleak.attacks.matching import GradientMatching, MatchingConfig
-from fedleak.attacks.restoration_prior import ROG_MAX_SCALE, RestorationPrior, load_prior, upsample
+from fedleak.attacks.priors import Prior, load_any_prior
+from fedleak.attacks.restoration_prior import ROG_MAX_SCALE, upsample
+from fedleak.attacks.semantic_prior import SemanticPrior
 from fedleak.errors import ConfigError
 from fedleak.fl.payload import Payload
 
@@ -35,7 +37,8 @@ class ROGConfig(MatchingConfig):
     init: str = Field("rand", description="initial low-resolution pixels: rand (uniform) | randn | zeros")
     scale: int = Field(2, ge=1, le=ROG_MAX_SCALE, description="downsampling factor s of the variable")
     tv: float = Field(0.0, ge=0, description="total-variation weight on the upsampled image")
-    prior: str | None = Field(None, description="restoration prior from `fedleak train-prior` (path)")
+    prior: str | None = Field(None, description="learned prior from `fedleak train-prior` (path): restoration, or "
+                              "semantic (a class-conditional generator fed the recovered labels)")
 
 
 @register_attack("rog")
@@ -49,9 +52,9 @@ class ROG(BatchedMatching):
                                       if self.config.prior else {})}
 
     @functools.cached_property
-    def prior(self) -> RestorationPrior | None:
-        """The restoration prior of ``config.prior``, loaded once."""
-        return load_prior(self.config.prior) if self.config.prior else None
+    def prior(self) -> Prior | None:
+        """The prior of ``config.prior`` (restoration or semantic), loaded once."""
+        return load_any_prior(self.config.prior) if self.config.prior else None
 
     def attack_group(self, payloads: list[Payload], knowledges: list[AttackerKnowledge], seeds: list[int],
                      progress: bool) -> list[Reconstruction]:
@@ -62,6 +65,9 @@ class ROG(BatchedMatching):
                 f"prior {cfg.prior} restores {prior.info.channels}-channel images at scale "
                 f"{prior.info.scale}; this attack needs {c} channels at scale {cfg.scale}"
             )
+        if isinstance(prior, SemanticPrior) and prior.info.classes != knowledge.num_classes:
+            raise ConfigError(f"prior {cfg.prior} draws {prior.info.classes} classes; the target has "
+                              f"{knowledge.num_classes}")
         if h // cfg.scale < 1 or w // cfg.scale < 1:
             raise ConfigError(f"scale {cfg.scale} is too large for {h}×{w} images")
         labels = self.labels(payloads, knowledges)
@@ -79,7 +85,11 @@ class ROG(BatchedMatching):
 
         def restored(p: int, winner: int) -> torch.Tensor:
             low = z[p, winner].detach()
-            return prior(low, (h, w)) if prior is not None else upsample(low, (h, w)).clamp(0, 1)
+            if prior is None:
+                return upsample(low, (h, w)).clamp(0, 1)
+            if isinstance(prior, SemanticPrior):  # the class it draws: the labels the attack recovered
+                return prior(low, (h, w), labels[p].view(-1))
+            return prior(low, (h, w))
 
         optimizer = torch.optim.Adam([z], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.iterations, eta_min=cfg.lr_min)

@@ -1,4 +1,4 @@
-"""``fedleak train`` (a target model to attack) and ``fedleak train-prior`` (ROG's restoration prior)."""
+"""``fedleak train`` (a target model to attack) and ``fedleak train-prior`` (ROG's learned priors)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fedleak.attacks.restoration_prior import RestorationPriorSettings, save_prior, train_prior_on
+from fedleak.attacks.semantic_prior import SemanticPriorSettings, save_semantic_prior, train_semantic_prior_on
 from fedleak.cli.common import MAX_SEED, _finite, console
 from fedleak.config import parse_override
 from fedleak.errors import ConfigError
@@ -78,16 +79,21 @@ def train(
 def train_prior(
     dataset: Annotated[str, typer.Option(help="public images: samples | mnist | cifar10 | cifar100 | folder")],
     root: RootOption = None,
+    kind: Annotated[str, typer.Option(help="restoration (denoising + super-resolution) | semantic (a "
+                                           "class-conditional generator: ROG's semantic-level variant)")] = "restoration",
     split: Annotated[str, typer.Option(help="split to train on (keep the attacked split out)")] = "train",
     scale: Annotated[int, typer.Option(help="ROG downsampling factor the prior undoes")] = 2,
     image_size: ImageSizeOption = None,
     channels: ChannelsOption = None,
     epochs: EpochsOption = 10,
     batch_size: BatchSizeOption = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine schedule)", callback=_finite)] = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: 1e-3 restoration, cosine schedule; "
+                                                  "2e-4 semantic)", callback=_finite)] = None,
     noise: Annotated[float, typer.Option(help="largest σ of the Gaussian degradation", callback=_finite)] = 0.1,
     width: Annotated[int, typer.Option(help="channels of the network")] = 32,
-    depth: Annotated[int, typer.Option(help="convolutions of the network")] = 6,
+    depth: Annotated[int, typer.Option(help="convolutions of the network (restoration)")] = 6,
+    adversarial: Annotated[float, typer.Option(help="weight of the adversarial loss (semantic; 0: L1 only)",
+                                               callback=_finite)] = 0.01,
     limit: LimitOption = None,
     seed: Annotated[int, typer.Option(help="seed for splits, degradations and initialisation", min=0, max=MAX_SEED)] = 0,
     out: Annotated[Path | None, typer.Option(help="prior file (.safetensors)")] = None,
@@ -95,20 +101,32 @@ def train_prior(
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."""
-    path = check_file_out(out or Path("checkpoints") / f"prior-{dataset}-x{scale}.safetensors", force, "prior",
-                          ".safetensors")
+    """Train one of ROG's learned priors on public images, for `attack --prior`: the restoration
+    network, or (--kind semantic) the class-conditional generator of its semantic-level variant."""
+    if kind not in ("restoration", "semantic"):
+        raise ConfigError(f"--kind must be restoration or semantic, got {kind!r}")
+    suffix = "" if kind == "restoration" else "-semantic"
+    path = check_file_out(out or Path("checkpoints") / f"prior-{dataset}-x{scale}{suffix}.safetensors", force,
+                          "prior", ".safetensors")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be train or test, got {split!r}")
-    settings = RestorationPriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
-                                        batch_size=batch_size, lr=lr, seed=seed, device=device)
-    net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
-    save_prior(path, net, info)
-    table = Table(title=f"fedleak train-prior → {path}")
+    if kind == "semantic":
+        semantic = SemanticPriorSettings(scale=scale, width=width, noise=noise, adversarial=adversarial,
+                                         epochs=epochs, batch_size=batch_size, lr=lr or 2e-4, seed=seed,
+                                         device=device)
+        gen, sinfo = train_semantic_prior_on(dataset, root, split, image_size, channels, limit, semantic,
+                                             progress=not quiet)
+        save_semantic_prior(path, gen, sinfo)
+        name, images, validation, seconds = sinfo.dataset, sinfo.images, sinfo.validation, sinfo.seconds
+    else:
+        settings = RestorationPriorSettings(scale=scale, width=width, depth=depth, noise=noise, epochs=epochs,
+                                            batch_size=batch_size, lr=lr or 1e-3, seed=seed, device=device)
+        net, info = train_prior_on(dataset, root, split, image_size, channels, limit, settings, progress=not quiet)
+        save_prior(path, net, info)
+        name, images, validation, seconds = info.dataset, info.images, info.validation, info.seconds
+    table = Table(title=f"fedleak train-prior ({kind}) → {path}")
     for key in ("dataset", "images", "scale", "bicubic PSNR", "prior PSNR", "seconds"):
         table.add_column(key, justify="right")
-    v = info.validation
-    table.add_row(info.dataset, str(info.images), str(info.scale), f"{v['bicubic_psnr']:.2f}",
-                  f"{v['prior_psnr']:.2f}", f"{info.seconds:.0f}")
+    table.add_row(name, str(images), str(scale), f"{validation['bicubic_psnr']:.2f}",
+                  f"{validation['prior_psnr']:.2f}", f"{seconds:.0f}")
     console.print(table)
-
