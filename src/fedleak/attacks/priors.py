@@ -11,35 +11,27 @@ before the semantic kind existed); nothing in it names code to import.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
 
-from fedleak.attacks.restoration_prior import PRIOR_KEY, RestorationPrior, load_prior
+from fedleak.attacks.restoration_prior import RestorationPrior, prior_metadata, restoration_from
 from fedleak.attacks.semantic_prior import SemanticPrior, semantic_from
 from fedleak.errors import FedleakError
-from fedleak.models.checkpoint import read_metadata
 from fedleak.registry import Registry
 from fedleak.validate import ECHO
 
 Prior = RestorationPrior | SemanticPrior
 
 PRIOR_KINDS: Registry[Callable[[str | os.PathLike[str], dict[str, Any]], Any]] = Registry("prior kind")
-PRIOR_KINDS.register("restoration")(lambda path, data: load_prior(path))
+PRIOR_KINDS.register("restoration")(restoration_from)
 PRIOR_KINDS.register("semantic")(semantic_from)
 
 
 def load_any_prior(path: str | os.PathLike[str]) -> Prior:
     """The prior in ``path``, of the kind its metadata names; one clear error for anything else."""
-    meta = read_metadata(path)
-    if PRIOR_KEY not in meta:
-        raise FedleakError(f"{path} is not a fedleak prior (train one with `fedleak train-prior`)")
-    try:
-        data = json.loads(meta[PRIOR_KEY])
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise FedleakError(f"prior {path} has unreadable metadata: {str(exc)[:ECHO]}") from None
-    kind = data.get("kind", "restoration") if isinstance(data, dict) else None
+    data = prior_metadata(path)
+    kind = data.get("kind", "restoration")
     if not isinstance(kind, str) or kind not in PRIOR_KINDS:
         raise FedleakError(f"prior {path} is of an unknown kind {str(kind)[:ECHO]!r} (known: {', '.join(PRIOR_KINDS)})")
     prior: Prior = PRIOR_KINDS.get(kind)(path, data)

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +70,23 @@ class RestorationNet(nn.Module):
         return up + self.body(up)
 
 
-@dataclass
-class RestorationPriorInfo:
+@dataclass(kw_only=True)
+class PriorProvenance:
+    """What every learned prior's file records of how it was trained (with its own settings)."""
+
+    dataset: str = ""
+    split: str = ""
+    image_size: int | list[int] = 0
+    images: int = 0
+    epochs: int = 0
+    seed: int = 0
+    validation: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    fedleak_version: str = ""
+
+
+@dataclass(kw_only=True)
+class RestorationPriorInfo(PriorProvenance):
     """A trained prior's settings and provenance, stored as the file's ``fedleak_prior`` metadata."""
 
     channels: int
@@ -78,15 +94,6 @@ class RestorationPriorInfo:
     width: int = 32
     depth: int = 6
     noise: float = 0.1
-    dataset: str = ""
-    split: str = ""
-    image_size: int = 0
-    images: int = 0
-    epochs: int = 0
-    seed: int = 0
-    validation: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    fedleak_version: str = ""
 
 
 @dataclass
@@ -190,12 +197,7 @@ def save_prior(path: str | os.PathLike[str], net: RestorationNet, info: Restorat
     return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
 
 
-_PRIOR_FIELDS = {
-    "channels": one_of(1, 3),
-    "scale": integer(1, 64),
-    "width": integer(1, 1024),
-    "depth": integer(2, 256),
-    "noise": number(0, 100),
+PROVENANCE_FIELDS = {
     "dataset": text(),
     "split": text(),
     "image_size": Check(lambda v: integer(0, 4096).test(v) or size(4096).test(v),
@@ -208,11 +210,12 @@ _PRIOR_FIELDS = {
     "seconds": number(0, 1e9),
     "fedleak_version": text(),
 }
+_PRIOR_FIELDS = {"channels": one_of(1, 3), "scale": integer(1, 64), "width": integer(1, 1024),
+                 "depth": integer(2, 256), "noise": number(0, 100), **PROVENANCE_FIELDS}
 
 
-def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
-    """Load a prior written by ``fedleak train-prior``; anything else is one clear error. Its metadata
-    is checked field by field (types and ranges) before the network is built."""
+def prior_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``fedleak_prior`` metadata of a prior file; one clear error for anything else."""
     meta = read_metadata(path)
     if PRIOR_KEY not in meta:
         raise FedleakError(f"{path} is not a fedleak prior (train one with `fedleak train-prior`)")
@@ -220,6 +223,14 @@ def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
         data = json.loads(meta[PRIOR_KEY])
     except (json.JSONDecodeError, RecursionError) as exc:
         raise FedleakError(f"prior {path} has unreadable metadata: {str(exc)[:ECHO]}") from None
+    if not isinstance(data, dict):
+        raise FedleakError(f"prior {path} metadata is not a JSON object")
+    return data
+
+
+def restoration_from(path: str | os.PathLike[str], data: dict[str, Any]) -> RestorationPrior:
+    """A restoration prior from its file and its parsed metadata, checked field by field (types and
+    ranges) before the network is built."""
     fields = check_fields(data, _PRIOR_FIELDS, ("channels", "scale"), f"prior {path} metadata")
     info = RestorationPriorInfo(**fields)
     refuse_oversized(lambda: RestorationNet(info.channels, info.width, info.depth), path, f"prior {path}")
@@ -229,6 +240,11 @@ def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
     except RuntimeError as exc:
         raise FedleakError(f"prior {path} does not fit its own settings: {str(exc).splitlines()[0]}") from None
     return RestorationPrior(net.eval(), info)
+
+
+def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
+    """Load a restoration prior written by ``fedleak train-prior``; anything else is one clear error."""
+    return restoration_from(path, prior_metadata(path))
 
 
 def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: int | None, channels: int | None,

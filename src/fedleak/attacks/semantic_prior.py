@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +29,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fedleak import __version__
-from fedleak.attacks.restoration_prior import PRIOR_KEY, ROG_MAX_SCALE, degrade, upsample
+from fedleak.attacks.restoration_prior import (
+    PRIOR_KEY,
+    PROVENANCE_FIELDS,
+    ROG_MAX_SCALE,
+    PriorProvenance,
+    degrade,
+    upsample,
+)
 from fedleak.data import load_dataset
 from fedleak.device import device_name, resolve_device
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.models.checkpoint import load_state, refuse_oversized, save_tensors
 from fedleak.pixels import psnr
 from fedleak.training import holdout_split
-from fedleak.validate import Check, check_fields, integer, mapping, number, one_of, size, text
+from fedleak.validate import Check, check_fields, integer, number, one_of
 
 
 class ClassNorm(nn.Module):
@@ -105,8 +112,8 @@ class Critic(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1)
 
 
-@dataclass
-class SemanticPriorInfo:
+@dataclass(kw_only=True)
+class SemanticPriorInfo(PriorProvenance):
     """A trained semantic prior's settings and provenance (the file's ``fedleak_prior`` metadata)."""
 
     channels: int
@@ -116,15 +123,6 @@ class SemanticPriorInfo:
     width: int = 32
     noise: float = 0.1
     adversarial: float = 0.01
-    dataset: str = ""
-    split: str = ""
-    image_size: int | list[int] = 0
-    images: int = 0
-    epochs: int = 0
-    seed: int = 0
-    validation: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    fedleak_version: str = ""
 
 
 @dataclass
@@ -240,26 +238,9 @@ def save_semantic_prior(path: str | os.PathLike[str], net: SemanticNet, info: Se
     return save_tensors(path, net.state_dict(), {PRIOR_KEY: json.dumps(asdict(info))})
 
 
-_FIELDS = {
-    "channels": one_of(1, 3),
-    "classes": integer(1, 100_000),
-    "scale": integer(1, 64),
-    "kind": Check(lambda v: v == "semantic", "\"semantic\""),
-    "width": integer(1, 1024),
-    "noise": number(0, 100),
-    "adversarial": number(0, 1e6),
-    "dataset": text(),
-    "split": text(),
-    "image_size": Check(lambda v: integer(0, 4096).test(v) or size(4096).test(v),
-                        "an integer from 0 to 4096 or an [H, W] pair of positive ones"),
-    "images": integer(0),
-    "epochs": integer(0),
-    "seed": integer(-(2**63), 2**64 - 1),
-    "validation": Check(lambda v: mapping().test(v) and all(type(x) in (int, float) for x in v.values()),
-                        "an object of numbers"),
-    "seconds": number(0, 1e9),
-    "fedleak_version": text(),
-}
+_FIELDS = {"channels": one_of(1, 3), "classes": integer(1, 100_000), "scale": integer(1, 64),
+           "kind": Check(lambda v: v == "semantic", '"semantic"'), "width": integer(1, 1024),
+           "noise": number(0, 100), "adversarial": number(0, 1e6), **PROVENANCE_FIELDS}
 
 
 def semantic_from(path: str | os.PathLike[str], data: dict) -> SemanticPrior:
