@@ -16,9 +16,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from fedleak.training import holdout_split
 from fedleak.validate import ECHO, Check, check_fields, integer, mapping, number, one_of, size, text
 
 PRIOR_KEY = "fedleak_prior"
+NetT = TypeVar("NetT", bound=nn.Module)
 
 
 def upsample(low: Tensor, size: tuple[int, int]) -> Tensor:
@@ -118,13 +120,12 @@ def degrade(x: Tensor, scale: int, noise: float, generator: torch.Generator) -> 
 ROG_MAX_SCALE = 8  # the largest downsampling factor ROG takes (attacks/rog.py's ``scale`` bound)
 
 
-@dataclass
-class RestorationPriorSettings:
-    """How ``fedleak train-prior`` trains a restoration prior (checked when made)."""
+@dataclass(kw_only=True)
+class PriorTraining:
+    """What every learned prior's training takes (checked when made)."""
 
     scale: int = 2
     width: int = 32
-    depth: int = 6
     noise: float = 0.1
     epochs: int = 10
     batch_size: int = 64
@@ -135,8 +136,8 @@ class RestorationPriorSettings:
 
     def __post_init__(self) -> None:
         self.device = device_name(resolve_device(self.device))
-        if self.scale < 1 or self.width < 1 or self.depth < 2:
-            raise ConfigError("the prior needs scale ≥ 1, width ≥ 1 and depth ≥ 2")
+        if self.scale < 1 or self.width < 1:
+            raise ConfigError("the prior needs scale ≥ 1 and width ≥ 1")
         if self.scale > ROG_MAX_SCALE:
             raise ConfigError(f"scale {self.scale} is more than ROG's largest, {ROG_MAX_SCALE}: "
                               "no attack could use this prior")
@@ -144,6 +145,18 @@ class RestorationPriorSettings:
             raise ConfigError("prior training needs epochs ≥ 1, batch size ≥ 1, lr > 0 and noise ≥ 0")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError("the validation fraction must lie strictly between 0 and 1")
+
+
+@dataclass(kw_only=True)
+class RestorationPriorSettings(PriorTraining):
+    """How ``fedleak train-prior`` trains a restoration prior."""
+
+    depth: int = 6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.depth < 2:
+            raise ConfigError("the prior needs depth ≥ 2")
 
 
 def evaluate_prior(net: RestorationNet, images: Tensor, settings: RestorationPriorSettings) -> dict[str, float]:
@@ -157,16 +170,22 @@ def evaluate_prior(net: RestorationNet, images: Tensor, settings: RestorationPri
     return {"bicubic_psnr": float(psnr(bicubic, images).mean()), "prior_psnr": float(psnr(restored, images).mean())}
 
 
-def train_prior(images: Tensor, settings: RestorationPriorSettings,
-                progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
-    """Train a restoration network on public ``images`` (N×C×H×W in [0, 1]) on ``settings.device``;
-    the trained network is returned in host memory."""
+def training_start(images: Tensor, settings: PriorTraining) -> tuple[torch.device, torch.Generator, list[int], list[int]]:
+    """A prior's training set-up: at least 2 public images, the seeds, the device, the seeded
+    generator of its degradations and order, and the train / validation split."""
     if images.shape[0] < 2:
         raise ConfigError("training a prior needs at least 2 public images")
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
-    g = torch.Generator(device=device).manual_seed(settings.seed)
     train_idx, val_idx = holdout_split(images.shape[0], settings.validation_fraction, settings.seed)
+    return device, torch.Generator(device=device).manual_seed(settings.seed), list(train_idx), list(val_idx)
+
+
+def train_prior(images: Tensor, settings: RestorationPriorSettings,
+                progress: bool = False) -> tuple[RestorationNet, dict[str, float]]:
+    """Train a restoration network on public ``images`` (N×C×H×W in [0, 1]) on ``settings.device``;
+    the trained network is returned in host memory."""
+    device, g, train_idx, val_idx = training_start(images, settings)
     images = images.to(device)
     train, val = images[train_idx], images[val_idx]
     net = RestorationNet(images.shape[1], settings.width, settings.depth).to(device)
@@ -233,13 +252,36 @@ def restoration_from(path: str | os.PathLike[str], data: dict[str, Any]) -> Rest
     ranges) before the network is built."""
     fields = check_fields(data, _PRIOR_FIELDS, ("channels", "scale"), f"prior {path} metadata")
     info = RestorationPriorInfo(**fields)
-    refuse_oversized(lambda: RestorationNet(info.channels, info.width, info.depth), path, f"prior {path}")
-    net = RestorationNet(info.channels, info.width, info.depth)
+    net = network_from(path, lambda: RestorationNet(info.channels, info.width, info.depth))
+    return RestorationPrior(net, info)
+
+
+def network_from(path: str | os.PathLike[str], make: Callable[[], NetT]) -> NetT:
+    """The network ``make`` builds (refused first if its size is out of bounds) with the file's
+    weights, in eval mode; one clear error when they do not fit its settings."""
+    refuse_oversized(make, path, f"prior {path}")
+    net = make()
     try:
         net.load_state_dict(load_state(path))
     except RuntimeError as exc:
         raise FedleakError(f"prior {path} does not fit its own settings: {str(exc).splitlines()[0]}") from None
-    return RestorationPrior(net.eval(), info)
+    return net.eval()
+
+
+def public_images(dataset_name: str, root: str | None, split: str, image_size: int | None, channels: int | None,
+                  limit: int | None, scale: int) -> tuple[Any, int, Tensor]:
+    """The public dataset a prior trains on, how many of its images, and those images (checked:
+    at least 2, and large enough for ``scale``)."""
+    if limit is not None and limit < 2:
+        raise ConfigError(f"--limit must be at least 2 (a prior trains on some images and validates on others), got {limit}")
+    dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    images = dataset.images(list(range(n)))
+    h, w = images.shape[-2:]
+    if h // scale < 1 or w // scale < 1:
+        raise ConfigError(f"scale {scale} is too large for {h}×{w} images (downsampled, a side would have no pixel "
+                          f"left); choose a scale of at most {min(h, w, ROG_MAX_SCALE)}")
+    return dataset, n, images
 
 
 def load_prior(path: str | os.PathLike[str]) -> RestorationPrior:
@@ -252,16 +294,7 @@ def train_prior_on(dataset_name: str, root: str | None, split: str, image_size: 
                    progress: bool = False) -> tuple[RestorationNet, RestorationPriorInfo]:
     """Load public images of a dataset and train a prior on them; returns the net and its info."""
     start = time.perf_counter()
-    if limit is not None and limit < 2:
-        raise ConfigError(f"--limit must be at least 2 (a prior trains on some images and validates on others), got {limit}")
-    dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    images = dataset.images(list(range(n)))
-    h, w = images.shape[-2:]
-    if h // settings.scale < 1 or w // settings.scale < 1:
-        raise ConfigError(f"scale {settings.scale} is too large for {h}×{w} images (downsampled, a side "
-                          "would have no pixel left); choose a scale of at most "
-                          f"{min(h, w, ROG_MAX_SCALE)}")
+    dataset, n, images = public_images(dataset_name, root, split, image_size, channels, limit, settings.scale)
     net, validation = train_prior(images, settings, progress)
     info = RestorationPriorInfo(channels=images.shape[1], scale=settings.scale, width=settings.width,
                                 depth=settings.depth, noise=settings.noise, dataset=dataset.name, split=split,

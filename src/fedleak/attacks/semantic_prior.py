@@ -32,17 +32,17 @@ from fedleak import __version__
 from fedleak.attacks.restoration_prior import (
     PRIOR_KEY,
     PROVENANCE_FIELDS,
-    ROG_MAX_SCALE,
     PriorProvenance,
+    PriorTraining,
     degrade,
+    network_from,
+    public_images,
+    training_start,
     upsample,
 )
-from fedleak.data import load_dataset
-from fedleak.device import device_name, resolve_device
 from fedleak.errors import ConfigError, FedleakError
-from fedleak.models.checkpoint import load_state, refuse_oversized, save_tensors
+from fedleak.models.checkpoint import save_tensors
 from fedleak.pixels import psnr
-from fedleak.training import holdout_split
 from fedleak.validate import Check, check_fields, integer, number, one_of
 
 
@@ -141,30 +141,18 @@ class SemanticPrior:
             return net(low, labels.to(low.device).long().clamp(0, self.info.classes - 1), size).clamp(0, 1)
 
 
-@dataclass
-class SemanticPriorSettings:
-    """How ``fedleak train-prior --kind semantic`` trains the generator (checked when made)."""
+@dataclass(kw_only=True)
+class SemanticPriorSettings(PriorTraining):
+    """How ``fedleak train-prior --kind semantic`` trains the generator."""
 
-    scale: int = 2
-    width: int = 32
-    noise: float = 0.1
     adversarial: float = 0.01
-    epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-4
-    seed: int = 0
-    validation_fraction: float = 0.1
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.device = device_name(resolve_device(self.device))
-        if not 1 <= self.scale <= ROG_MAX_SCALE or self.width < 1:
-            raise ConfigError(f"the semantic prior needs 1 ≤ scale ≤ {ROG_MAX_SCALE} and width ≥ 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.noise < 0 or self.adversarial < 0:
-            raise ConfigError("semantic prior training needs epochs ≥ 1, batch size ≥ 1, lr > 0, noise ≥ 0 and "
-                              "adversarial ≥ 0")
-        if not 0 < self.validation_fraction < 1:
-            raise ConfigError("the validation fraction must lie strictly between 0 and 1")
+        super().__post_init__()
+        if self.adversarial < 0:
+            raise ConfigError("semantic prior training needs adversarial ≥ 0")
 
 
 def _validate(net: SemanticNet, images: Tensor, labels: Tensor, settings: SemanticPriorSettings) -> dict[str, float]:
@@ -187,12 +175,7 @@ def train_semantic_prior(images: Tensor, labels: Tensor, classes: int, settings:
     """Train the generator on public ``images`` (N×C×H×W in [0, 1]) of ``labels``; returns it in
     host memory, its validation and the mean losses per epoch (``reconstruction``, ``generator``,
     ``critic``)."""
-    if images.shape[0] < 2:
-        raise ConfigError("training a prior needs at least 2 public images")
-    torch.manual_seed(settings.seed)
-    device = torch.device(settings.device)
-    g = torch.Generator(device=device).manual_seed(settings.seed)
-    train_idx, val_idx = holdout_split(images.shape[0], settings.validation_fraction, settings.seed)
+    device, g, train_idx, val_idx = training_start(images, settings)
     images, labels = images.to(device), labels.to(device).long()
     net = SemanticNet(images.shape[1], classes, settings.width).to(device)
     critic = Critic(images.shape[1], classes, settings.width).to(device)
@@ -247,13 +230,7 @@ def semantic_from(path: str | os.PathLike[str], data: dict) -> SemanticPrior:
     """A semantic prior from its file and its (already parsed) metadata, checked field by field."""
     fields = check_fields(data, _FIELDS, ("channels", "classes", "scale"), f"prior {path} metadata")
     info = SemanticPriorInfo(**fields)
-    refuse_oversized(lambda: SemanticNet(info.channels, info.classes, info.width), path, f"prior {path}")
-    net = SemanticNet(info.channels, info.classes, info.width)
-    try:
-        net.load_state_dict(load_state(path))
-    except RuntimeError as exc:
-        raise FedleakError(f"prior {path} does not fit its own settings: {str(exc).splitlines()[0]}") from None
-    return SemanticPrior(net.eval(), info)
+    return SemanticPrior(network_from(path, lambda: SemanticNet(info.channels, info.classes, info.width)), info)
 
 
 def train_semantic_prior_on(dataset_name: str, root: str | None, split: str, image_size: int | None,
@@ -261,14 +238,8 @@ def train_semantic_prior_on(dataset_name: str, root: str | None, split: str, ima
                             progress: bool = False) -> tuple[SemanticNet, SemanticPriorInfo]:
     """Load public labelled images of a dataset and train the generator on them."""
     start = time.perf_counter()
-    if limit is not None and limit < 2:
-        raise ConfigError(f"--limit must be at least 2 (a prior trains on some images and validates on others), got {limit}")
-    dataset = load_dataset(dataset_name, root, split=split, image_size=image_size, channels=channels)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    images = dataset.images(list(range(n)))
+    dataset, n, images = public_images(dataset_name, root, split, image_size, channels, limit, settings.scale)
     h, w = images.shape[-2:]
-    if h // settings.scale < 1 or w // settings.scale < 1:
-        raise ConfigError(f"scale {settings.scale} is too large for {h}×{w} images")
     net, validation, history = train_semantic_prior(images, dataset.labels[:n], dataset.num_classes, settings,
                                                     progress)
     info = SemanticPriorInfo(channels=images.shape[1], classes=dataset.num_classes, scale=settings.scale,
