@@ -119,6 +119,11 @@ def test_the_audit_recovers_the_clients_sentences_exactly_and_calls_it_a_leak(co
     assert code == 0 and "ROUGE-1" in listing and "no-leak ROUGE-1" in listing and "PSNR" not in listing
     exact = found[0].metrics["exact_sequences"]
     assert f"{exact}/{found[0].metrics['sequences']}" in listing
+    # the study page too: text columns and a ROUGE-1 figure, not risk, class counts or imprint share
+    table = json.loads((out / "table.json").read_text())
+    assert set(table[0]) == {"round", "client", "verdict", "update_fit", "exact", "rouge1", "no_leak_rouge1", "pii"}
+    html = (out / "report.html").read_text()
+    assert "rouge1.png" in html and "risk.png" not in html and "A text federation" in html
 
 
 def test_without_a_shared_batch_the_text_audit_shows_what_it_recovered_and_stays_inconclusive(corpus, tmp_path):

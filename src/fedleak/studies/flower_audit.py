@@ -149,6 +149,9 @@ class AuditStudy(Study):
         for r in sorted(records, key=_order):
             m = r.metrics
             # At most eight columns, so the page shows one row per update; `fedleak runs export` has every number.
+            if m.get("modality") == "text":
+                rows.append(_text_row(m))
+                continue
             row = {"round": m.get("round"), "client": m.get("client"), "verdict": verdict_text(m.get("verdict")),
                    "risk": m.get("risk")}
             labels = histogram_text(labels_of(m))
@@ -168,6 +171,8 @@ class AuditStudy(Study):
         return rows
 
     def figures(self) -> list[Figure]:
+        if self._records and all(r.metrics.get("modality") == "text" for r in self._records):
+            return [Figure("rouge1", "ROUGE-1 of what the server recovered, per round and client", _draw_rouge)]
         figures = [Figure("risk", "Risk per round and client", _draw_risk),
                    Figure("reconstructions", "What the server reconstructed, per round and client",
                           lambda ax, rows: _draw_previews(ax, self._previews))]
@@ -186,6 +191,8 @@ class AuditStudy(Study):
                    f"{r.metrics.get('verdict_reason')}" for r in sorted(records, key=_order)
                    if r.metrics.get("verdict_reason")]
         sources = _sources_text(records)
+        if records and all(r.metrics.get("modality") == "text" for r in records):
+            return reasons + sources + [TEXT_NOTE]
         return reasons + sources + [
                 "verdict: leaks (evidence named), no leak found (by which attack, at what budget, the simulation "
                 "verified), inconclusive (why). risk: the calibrated probability that the reconstruction is "
@@ -203,6 +210,27 @@ class AuditStudy(Study):
                 "Reconstructions are drawn in the figure \"What the server reconstructed\" (the originals to their "
                 "left where a batch was shared for scoring): at most 16 images of each update, as in its runs/KEY/ "
                 "PNGs. Every number of every update: fedleak runs export DIR."]
+
+
+TEXT_NOTE = ("A text federation's columns: exact (sequences recovered token for token, matched by ROUGE-L, of "
+             "the client's batch), rouge1 beside no_leak_rouge1 (an unrelated sentence of the corpus scored "
+             "against each original: what recovering nothing scores), pii (recorded PII spans — names, e-mails, "
+             "phone and card numbers, addresses — that came back verbatim). These need a batch shared for scoring; "
+             "without one the verdict is inconclusive and the recovered sentences are in runs/KEY/recovered.txt. "
+             "The update fit is what the server can observe; a text audit has no calibrated risk.")
+
+
+def _text_row(m: dict[str, Any]) -> dict[str, Any]:
+    """A text audit's row: verdict, update fit, and — where the batch was shared — exact sequences,
+    ROUGE-1 beside the no-leak sentence, PII spans recovered."""
+    other = m.get("other_text") if isinstance(m.get("other_text"), dict) else {}
+    shared = m.get("sequences") is not None
+    return {"round": m.get("round"), "client": m.get("client"), "verdict": verdict_text(m.get("verdict")),
+            "update_fit": m.get("update_fit"),
+            "exact": f"{m.get('exact_sequences')}/{m.get('sequences')}" if shared else None,
+            "rouge1": m.get("rouge1") if shared else None,
+            "no_leak_rouge1": (other or {}).get("rouge1"),
+            "pii": f"{m.get('pii_recovered_spans')}/{m.get('pii_spans')}" if m.get("pii_spans") else None}
 
 
 def _order(r: RunRecord) -> tuple[str, str]:
@@ -230,6 +258,20 @@ def _draw_risk(ax: Any, rows: list[dict[str, Any]]) -> None:
     if not rows:
         ax.text(0.5, 0.5, "no audited update yet", ha="center", va="center", transform=ax.transAxes)
     elif len(clients) <= 12:
+        ax.legend(fontsize=7)
+
+
+def _draw_rouge(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """ROUGE-1 bars per round and client (none where no batch was shared for scoring)."""
+    rows = [{**r, "rouge1": float("nan") if r.get("rouge1") is None else r["rouge1"]} for r in rows]
+    rounds = sorted({r["round"] for r in rows})
+    grouped_bars(ax, rows, lambda r: r["round"], "client", "rouge1", groups=rounds,
+                 label=lambda c: f"client {str(c)[-6:]}")
+    ax.set_xticklabels([str(t) for t in rounds])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("ROUGE-1 (1: every word back)")
+    if rows and len({r["client"] for r in rows}) <= 12:
         ax.legend(fontsize=7)
 
 
