@@ -135,3 +135,14 @@ def test_the_registry_keys_sections_by_modality():
     # Included in an autoescaping page it is markup, not escaped a second time.
     page = Environment(autoescape=True).from_string("<body>{{ section }}</body>").render(section=section)
     assert '<section id="text-reconstruction">' in page
+
+
+def test_a_text_table_explains_its_own_no_leak_baseline():
+    """Regression: the study page explained a text table's no-leak ROUGE with the image baselines
+    (mean colour, another image)."""
+    from fedleak.report.study import NO_LEAK_NOTE, TEXT_NO_LEAK_NOTE, table_notes
+
+    text = table_notes([{"rouge1": 0.5, "rouge1_no_leak": 0.1}])
+    assert TEXT_NO_LEAK_NOTE in text and NO_LEAK_NOTE not in text
+    images = table_notes([{"psnr": 20.0, "psnr_no_leak": 12.0}])
+    assert NO_LEAK_NOTE in images and TEXT_NO_LEAK_NOTE not in images

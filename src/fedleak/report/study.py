@@ -57,6 +57,10 @@ NO_LEAK_NOTE = ("(no-leak y) beside a PSNR or SSIM: its no-leak baseline, per ru
                 f"the row's runs (columns psnr{NO_LEAK}, ssim{NO_LEAK} of the CSV and JSON); {BELOW}: the mean "
                 "does no better than that baseline, so on that metric the attack showed nothing a guess would not.")
 
+TEXT_NO_LEAK_NOTE = ("(no-leak y) beside a ROUGE score: what recovering nothing scores — an unrelated sentence of the "
+                     f"corpus scored against each original, averaged over the row's runs (column rouge1{NO_LEAK} of "
+                     f"the CSV and JSON); {BELOW}: the attack recovered no more words than that sentence shares.")
+
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -89,7 +93,12 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
     notes = [CI_NOTE] if any(f"{c}_ci_low" in columns for c in merged) else []
     if any(f"{c}_std" in columns and f"{c}_ci_low" not in columns for c in merged):
         notes.append(STD_NOTE)
-    return notes + ([NO_LEAK_NOTE] if any(c.endswith(NO_LEAK) for c in columns) else [])
+    baselines = [c.removesuffix(NO_LEAK) for c in columns if c.endswith(NO_LEAK)]
+    if any(not c.startswith("rouge") for c in baselines):
+        notes.append(NO_LEAK_NOTE)
+    if any(c.startswith("rouge") for c in baselines):
+        notes.append(TEXT_NO_LEAK_NOTE)
+    return notes
 
 
 def table_view(rows: list[dict[str, Any]], identity: set[str]) -> dict[str, Any]:
