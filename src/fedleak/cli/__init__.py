@@ -50,7 +50,8 @@ COMMANDS: dict[str, Entry] = {
     "train": Entry("fedleak.cli.train:train",
                    "Train a target model and save it as a checkpoint for `fedleak attack --checkpoint`."),
     "train-prior": Entry("fedleak.cli.train:train_prior",
-                         "Train ROG's denoising + super-resolution prior on public images, for `attack --prior`."),
+                         "Train one of ROG's learned priors on public images, for `attack --prior`: the restoration "
+                         "network, or (--kind semantic) the class-conditional generator of its semantic-level variant."),
     "study": Entry("fedleak.cli.studies:study",
                    "Run a named study (a grid of runs), resuming what its folder holds, then write its report."),
     "sweep": Entry("fedleak.cli.studies:sweep",
