@@ -211,3 +211,33 @@ def test_a_clipped_update_still_gives_the_last_tokens():
     rec = build_attack("dager", {}).run(clipped, knowledge)
     assert _rows(rec.images) == _rows(tokens)
     assert any("times a gradient (read off the head)" in n for n in rec.notes)
+
+
+def test_the_noise_rule_finds_the_rank_of_a_low_rank_matrix_under_gaussian_noise():
+    from fedleak.attacks.dager_span import basis_of
+
+    g = torch.Generator().manual_seed(0)
+    signal = torch.randn(96, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 300, generator=g,
+                                                                               dtype=torch.float64)
+    noisy = signal + 0.05 * torch.randn(96, 300, generator=g, dtype=torch.float64)
+    assert basis_of(noisy, 1e-6)[1] == 96  # the relative rule counts the noise: the span fills
+    basis, rank, _ = basis_of(noisy, 1e-6, "noise")
+    assert rank == 12
+    truth = torch.linalg.svd(signal, full_matrices=False).U[:, :12]
+    assert torch.linalg.matrix_norm(basis @ basis.T - truth @ truth.T, 2) < 0.05  # the same subspace
+
+
+def test_dager_recovers_a_batch_through_gaussian_noise():
+    """Regression: under a noise defense the relative rank rule counted the noise, the span filled
+    and DAGER recovered nothing; the public defense now selects the noise rule (and looser thresholds)."""
+    net = _lm()
+    tokens = _tokens(2, 8, seed=8)
+    encoding = TokenEncoding(V, PAD, net.max_length)
+    client = Client(net, encoding, ClientTraining(), defense="noise:snr_db=40", seed=3)
+    payload = client.update(ClientData(tokens, lm_targets(tokens, PAD)))
+    knowledge = AttackerKnowledge(copy.deepcopy(net), (1, 1, tokens.shape[1]), V, (0.0,), (1.0,))
+    rec = build_attack("dager", {}).run(payload, knowledge)
+    assert any("a noisy update" in n for n in rec.notes)
+    assert _rows(rec.images) == _rows(tokens)
+    plain = build_attack("dager", {"rank_rule": "relative"}).run(payload, knowledge)
+    assert any("cannot be exact" in n for n in plain.notes)

@@ -56,10 +56,14 @@ from fedleak.parameters import trainable
 
 
 class DagerConfig(AttackConfig):
-    tau1: float = Field(1e-3, gt=0, lt=1, description="step 1: largest relative distance of a token's first-block "
-                        "input to the first block's span")
-    tau2: float = Field(1e-3, gt=0, lt=1, description="step 2: largest relative distance of a sequence's "
-                        "second-block inputs to the second block's span")
+    tau1: float | None = Field(None, gt=0, lt=1, description="step 1: largest relative distance of a token's "
+                               "first-block input to the first block's span (default 1e-3; 0.1 under the noise rule)")
+    tau2: float | None = Field(None, gt=0, lt=1, description="step 2: largest relative distance of a sequence's "
+                               "second-block inputs to the second block's span (default 1e-3; 0.1 under the noise rule)")
+    rank_rule: Literal["auto", "relative", "noise"] = Field(
+        "auto", description="which singular values span the inputs: relative (above rank_tol × the largest), noise "
+        "(above Gavish & Donoho's threshold for unknown Gaussian noise), auto (noise when the public defense adds "
+        "noise: noise or dpsgd)")
     rank_tol: float = Field(1e-6, gt=0, lt=1, description="singular values above rank_tol × the largest span "
                             "the layer's inputs (raise it for FedAvg or a noisy update)")
     max_tokens: int | None = Field(None, ge=1, description="most candidate tokens per position (default: the "
@@ -108,6 +112,15 @@ def _samples(model: nn.Module, probes: list[nn.Module], vocab: int, pad_id: int,
     return [layer_inputs(model, p, tokens).flatten(0, 1) for p in probes]
 
 
+TAU = {"relative": 1e-3, "noise": 0.1}  # the span thresholds' defaults per rank rule
+NOISY = ("noise", "dpsgd")  # defense stages that add Gaussian noise to the update
+
+
+def _noisy(defense: str | None) -> bool:
+    """Whether the public defense spec adds Gaussian noise (a stage named in :data:`NOISY`)."""
+    return bool(defense) and any(part.split(":")[0].strip() in NOISY for part in str(defense).split("+"))
+
+
 def _describe(spans: list[Span]) -> str:
     return "; ".join(f"rank {s.rank} of {s.width} from {s.source}" for s in spans) or "no non-zero gradient"
 
@@ -134,9 +147,15 @@ class Dager(Attack[DagerConfig]):
         if len(blocks) < 2:
             raise FedleakError("DAGER needs a model with at least two transformer blocks")
         names = {m: n for n, m in probe_model.named_modules()}
+        rule = cfg.rank_rule if cfg.rank_rule != "auto" else ("noise" if _noisy(payload.hyper.defense) else "relative")
+        tau1, tau2 = (cfg.tau1 or TAU[rule]), (cfg.tau2 or TAU[rule])
         spans = [block_spans([(names[p], p) for p in layout.probes(blocks[k])], payload.update, torch.float64,
-                             cfg.rank_tol) for k in (0, 1)]
+                             cfg.rank_tol, rule) for k in (0, 1)]
         notes = [f"dager: block {k + 1} input span: {_describe(s)}" for k, s in enumerate(spans)]
+        if rule == "noise":
+            notes.append(f"dager: a noisy update: spans of the singular values above the noise threshold (Gavish & "
+                         f"Donoho), thresholds tau1={tau1:g}, tau2={tau2:g}: recovered sequences are the closest "
+                         "ones, not certified exact")
         empty = Reconstruction(images=_pad([], batch, model.pad_id), labels=torch.zeros(batch, dtype=torch.long),
                                matching_loss=float("inf"), restart_losses=[float("inf")], iterations=0,
                                seconds=0.0, notes=notes)
@@ -183,7 +202,7 @@ class Dager(Attack[DagerConfig]):
                          "gradient reaches the projections: its span may miss tokens (a deeper model does not)")
         max_tokens = cfg.max_tokens or max(s.rank for s in spans[0])
         with torch.no_grad():
-            ids, _ = token_candidates(lambda p: layout.first_inputs(base, p).detach(), spans[0], cfg.tau1,
+            ids, _ = token_candidates(lambda p: layout.first_inputs(base, p).detach(), spans[0], tau1,
                                       max_tokens, model.max_length, model.pad_id, layout.positional)
         if layout.positional:
             notes.append(f"dager: step 1: {len(ids)} positions, candidate tokens per position "
@@ -200,16 +219,16 @@ class Dager(Attack[DagerConfig]):
             def extend(prefixes: Tensor, tokens: Tensor) -> Tensor:
                 return next_inputs(probe_model, probe, prefixes, tokens, cfg.chunk)
 
-            found, kept = greedy_decoder(ids, spans[1], extend, cfg.tau2, cfg.max_prefixes or 4 * batch + 16,
+            found, kept = greedy_decoder(ids, spans[1], extend, tau2, cfg.max_prefixes or 4 * batch + 16,
                                          rotary=not layout.positional)
             notes.append(f"dager: step 2 (greedy, causal): prefixes kept per position {kept}")
         else:
-            found = encoder_search(ids, spans[1], inputs, cfg.tau2, batch, cfg.max_combinations,
+            found = encoder_search(ids, spans[1], inputs, tau2, batch, cfg.max_combinations,
                                    cfg.restarts or 8 * batch, cfg.sweeps, torch.Generator().manual_seed(seed))
         order = sorted(range(len(found.sequences)), key=lambda i: found.distances[i])[:batch]
         found = Found([found.sequences[i] for i in order], [found.distances[i] for i in order])
         notes.append(f"dager: {len(found.sequences)} of {batch} sequences found; certificates (largest block-2 "
-                     f"distance, ≤ tau2={cfg.tau2:g}): " + ", ".join(f"{d:.1e}" for d in found.distances))
+                     f"distance, ≤ tau2={tau2:g}): " + ", ".join(f"{d:.1e}" for d in found.distances))
         sequences = found.sequences
         if lm and found.sequences:
             if cfg.last_token:
