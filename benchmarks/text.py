@@ -162,8 +162,8 @@ def main() -> None:
                 data = json.load(f)
             metas.append({k: v for k, v in data.items() if k != "rows"})
             for r in data["rows"]:
-                merged[(r["model"], r["attack"], r["B"], r["T"], r["variant"], tuple(r["seeds"]),
-                        tuple(r.get("set", [])))] = r
+                merged[(r["model"], r["attack"], r["B"], r["T"], r["variant"], r.get("variant_label"),
+                        tuple(r["seeds"]), tuple(r.get("set", [])))] = r  # the label tells noise levels apart
         rows = list(merged.values())
         write(args.out, rows, {"merged_from": args.merge, "parts": metas})
         table(rows)
