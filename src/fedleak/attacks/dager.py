@@ -60,6 +60,9 @@ class DagerConfig(AttackConfig):
                                "first-block input to the first block's span (default 1e-3; 0.1 under the noise rule)")
     tau2: float | None = Field(None, gt=0, lt=1, description="step 2: largest relative distance of a sequence's "
                                "second-block inputs to the second block's span (default 1e-3; 0.1 under the noise rule)")
+    noise_relative: float = Field(2.0, ge=1, description="noise rule, decoder: an extension is kept only within this "
+                                  "factor of its prefix's best extension's distance (a noisy span lets wrong tokens "
+                                  "pass an absolute threshold beside the true one)")
     rank_rule: Literal["auto", "relative", "noise"] = Field(
         "auto", description="which singular values span the inputs: relative (above rank_tol × the largest), noise "
         "(above Gavish & Donoho's threshold for unknown Gaussian noise), auto (noise when the public defense adds "
@@ -220,7 +223,8 @@ class Dager(Attack[DagerConfig]):
                 return next_inputs(probe_model, probe, prefixes, tokens, cfg.chunk)
 
             found, kept = greedy_decoder(ids, spans[1], extend, tau2, cfg.max_prefixes or 4 * batch + 16,
-                                         rotary=not layout.positional)
+                                         rotary=not layout.positional,
+                                         relative=cfg.noise_relative if rule == "noise" else None)
             notes.append(f"dager: step 2 (greedy, causal): prefixes kept per position {kept}")
         else:
             found = encoder_search(ids, spans[1], inputs, tau2, batch, cfg.max_combinations,

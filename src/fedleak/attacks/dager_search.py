@@ -75,7 +75,7 @@ def token_candidates(first: Callable[[int], Tensor], spans: list[Span], tau1: fl
 
 
 def greedy_decoder(candidates: list[Tensor], spans: list[Span], extend: Extend, tau2: float,
-                   max_prefixes: int, rotary: bool = False) -> tuple[Found, list[int]]:
+                   max_prefixes: int, rotary: bool = False, relative: float | None = None) -> tuple[Found, list[int]]:
     """Step 2 for a decoder; also returns, per position, how many prefixes were kept. ``extend(prefixes,
     tokens)`` gives the second-block input at the new position of every prefix (n×p) followed by
     every token: (n·c)×d, prefix-major.
@@ -104,6 +104,10 @@ def greedy_decoder(candidates: list[Tensor], spans: list[Span], extend: Extend, 
             ok = d <= tau2
             if rotary:
                 ok &= ~(grown == grown[:, :1]).all(dim=1)
+            if relative is not None:  # a noisy span: only extensions near each prefix's best one
+                per = d.view(len(prefixes), len(nxt))
+                best = per.min(dim=1, keepdim=True).values
+                ok &= (per <= relative * best).flatten()
             extended = ok.view(len(prefixes), len(nxt)).any(dim=1)
             ended = ~extended
             order = torch.argsort(d[ok])[:max_prefixes]
