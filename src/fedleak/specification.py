@@ -113,6 +113,18 @@ def reference_inputs(knowledge: AttackerKnowledge, count: int, size: int, public
     return public[index].view(count, size, c, h, w), labels.view(count, size), f"{len(public)} public images"
 
 
+def bare_simulation(payload: Payload, knowledge: AttackerKnowledge) -> Simulation:
+    """The declared local training of one client without its defense (whose update stages the caller
+    applies); one clear error when the defense changes the training itself (a gradient stage)."""
+    hyper = payload.hyper
+    if parse_defense(hyper.defense).gradient is not None:
+        raise FedleakError(f"the declared defense {hyper.defense!r} changes the local training itself (a gradient "
+                           "stage): the simulation cannot reproduce its updates")
+    bare = Payload(payload.model_state, payload.update, dataclasses.replace(hyper, defense=None, clients=1),
+                   payload.buffers)
+    return Simulation(bare, knowledge)
+
+
 def reference_updates(payload: Payload, knowledge: AttackerKnowledge, images: Tensor, labels: Tensor,
                       seed: int = 0) -> list[Params]:
     """The update the declared training makes on each batch of ``images`` (S×B×C×H×W in [0, 1], B =
@@ -121,13 +133,8 @@ def reference_updates(payload: Payload, knowledge: AttackerKnowledge, images: Te
     client runs them (each client's, the mean of ``hyper.clients``, the server's), random ones drawn
     from a generator seeded ``seed``."""
     hyper = payload.hyper
+    simulation = bare_simulation(payload, knowledge)
     pipeline = parse_defense(hyper.defense)
-    if pipeline.gradient is not None:
-        raise FedleakError(f"the declared defense {hyper.defense!r} changes the local training itself (a gradient "
-                           "stage): the simulation cannot reproduce its updates")
-    bare = Payload(payload.model_state, payload.update, dataclasses.replace(hyper, defense=None, clients=1),
-                   payload.buffers)
-    simulation = Simulation(bare, knowledge)
     s, k, b = images.shape[0], hyper.clients, hyper.batch_size
     device = next(iter(simulation.params.values())).device
     x = normalize(images.to(device), knowledge.mean, knowledge.std).reshape(s * k, b, *images.shape[2:])

@@ -33,7 +33,6 @@ federation ships it to every client): it decodes what the audit recovered for th
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,6 @@ import torch
 from torch import Tensor, nn
 
 from fedleak.attacks.base import AttackerKnowledge, Reconstruction
-from fedleak.attacks.simulation import Simulation
 from fedleak.audit import AuditRecord, Score
 from fedleak.config import RunConfig
 from fedleak.defenses import parse_defense
@@ -52,7 +50,7 @@ from fedleak.integrations.flower.inputs import INPUTS, AuditInputs, Declared
 from fedleak.integrations.flower.log import FILES
 from fedleak.modalities import MODALITIES
 from fedleak.models.text import CausalLM, TextModel, lm_targets
-from fedleak.specification import SAMPLES, Reference, SpecificationCheck, compare
+from fedleak.specification import SAMPLES, Reference, SpecificationCheck, bare_simulation, compare
 from fedleak.verdicts import EVIDENCE
 
 PREVIEW_TEXTS = 16  # recovered sequences shown in a record's preview
@@ -139,13 +137,8 @@ def text_reference(payload: Payload, knowledge: AttackerKnowledge, scoring: Text
     model's padded length (each followed by the declared defense's update stages, as
     :func:`fedleak.specification.reference_updates` does for images)."""
     hyper = payload.hyper
+    simulation = bare_simulation(payload, knowledge)
     pipeline = parse_defense(hyper.defense)
-    if pipeline.gradient is not None:
-        raise FedleakError(f"the declared defense {hyper.defense!r} changes the local training itself: the "
-                           "simulation cannot reproduce its updates")
-    bare = Payload(payload.model_state, payload.update, dataclasses.replace(hyper, defense=None, clients=1),
-                   payload.buffers)
-    simulation = Simulation(bare, knowledge)
     model = knowledge.architecture
     generator = torch.Generator().manual_seed(seed)
     b, k = hyper.batch_size, hyper.clients
