@@ -22,3 +22,14 @@ python3 -c "import torch, fedleak; print('torch', torch.__version__, 'cuda', tor
 timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors --ignore=tests/test_flower.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
 timeout 300 python3 benchmarks/devices.py --device cuda --quality-images 1 --out "$OUT/devices-cuda0.json" 2>&1 \
   | tee "$OUT/devices.log"
+# Issue 25's largest cells, where a device session has time beyond the checks above (set PAPER_CELLS=1):
+# the ROG paper's ResNet-18 at 128 px, B = 16 (≈ 80 s per iteration on the 2-core CPU), and the first
+# cells of Lim & Chan's full-width stacking protocol. Both are studies: copy $OUT/studies back and
+# run the same commands here to resume them where the device stopped.
+if [ -n "${PAPER_CELLS:-}" ] && [ -d ../shared/data ]; then
+  timeout "${PAPER_SECONDS:-600}" python3 -m fedleak study obfuscation --preset rog-paper --root ../shared/data/orl_faces \
+    --set model=resnet18 --set 'images=[0]' --set device=cuda --out "$OUT/studies/rog-paper-resnet18" -q 2>&1 | tail -5
+  timeout "${PAPER_SECONDS:-600}" python3 -m fedleak study stacking --preset paper --root ../shared/data \
+    --set checkpoint=checkpoints/resnet18-cifar10-full.safetensors --set device=cuda \
+    --out "$OUT/studies/stacking-paper-resnet18" -q 2>&1 | tail -5
+fi

@@ -42,11 +42,13 @@ from fedleak.models import create_model
 
 HALVING = {"restarts": 8, "halving": [0.125, 0.25, 0.5]}
 COARSE = {"coarse": {"scale": 0.5, "share": 0.3}}
+COARSE_LONG = {"coarse": {"scale": 0.5, "share": 0.6}}
 EARLY = {"patience": 50, "min_delta": 1e-3, "log_every": 10}
 SETTINGS: dict[str, dict] = {
     "plain": {},
     "halving": HALVING,
     "coarse": COARSE,
+    "coarse-long": COARSE_LONG,
     "early-stop": EARLY,
     "combined": {**HALVING, **COARSE},
 }

@@ -286,3 +286,10 @@ def test_attack_options_that_set_one_config_key_come_from_one_table():
     assert len(FLAGS) - len(HELP) >= 19  # the rest: the config model's descriptions
     assert field_help("client.batch_size") == "images in the client batch"
     assert field_help("attack.iterations") == "optimisation steps"  # the default attack's (ig), not DLG's L-BFGS
+
+
+def test_python_dash_m_fedleak_runs_the_command_line():
+    # the device machine installs with --target and has no console script: `python -m fedleak` is its entry
+    done = subprocess.run([sys.executable, "-m", "fedleak", "study", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Usage: fedleak study" in done.stdout

@@ -270,3 +270,20 @@ def test_simulation_stops_at_the_first_random_stage():
     pipeline = parse_defense("clip:c=0.1+noise:snr_db=0+clip:c=0.01")
     update = {"w": torch.full((4,), 1.0)}
     assert torch.allclose(pipeline.simulate_client(update)["w"], torch.full((4,), 0.05))  # only the first clip
+
+
+def test_qsgd_with_the_rog_releases_max_scale_is_unbiased_on_its_finer_grid():
+    # The ROG authors' QSGD: max|g| and s − 1 steps; a hand-made tensor, so the grid is known exactly.
+    t = torch.tensor([0.3, -0.15, 0.6, 0.0])
+    draws = torch.stack([one("qsgd:levels=4,scale=max", t, seed=k) for k in range(4000)])
+    steps = draws / (0.6 / 3)  # the grid: multiples of max|g|/(s − 1) = 0.2
+    assert torch.allclose(steps, steps.round(), atol=1e-5)
+    assert float(draws[:, 2].abs().max()) == pytest.approx(0.6)  # the largest entry is kept exactly
+    assert set(steps[:, 0].round().tolist()) == {1.0, 2.0}  # 0.3 lies between the steps 0.2 and 0.4
+    assert (draws[:, 3] == 0).all()
+    assert float((draws.mean(0) - t).abs().max()) < 0.01  # E[q] = g (s.e. ≤ 0.1/√4000 ≈ 0.0016)
+    # QSGD proper on the same tensor: ‖g‖₂/s steps, so the fine grid above is the release's, not ours
+    l2 = one("qsgd:levels=4", t, seed=0) / (float(t.norm()) / 4)
+    assert torch.allclose(l2, l2.round(), atol=1e-5)
+    with pytest.raises(ConfigError, match="at least 2"):
+        parse_defense("qsgd:levels=1,scale=max")

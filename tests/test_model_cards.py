@@ -37,6 +37,7 @@ EXPECTED = {  # what each registered model's card says: (input size, mean, std)
     "vgg7": ((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
     "lenet": ((3, 32, 32), (0.0,) * 3, (1.0,) * 3),
     "lenet5": ((1, 28, 28), MNIST_MEAN, MNIST_STD),
+    "lenet-rog": ((3, 128, 128), (0.0,) * 3, (1.0,) * 3),
     "mlp": ((1, 28, 28), MNIST_MEAN, MNIST_STD),
     "vit": ((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD),
     "vit_tiny": ((3, 224, 224), IMAGENET_MEAN, IMAGENET_STD),

@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from fedleak.attacks.base import build_attack
 from fedleak.config import build_config
 from fedleak.errors import ConfigError, DataError, FedleakError
 from fedleak.metrics.classify import recognition_rates
@@ -69,6 +70,37 @@ def test_obfuscation_runs_dp_sgd_without_batch_norm_beside_a_baseline():
     assert all(p.config.model.options.get("norm", "batch") == "batch" for p in rest)
     lenet = runner.plan(build_study("obfuscation", "cpu", overrides=["model=lenet", "defenses=[dpsgd]"]))
     assert {p.run.params["model"] for p in lenet} == {"lenet"}  # no norm option: unchanged
+
+
+def test_the_rog_paper_preset_batches_sixteen_people_under_both_protocols():
+    planned = runner.plan(build_study("obfuscation", "rog-paper", overrides=["root=/nowhere/orl_faces"]))
+    first = planned[0].config
+    # one image of each of 16 people (ORL keeps 10 per person, in order), 128 px, LeNet at full width
+    assert first.data.index == list(range(0, 160, 10)) and first.client.batch_size == 16
+    assert first.data.image_size == 128 and first.model.name == "lenet-rog" and first.model.width == 1.0
+    protocols = {p.run.params["protocol"]: p.config.client for p in planned}
+    assert protocols["fedsgd"].protocol == "fedsgd"
+    fedavg = protocols["fedavg"]
+    assert (fedavg.protocol, fedavg.local_steps, fedavg.lr) == ("fedavg", 5, 0.003)
+    assert {p.config.client.defense for p in planned} >= {"qsgd:levels=16,scale=max", "sign", None}
+    assert {p.config.attack.scale for p in planned} == {4}
+    assert all(p.run.name.startswith(("fedsgd/", "fedavg/")) for p in planned)
+    # the CPU preset (FedSGD alone) keeps its run names and one image per update
+    cpu = runner.plan(build_study("obfuscation", "cpu"))
+    assert all("protocol" not in p.run.params and len(p.config.data.index) == 1 for p in cpu)
+    assert cpu[0].run.name == "none/ig/image=0/seed=0"
+
+
+def test_a_cell_naming_its_own_attack_does_not_inherit_the_default_attacks_budget():
+    # regression: the study-wide default attack (ig, 300 iterations) leaked its iterations into every
+    # cell that named another attack, so ROG ran 300 steps instead of its paper's (and its own default) 100
+    def budgets(planned):
+        return {(p.config.attack.name, build_attack(p.config.attack.name, p.config.attack.settings()).config.iterations)
+                for p in planned}
+
+    assert budgets(runner.plan(build_study("obfuscation", "cpu"))) == {("ig", 200), ("rog", 100)}
+    # a study that runs the one default attack still gets it whole
+    assert budgets(runner.plan(build_study("tv", "cpu"))) == {("ig", 300)}
 
 
 @pytest.mark.parametrize("images", [pytest.param([0, 1], marks=pytest.mark.slow, id="two-images"),

@@ -25,9 +25,12 @@ declare -A STUDY=(
   [worst-case-cifar10]="worst-case --set root=$DATA --set attacks.ig.iterations=1000 --set defenses=[none,quantize:bits=3,qsgd:levels=4,topk:sparsity=0.95,sign,noise:snr_db=0,clip:c=1,prune:ratio=0.9]"
   [worst-case-mlp-cifar10]="worst-case --set root=$DATA"
   [text-pii]="text"  # the text extra; the generated pii corpus, no data folder
+  # issue 25, hours on one thread each (name them; not in the default ORDER):
+  [dp-tradeoff-full]="dp-tradeoff --set root=$DATA --set seeds=[0]"
+  [rog-paper]="obfuscation --set root=$DATA/orl_faces --set images=[0] --set attacks={\"rog\":{\"name\":\"rog\",\"scale\":4}}"
 )
 # the preset of each study where it is not cpu
-declare -A PRESET=([worst-case-mlp-cifar10]=mlp)
+declare -A PRESET=([worst-case-mlp-cifar10]=mlp [dp-tradeoff-full]=full [rog-paper]=rog-paper)
 ORDER=(stacking-cifar10-resnet18 stacking-mnist-resnet18 stacking-orl-resnet18 transfer-orl tv-cifar10 layers-cifar10
        dp-tradeoff-cifar10 dp-tradeoff-cifar10-1client obfuscation-cifar10 efficiency-cifar10 stacking-cifar10-densenet121
        worst-case-cifar10 worst-case-mlp-cifar10 text-pii)
@@ -40,3 +43,13 @@ for name in "${@:-${ORDER[@]}}"; do
 done
 # The README's SSIM-0.3 reading of worst-case-cifar10 re-scores the same runs (no new run) in a copy:
 #   cp -r studies/worst-case-cifar10 /tmp/wc03 && fedleak study ${STUDY[worst-case-cifar10]} --preset cpu --set ssim=0.3 --force --out /tmp/wc03 -q
+# ROG's semantic variant (docs/results `rog-semantic`): the class-conditional generator on the public
+# CIFAR-10 training images, then ROG with and without it on 16 test images, tagged by the full-width
+# ResNet-18 (benchmarks/train_targets_full.json), and the metric's no-leak guesses:
+#   fedleak train-prior --dataset cifar10 --root $DATA --kind semantic --scale 2 --epochs 5 --out $CK/semantic-cifar10-x2.safetensors
+#   fedleak sweep --root $DATA --set data.name=cifar10 --set data.split=test --set model.name=lenet-rog --set model.width=1.0 \
+#     --set attack.name=rog --set attack.scale=2 --set knowledge.labels=true --set metrics.semantic=$CK/resnet18-cifar10-full.safetensors \
+#     --grid "attack.prior=[null, $CK/semantic-cifar10-x2.safetensors]" \
+#     --grid 'client.defense=[null, "qsgd:levels=16,scale=max", sign, "noise:snr_db=-10", "topk:sparsity=0.99"]' \
+#     --images 0-15 --out studies/rog-semantic-cifar10
+#   python benchmarks/semantic_baseline.py

@@ -37,7 +37,9 @@ class StudySettings(BaseModel):
     checkpoint: str | None = Field(None, description="trained target (fedleak train)")
     images: list[int] = Field(default_factory=lambda: [0, 1], description="dataset indices attacked")
     seeds: list[int] = Field(default_factory=lambda: [0], description="repeats with these run seeds")
-    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "ig", "iterations": 300})
+    attack: dict[str, Any] = Field(default_factory=lambda: {"name": "ig", "iterations": 300},
+                                   description="the attack of a study that runs one; a cell that names its own "
+                                   "attack (attack.name in its flags) gets that attack's settings alone")
     client: dict[str, Any] = Field(default_factory=dict, description="client section overrides")
     knowledge: dict[str, Any] = Field(default_factory=dict, description="knowledge section overrides")
     device: str = Field("auto", description="where every run computes: auto | cpu | cuda | cuda:N | mps "
@@ -62,7 +64,10 @@ class StudySettings(BaseModel):
         }
         if self.model_options:
             flags["model.options"] = dict(self.model_options)
-        for section, values in (("attack", self.attack), ("client", self.client), ("knowledge", self.knowledge)):
+        # A cell naming its own attack does not inherit this default attack's settings: ig's 300 iterations
+        # must not become ROG's budget (ROG's own default is its paper's 100).
+        attack = {} if "attack.name" in extra else self.attack
+        for section, values in (("attack", attack), ("client", self.client), ("knowledge", self.knowledge)):
             flags.update({f"{section}.{k}": v for k, v in values.items()})
         flags.update(extra)
         flags["device"] = self.device  # where, not what: no coordinate of the run
