@@ -217,7 +217,7 @@ def parse_info(raw: str, what: str, named: str | None = None) -> CheckpointInfo:
         declared = {k: t for k, t in declared_options(MODELS.get(name), _FIXED).items() if t is not None}
     else:
         raise FedleakError(f"{what} metadata: architecture {short(name)} is not a registered fedleak model "
-                           f"(choose one of: {', '.join(MODELS.names())})")
+                           "(`fedleak inspect-model --help` and docs/models.md list them)")
     check_options(options, declared, f"{what} metadata: model {name!r}")
     mean, std = tuple(fields.get("mean", ())), tuple(fields.get("std", ()))
     if (mean or std) and not len(mean) == len(std) == fields["in_channels"]:
