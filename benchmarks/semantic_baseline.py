@@ -47,12 +47,10 @@ def main() -> None:
     torch.set_num_threads(1)
     dataset = load_dataset("cifar10", args.root, split="test")
     scorer = load_semantic(args.tagger, 10, 3, k=args.k)
-    scorer.model.eval()
     images = torch.stack([dataset.image(i) for i in range(args.images + 1)])
-    with torch.no_grad():
-        originals = scorer.labels(images[:-1])
-        others = scorer.labels(images[1:])
-        means = scorer.labels(images[:-1].mean((2, 3), keepdim=True).expand_as(images[:-1]).contiguous())
+    originals = scorer.labels(images[:-1])  # labels() classifies in eval mode without gradients
+    others = scorer.labels(images[1:])
+    means = scorer.labels(images[:-1].mean((2, 3), keepdim=True).expand_as(images[:-1]).contiguous())
     rows = {
         "other image": statistics.mean(jaccard(a, b) for a, b in zip(originals, others)),
         "mean colour": statistics.mean(jaccard(a, b) for a, b in zip(originals, means)),
